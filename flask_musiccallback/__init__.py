@@ -1,0 +1,45 @@
+"""flask-musiccallback: receive the music generation API's callbacks in Flask."""
+
+from .config import ConfigKeys, ConfigurationError
+from .dispatch import Outcome
+from .events import CallbackEvent, Stage, Track
+from .extension import MusicCallback, MusicCallbackInsecureWarning
+from .signals import (
+    all_tracks_generated,
+    callback_duplicate,
+    callback_received,
+    callback_rejected,
+    first_track_generated,
+    receiver_failed,
+    task_failed,
+    text_generated,
+)
+from .stores.base import ClaimResult, Delivery, Store, StoreError, StoreUnavailable, register_store
+from .stores.memory import MemoryStore
+
+__all__ = [
+    "CallbackEvent",
+    "ClaimResult",
+    "ConfigKeys",
+    "ConfigurationError",
+    "Delivery",
+    "MemoryStore",
+    "MusicCallback",
+    "MusicCallbackInsecureWarning",
+    "Outcome",
+    "Stage",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "Track",
+    "all_tracks_generated",
+    "callback_duplicate",
+    "callback_received",
+    "callback_rejected",
+    "first_track_generated",
+    "receiver_failed",
+    "register_store",
+    "task_failed",
+    "text_generated",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,164 @@
+"""Every ``MUSICCALLBACK_*`` configuration key, its default, and how it is read.
+
+Keys are read once, in ``init_app``, into a frozen :class:`Settings`: the request path then never
+parses configuration, and a mistake in it fails at start-up with a message naming the key instead of
+at the first callback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigKeys:
+    """The names of the configuration keys, in one place."""
+
+    URL_RULE = "MUSICCALLBACK_URL_RULE"
+    STORE = "MUSICCALLBACK_STORE"
+    DEDUP_TTL = "MUSICCALLBACK_DEDUP_TTL"
+    TOKEN = "MUSICCALLBACK_TOKEN"  # noqa: S105 - the key's name, not a secret
+    HMAC_KEY = "MUSICCALLBACK_HMAC_KEY"
+    TIMESTAMP_TOLERANCE = "MUSICCALLBACK_TIMESTAMP_TOLERANCE"
+    ALLOWED_IPS = "MUSICCALLBACK_ALLOWED_IPS"
+    MAX_CONTENT_LENGTH = "MUSICCALLBACK_MAX_CONTENT_LENGTH"
+    DISPATCH = "MUSICCALLBACK_DISPATCH"
+    RECEIVER_ERRORS = "MUSICCALLBACK_RECEIVER_ERRORS"
+    EXTERNAL_URL = "MUSICCALLBACK_EXTERNAL_URL"
+    API_KEY = "MUSICCALLBACK_API_KEY"
+    API_BASE_URL = "MUSICCALLBACK_API_BASE_URL"
+
+
+#: The defaults ``init_app`` sets with ``app.config.setdefault``.
+DEFAULTS: Mapping[str, Any] = {
+    ConfigKeys.URL_RULE: "/music-callback",
+    ConfigKeys.STORE: "memory://",
+    ConfigKeys.DEDUP_TTL: 7 * 24 * 3600,
+    ConfigKeys.TOKEN: None,
+    ConfigKeys.HMAC_KEY: None,
+    ConfigKeys.TIMESTAMP_TOLERANCE: 300,
+    ConfigKeys.ALLOWED_IPS: None,
+    ConfigKeys.MAX_CONTENT_LENGTH: 8 * 1024 * 1024,
+    ConfigKeys.DISPATCH: "sync",
+    ConfigKeys.RECEIVER_ERRORS: "retry",
+    ConfigKeys.EXTERNAL_URL: None,
+    ConfigKeys.API_KEY: None,
+    ConfigKeys.API_BASE_URL: "https://api.sunoapi.org",
+}
+
+DISPATCH_MODES = ("sync", "thread", "celery")
+RECEIVER_ERROR_POLICIES = ("retry", "ack")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigurationError(ValueError):
+    """A ``MUSICCALLBACK_*`` key holds a value the extension cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The configuration of one app, validated and in the form the request path uses."""
+
+    url_rule: str
+    store_url: str
+    dedup_ttl: int
+    tokens: tuple[bytes, ...]
+    hmac_keys: tuple[bytes, ...]
+    timestamp_tolerance: int
+    allowed_networks: tuple[IPNetwork, ...]
+    max_content_length: int
+    dispatch: str
+    receiver_errors: str
+    external_url: str | None
+    api_key: str | None
+    api_base_url: str
+
+    @property
+    def secured(self) -> bool:
+        """Whether any source check is configured; without one, anybody can post callbacks."""
+        return bool(self.tokens or self.hmac_keys or self.allowed_networks)
+
+    @classmethod
+    def from_config(cls, config: MutableMapping[str, Any]) -> Settings:
+        """Set the defaults into ``config`` and read every key, failing on the first bad one."""
+        for key, value in DEFAULTS.items():
+            config.setdefault(key, value)
+        return cls(
+            url_rule=_url_rule(config[ConfigKeys.URL_RULE]),
+            store_url=_text(ConfigKeys.STORE, config[ConfigKeys.STORE]),
+            dedup_ttl=_positive_int(ConfigKeys.DEDUP_TTL, config[ConfigKeys.DEDUP_TTL]),
+            tokens=_secrets(ConfigKeys.TOKEN, config[ConfigKeys.TOKEN]),
+            hmac_keys=_secrets(ConfigKeys.HMAC_KEY, config[ConfigKeys.HMAC_KEY]),
+            timestamp_tolerance=_positive_int(
+                ConfigKeys.TIMESTAMP_TOLERANCE, config[ConfigKeys.TIMESTAMP_TOLERANCE]
+            ),
+            allowed_networks=_networks(config[ConfigKeys.ALLOWED_IPS]),
+            max_content_length=_positive_int(
+                ConfigKeys.MAX_CONTENT_LENGTH, config[ConfigKeys.MAX_CONTENT_LENGTH]
+            ),
+            dispatch=_choice(ConfigKeys.DISPATCH, config[ConfigKeys.DISPATCH], DISPATCH_MODES),
+            receiver_errors=_choice(
+                ConfigKeys.RECEIVER_ERRORS,
+                config[ConfigKeys.RECEIVER_ERRORS],
+                RECEIVER_ERROR_POLICIES,
+            ),
+            external_url=_optional_text(ConfigKeys.EXTERNAL_URL, config[ConfigKeys.EXTERNAL_URL]),
+            api_key=_optional_text(ConfigKeys.API_KEY, config[ConfigKeys.API_KEY]),
+            api_base_url=_text(ConfigKeys.API_BASE_URL, config[ConfigKeys.API_BASE_URL]),
+        )
+
+
+def _url_rule(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigurationError(f"{ConfigKeys.URL_RULE} must be a path starting with '/'.")
+    return value
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{key} must be a non-empty string, not {value!r}.")
+    return value
+
+
+def _optional_text(key: str, value: Any) -> str | None:
+    return None if value is None else _text(key, value)
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{key} must be a positive whole number, not {value!r}.")
+    return value
+
+
+def _choice(key: str, value: Any, choices: Iterable[str]) -> str:
+    if value not in choices:
+        raise ConfigurationError(f"{key} must be one of {', '.join(choices)}; got {value!r}.")
+    return str(value)
+
+
+def _secrets(key: str, value: Any) -> tuple[bytes, ...]:
+    """One secret or a list of them (rotation), as bytes for ``hmac.compare_digest``."""
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, str | bytes) else list(value)
+    out = []
+    for item in values:
+        if isinstance(item, str):
+            item = item.encode()
+        if not isinstance(item, bytes) or not item:
+            raise ConfigurationError(f"{key} must be a non-empty string or a list of them.")
+        out.append(item)
+    return tuple(out)
+
+
+def _networks(value: Any) -> tuple[IPNetwork, ...]:
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    try:
+        return tuple(ipaddress.ip_network(str(item), strict=False) for item in values)
+    except ValueError as exc:
+        raise ConfigurationError(f"{ConfigKeys.ALLOWED_IPS}: {exc}") from exc

@@ -1,0 +1,164 @@
+"""The callback endpoint: the whole life of a callback, top to bottom.
+
+1. verify the source cheaply, before the body is read: address, token, signature timestamp;
+2. read the body within the size limit, and parse it as a JSON object;
+3. verify the signature, which needs the task id from the body;
+4. validate the payload into an event with its family's schema;
+5. claim it in the store and dispatch the signals (:func:`~.dispatch.deliver`);
+6. answer with one of the fixed bodies of the public contract.
+
+Every refusal is a :class:`~.verify.Rejected` raised by a step and answered in one place, so no
+input reaches Flask's 500 handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+from marshmallow import ValidationError
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+
+from .dispatch import Outcome, deliver, send_isolated
+from .families import family_for, find_task_id
+from .signals import callback_rejected
+from .state import EXTENSION_NAME, MusicCallbackState
+from .stores.base import StoreUnavailable
+from .verify import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    Rejected,
+    check_address,
+    check_signature,
+    check_token,
+    signed_timestamp,
+    unauthorized,
+)
+
+logger = logging.getLogger("flask_musiccallback")
+
+ENDPOINT = "receive"
+
+#: Headers a persistent store keeps with a delivery; the signature is kept redacted.
+KEPT_HEADERS = ("Content-Type", "User-Agent", TIMESTAMP_HEADER, SIGNATURE_HEADER, "X-Forwarded-For")
+REDACTED = "[redacted]"
+
+
+def _body(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+# The answers never vary, so they are serialised once.
+_ANSWERS: dict[Outcome, tuple[bytes, int]] = {
+    Outcome.RECEIVED: (_body({"status": "received"}), 200),
+    Outcome.DUPLICATE: (_body({"status": "duplicate"}), 200),
+    Outcome.RETRY: (_body({"status": "retry"}), 503),
+}
+
+
+def _answer(body: bytes, status: int) -> Response:
+    return current_app.response_class(body, status=status, mimetype="application/json")
+
+
+def _reject(app: Flask, rejected: Rejected) -> Response:
+    errors = dict(rejected.errors)
+    send_isolated(
+        callback_rejected, app, reason=rejected.reason, errors=errors, status=rejected.status
+    )
+    body: dict[str, Any] = {"status": "rejected", "reason": rejected.reason}
+    if rejected.reason == "invalid_payload":
+        body["errors"] = errors
+    return _answer(_body(body), rejected.status)
+
+
+def read_payload(limit: int) -> dict[str, Any]:
+    """The body as a JSON object, read no further than ``limit`` bytes.
+
+    A declared length over the limit is refused before reading; a chunked or lying body is cut off
+    by Werkzeug's limited stream as soon as it passes the limit.
+    """
+    length = request.content_length
+    if length is not None and length > limit:
+        raise Rejected("too_large", 413)
+    request.max_content_length = limit
+    try:
+        body = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise Rejected("too_large", 413) from None
+    except ClientDisconnected:
+        raise Rejected("invalid_json", 400) from None
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Rejected("invalid_json", 400) from None
+    if not isinstance(payload, dict):
+        raise Rejected("invalid_json", 400)
+    return payload
+
+
+def _messages(exc: ValidationError) -> dict[str, Any]:
+    messages = exc.messages
+    return messages if isinstance(messages, dict) else {"_schema": messages}
+
+
+def kept_headers() -> dict[str, str]:
+    """The request headers a persistent store records, with secrets redacted."""
+    headers = {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
+    if SIGNATURE_HEADER in headers:
+        headers[SIGNATURE_HEADER] = REDACTED
+    if request.remote_addr:
+        headers["Remote-Addr"] = request.remote_addr
+    return headers
+
+
+def receive() -> Response:
+    """The view behind ``MUSICCALLBACK_URL_RULE``."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    state: MusicCallbackState = app.extensions[EXTENSION_NAME]
+    settings = state.settings
+    try:
+        check_address(settings, request.remote_addr)
+        check_token(settings, request.args.get("token"))
+        timestamp = signed_timestamp(settings, request.headers, time.time())
+        try:
+            payload = read_payload(settings.max_content_length)
+        except Rejected as rejected:
+            # Before the signature is checked, a malformed body tells nothing to an unsigned caller.
+            if timestamp is not None and rejected.status == 400:
+                raise unauthorized() from None
+            raise
+        if timestamp is not None:
+            check_signature(settings, request.headers, find_task_id(payload), timestamp)
+        family = family_for(payload)
+        try:
+            event = family.schema.load(payload)
+        except ValidationError as exc:
+            raise Rejected("invalid_payload", 422, _messages(exc)) from None
+    except Rejected as rejected:
+        return _reject(app, rejected)
+
+    delivery = family.delivery(
+        event, payload, kept_headers() if state.store.persistent else None
+    )
+    try:
+        outcome = deliver(app, state, family, event, delivery)
+    except StoreUnavailable as exc:
+        if not state.store_down:
+            logger.error("The callback store is unreachable; answering 503: %s", exc)
+            state.store_down = True
+        return _answer(*_ANSWERS[Outcome.RETRY])
+    if state.store_down:
+        logger.warning("The callback store is reachable again.")
+        state.store_down = False
+    return _answer(*_ANSWERS[outcome])
+
+
+def make_blueprint(url_rule: str) -> Blueprint:
+    """A blueprint holding the endpoint at ``url_rule``; one per app, as the rule is per app."""
+    blueprint = Blueprint(EXTENSION_NAME, __name__)
+    blueprint.add_url_rule(url_rule, ENDPOINT, receive, methods=["POST"])
+    return blueprint

@@ -1,0 +1,145 @@
+"""The :class:`MusicCallback` extension object."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from flask import Flask, current_app, has_app_context, has_request_context, url_for
+
+from .config import ConfigurationError, Settings
+from .dispatch import SyncDispatcher
+from .endpoint import ENDPOINT, make_blueprint
+from .events import CallbackEvent, Stage
+from .families import MUSIC
+from .state import EXTENSION_NAME, Dispatcher, MusicCallbackState, get_state
+from .stores.base import Store, store_from_url
+
+F = TypeVar("F", bound=Callable[[CallbackEvent], Any])
+
+
+class MusicCallbackInsecureWarning(UserWarning):
+    """The endpoint accepts callbacks from anybody: no token, HMAC key or IP list is set."""
+
+
+class MusicCallback:
+    """Receives the music generation API's callbacks and turns them into signals.
+
+    ``init_app`` reads these configuration keys (defaults in :mod:`flask_musiccallback.config`):
+    ``MUSICCALLBACK_URL_RULE``, ``_STORE``, ``_DEDUP_TTL``, ``_TOKEN``, ``_HMAC_KEY``,
+    ``_TIMESTAMP_TOLERANCE``, ``_ALLOWED_IPS``, ``_MAX_CONTENT_LENGTH``, ``_DISPATCH``,
+    ``_RECEIVER_ERRORS``, ``_EXTERNAL_URL``, ``_API_KEY`` and ``_API_BASE_URL``. They are read
+    once, when the app is initialised; set them before.
+
+    One extension object may serve several apps (an app factory called twice, tests); each gets its
+    own endpoint, store and settings in ``app.extensions["musiccallback"]``. Receivers added with
+    :meth:`on` are kept here, on the extension, so they can be declared before any app exists.
+    """
+
+    def __init__(self, app: Flask | None = None, *, store: Store | None = None) -> None:
+        self._store = store
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the endpoint, the store and the CLI on ``app``.
+
+        Never contacts the store, so an app starts while its database or Redis is down.
+        """
+        if EXTENSION_NAME in app.extensions:
+            raise RuntimeError(
+                "flask-musiccallback is already initialised on this app; "
+                "init_app may be called once per app."
+            )
+        settings = Settings.from_config(app.config)
+        store = self._store or store_from_url(settings.store_url, ttl=settings.dedup_ttl)
+        store.init_app(app)
+        app.extensions[EXTENSION_NAME] = MusicCallbackState(
+            extension=self,
+            settings=settings,
+            store=store,
+            dispatcher=_dispatcher(settings),
+        )
+        app.register_blueprint(make_blueprint(settings.url_rule))
+        from .cli import musiccallback
+
+        app.cli.add_command(musiccallback)
+        self._apps.add(app)
+        if not settings.secured and not app.testing:
+            warnings.warn(
+                "flask-musiccallback: the callback endpoint accepts callbacks from anybody. "
+                "Set MUSICCALLBACK_TOKEN, MUSICCALLBACK_HMAC_KEY or MUSICCALLBACK_ALLOWED_IPS.",
+                MusicCallbackInsecureWarning,
+                stacklevel=2,
+            )
+
+    def on(self, stage: Stage | str) -> Callable[[F], F]:
+        """Decorate a receiver that takes the event only, for one stage, on every app served.
+
+        Sugar over the stage's signal: the receiver is connected to it for any sender and runs only
+        for apps this extension object serves, so it may be declared before ``init_app``.
+        """
+        signal = MUSIC.signals[Stage(stage)]
+
+        def decorator(func: F) -> F:
+            @functools.wraps(func)
+            def receiver(sender: Flask, event: CallbackEvent, **extra: Any) -> Any:
+                state = sender.extensions.get(EXTENSION_NAME)
+                if state is not None and state.extension is self:
+                    return sender.ensure_sync(func)(event)
+                return None
+
+            signal.connect(receiver, weak=False)
+            return func
+
+        return decorator
+
+    def callback_url(self, **params: Any) -> str:
+        """The absolute URL to pass as ``callBackUrl``, with the token and ``params`` as query.
+
+        ``MUSICCALLBACK_EXTERNAL_URL``, when set, is the base anywhere (behind a proxy, in CLI or
+        worker code); otherwise the URL follows ``url_for``: a request context, or ``SERVER_NAME``.
+        """
+        app = self._current_app()
+        settings = get_state(app).settings
+        query = dict(params)
+        if settings.tokens:
+            query.setdefault("token", settings.tokens[0].decode())
+        if settings.external_url:
+            url = settings.external_url.rstrip("/") + settings.url_rule
+            return f"{url}?{urlencode(query, doseq=True)}" if query else url
+        endpoint = f"{EXTENSION_NAME}.{ENDPOINT}"
+        try:
+            if has_request_context() or has_app_context():
+                return url_for(endpoint, _external=True, **query)
+            with app.app_context():
+                return url_for(endpoint, _external=True, **query)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                "callback_url() needs a request, SERVER_NAME, or MUSICCALLBACK_EXTERNAL_URL "
+                "to know the public address of the app."
+            ) from exc
+
+    def _current_app(self) -> Flask:
+        """The app to act for: the current one if this extension serves it, else its only app."""
+        if has_app_context():
+            app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+            if app in self._apps:
+                return app
+        apps = list(self._apps)
+        if len(apps) == 1:
+            return apps[0]
+        raise RuntimeError(
+            "No app to use: call this inside an app context of an app this extension serves."
+        )
+
+
+def _dispatcher(settings: Settings) -> Dispatcher:
+    if settings.dispatch == "sync":
+        return SyncDispatcher()
+    raise ConfigurationError(f"MUSICCALLBACK_DISPATCH={settings.dispatch!r} is not available yet.")

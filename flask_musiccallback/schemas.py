@@ -1,0 +1,205 @@
+"""Marshmallow schemas that turn a music generation callback, as it really arrives, into an event.
+
+Lenient in what they accept (camelCase aliases, ``""`` for "not ready", ``null`` or absent track
+lists, epoch milliseconds or date-time strings), strict in what they hand over: a value that cannot
+be read as its field's type is a validation error, which the endpoint answers with 422.
+
+The schema instances are built once, at import, and shared: marshmallow schemas are safe to reuse
+across threads for ``load`` and building one costs more than a whole callback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load
+
+from .events import CallbackEvent, Stage, Track
+
+#: camelCase spellings seen leaking into callbacks, mapped to the field they stand for.
+TRACK_ALIASES: Mapping[str, str] = MappingProxyType(
+    {
+        "audioUrl": "audio_url",
+        "sourceAudioUrl": "source_audio_url",
+        "streamAudioUrl": "stream_audio_url",
+        "sourceStreamAudioUrl": "source_stream_audio_url",
+        "imageUrl": "image_url",
+        "sourceImageUrl": "source_image_url",
+        "modelName": "model_name",
+        "create_time": "createTime",
+        "created_at": "createTime",
+        "createdAt": "createTime",
+    }
+)
+
+#: ``callbackType`` values (lower-cased) and the stage each one means when ``code`` is 200.
+CALLBACK_TYPES: Mapping[str, Stage] = MappingProxyType(
+    {
+        "text": Stage.TEXT,
+        "first": Stage.FIRST,
+        "complete": Stage.COMPLETE,
+        "error": Stage.FAILED,
+        "failed": Stage.FAILED,
+    }
+)
+
+
+class Timestamp(fields.Field):  # type: ignore[type-arg]
+    """A creation time sent as epoch milliseconds (real traffic) or a date-time string (the docs).
+
+    Always loads an aware UTC datetime; a string that names no zone is read as UTC, which is what
+    the provider means by it.
+    """
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow merges it per class
+        "invalid": "Not a valid epoch-milliseconds time or date-time string."
+    }
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> datetime:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = float(text)
+            except ValueError:
+                return self._from_text(text)
+        if isinstance(value, int | float):
+            return self._from_epoch_ms(value)
+        raise self.make_error("invalid")
+
+    def _from_epoch_ms(self, value: float) -> datetime:
+        try:
+            if not math.isfinite(value):
+                raise ValueError
+            return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        except (OverflowError, ValueError, OSError) as exc:
+            raise self.make_error("invalid") from exc
+
+    def _from_text(self, text: str) -> datetime:
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise self.make_error("invalid") from exc
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc)
+
+
+def _text() -> fields.String:
+    return fields.String(load_default=None, allow_none=True)
+
+
+class TrackSchema(Schema):
+    """One TRACK object; every field optional, ``""`` read as "not there yet"."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    id = _text()
+    audio_url = _text()
+    source_audio_url = _text()
+    stream_audio_url = _text()
+    source_stream_audio_url = _text()
+    image_url = _text()
+    source_image_url = _text()
+    prompt = _text()
+    model_name = _text()
+    title = _text()
+    tags = _text()
+    created_at = Timestamp(data_key="createTime", load_default=None, allow_none=True)
+    duration = fields.Float(load_default=None, allow_none=True)
+
+    @pre_load
+    def normalise(self, data: Any, **kwargs: Any) -> Any:
+        """Fold camelCase aliases into their field and blank strings into ``None``."""
+        if not isinstance(data, dict):
+            return data  # marshmallow reports the wrong type itself
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            key = TRACK_ALIASES.get(key, key)
+            if value == "" and isinstance(value, str):
+                value = None
+            if value is None and out.get(key) is not None:
+                continue  # an alias must not blank a value already read
+            out[key] = value
+        return out
+
+    @post_load
+    def make_track(self, data: dict[str, Any], **kwargs: Any) -> Track:
+        return Track(**data)
+
+
+class TaskDataSchema(Schema):
+    """The ``data`` object of the envelope: stage, task id, tracks, failure text."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    callbackType = fields.String(load_default=None, allow_none=True)  # noqa: N815
+    task_id = fields.String(load_default=None, allow_none=True)
+    taskId = fields.String(load_default=None, allow_none=True)  # noqa: N815
+    data = fields.List(fields.Nested(TrackSchema), load_default=None, allow_none=True)
+    error = fields.String(load_default=None, allow_none=True)
+
+
+class CallbackSchema(Schema):
+    """The whole callback envelope ``{code, msg, data}``, loaded into a :class:`CallbackEvent`."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    code = fields.Integer(required=True)
+    msg = fields.String(load_default="", allow_none=True)
+    data = fields.Nested(TaskDataSchema, load_default=None, allow_none=True)
+    task_id = fields.String(load_default=None, allow_none=True)
+    taskId = fields.String(load_default=None, allow_none=True)  # noqa: N815
+
+    @post_load(pass_original=True)
+    def make_event(
+        self, loaded: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
+    ) -> CallbackEvent:
+        data: dict[str, Any] = loaded["data"] or {}
+        task_id = (
+            data.get("task_id") or data.get("taskId") or loaded["task_id"] or loaded["taskId"]
+        )
+        if not task_id:
+            raise ValidationError({"data": {"task_id": ["Missing task id."]}})
+        code: int = loaded["code"]
+        callback_type: str = data.get("callbackType") or ""
+        stage = CALLBACK_TYPES.get(callback_type.lower())
+        if code != 200:
+            stage = Stage.FAILED
+        elif stage is None:
+            message = "Unknown callbackType." if callback_type else "Missing callbackType."
+            raise ValidationError({"data": {"callbackType": [message]}})
+        tracks = data.get("data") or ()
+        return CallbackEvent(
+            task_id=task_id,
+            stage=stage,
+            code=code,
+            msg=loaded["msg"] or "",
+            tracks=tuple(tracks),
+            callback_type=callback_type,
+            error=data.get("error"),
+            raw=MappingProxyType(dict(original)),
+            received_at=datetime.now(timezone.utc),
+        )
+
+
+#: The one shared instance the endpoint, polling and replay load callbacks with.
+callback_schema = CallbackSchema()
+
+
+def load_callback(payload: Mapping[str, Any]) -> CallbackEvent:
+    """Validate one music callback body; raises :class:`marshmallow.ValidationError`."""
+    event: CallbackEvent = callback_schema.load(payload)
+    return event

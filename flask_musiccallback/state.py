@@ -1,0 +1,55 @@
+"""The per-application state kept in ``app.extensions["musiccallback"]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from .config import Settings
+from .stores.base import Delivery, Store
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .dispatch import Outcome
+    from .extension import MusicCallback
+    from .families import Event, Family
+
+EXTENSION_NAME = "musiccallback"
+
+
+class Dispatcher(Protocol):
+    """Runs the receivers of a claimed delivery: in the request, in a pool, or in a worker."""
+
+    def dispatch(
+        self,
+        app: Flask,
+        state: MusicCallbackState,
+        family: Family,
+        event: Event,
+        delivery: Delivery,
+    ) -> Outcome: ...
+
+
+@dataclass(eq=False)
+class MusicCallbackState:
+    """Everything one app's callbacks need, built once by ``init_app``."""
+
+    extension: MusicCallback
+    settings: Settings
+    store: Store
+    dispatcher: Dispatcher
+    #: Whether the store's last call failed, so that an outage is logged once, not per request.
+    store_down: bool = field(default=False)
+
+
+def get_state(app: Flask) -> MusicCallbackState:
+    """The extension's state for ``app``, with a clear error when it was never initialised."""
+    try:
+        state: MusicCallbackState = app.extensions[EXTENSION_NAME]
+    except KeyError:
+        raise RuntimeError(
+            f"flask-musiccallback is not initialised on app {app.name!r}: "
+            "call MusicCallback(app) or music.init_app(app) first."
+        ) from None
+    return state

@@ -1,0 +1,99 @@
+"""Source checks: IP allow-list, URL token, kie.ai HMAC signature with a timestamp window.
+
+Each check is a small function that raises :class:`Rejected` and otherwise returns nothing, so the
+endpoint composes them in the order that leaks least: the cheap ones before the body is read, and a
+request that fails one learns nothing else. Secrets are compared with :func:`hmac.compare_digest`
+against every configured value (rotation) without stopping at the first match.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from werkzeug.datastructures import Headers
+
+from .config import Settings
+
+SIGNATURE_HEADER = "X-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Webhook-Timestamp"
+
+
+class Rejected(Exception):  # noqa: N818 - it is an answer, not an error of ours
+    """A request the endpoint refuses; carries what to answer and to report."""
+
+    def __init__(self, reason: str, status: int, errors: Mapping[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.errors: Mapping[str, Any] = errors or {}
+
+
+def unauthorized() -> Rejected:
+    return Rejected("unauthorized", 401)
+
+
+def check_address(settings: Settings, remote_addr: str | None) -> None:
+    """Refuse an address outside ``MUSICCALLBACK_ALLOWED_IPS`` (403), when a list is set."""
+    if not settings.allowed_networks:
+        return
+    try:
+        address = ipaddress.ip_address(remote_addr or "")
+    except ValueError:
+        raise Rejected("forbidden", 403) from None
+    if not any(address in network for network in settings.allowed_networks):
+        raise Rejected("forbidden", 403)
+
+
+def _matches_any(candidate: bytes, secrets: tuple[bytes, ...]) -> bool:
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(candidate, secret)
+    return matched
+
+
+def check_token(settings: Settings, token: str | None) -> None:
+    """Refuse a missing or wrong ``token`` query parameter (401), when tokens are set."""
+    if not settings.tokens:
+        return
+    if not token or not _matches_any(token.encode(), settings.tokens):
+        raise unauthorized()
+
+
+def signed_timestamp(settings: Settings, headers: Headers, now: float) -> str | None:
+    """The signature's timestamp, once its headers are present and it is inside the window.
+
+    Runs before the body is read: an unsigned or replayed request is refused without it. Returns
+    ``None`` when no HMAC key is configured.
+    """
+    if not settings.hmac_keys:
+        return None
+    timestamp = headers.get(TIMESTAMP_HEADER, "")
+    if not headers.get(SIGNATURE_HEADER) or not timestamp.isascii() or not timestamp.isdigit():
+        raise unauthorized()
+    if len(timestamp) > 12 or abs(now - int(timestamp)) > settings.timestamp_tolerance:
+        raise unauthorized()
+    return timestamp
+
+
+def sign(key: bytes, task_id: str, timestamp: str) -> str:
+    """The kie.ai signature: base64 of HMAC-SHA256 over ``task_id + "." + timestamp``."""
+    digest = hmac.new(key, f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def check_signature(
+    settings: Settings, headers: Headers, task_id: str | None, timestamp: str
+) -> None:
+    """Refuse a signature that no configured key produces for this task and timestamp (401)."""
+    if not task_id:
+        raise unauthorized()  # nothing to verify against: the request cannot be authentic
+    given = headers.get(SIGNATURE_HEADER, "").strip().encode("ascii", "replace")
+    expected = tuple(sign(key, task_id, timestamp).encode("ascii") for key in settings.hmac_keys)
+    if not _matches_any(given, expected):
+        raise unauthorized()
+
