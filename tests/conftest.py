@@ -1,0 +1,49 @@
+"""Fixtures shared by the whole suite: real Flask apps with the extension, and their clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from flask_musiccallback import MusicCallback
+
+TOKEN = "test-token-0123456789abcdef"
+URL = f"/music-callback?token={TOKEN}"
+
+AppFactory = Callable[..., Flask]
+
+
+@pytest.fixture
+def make_app() -> Iterator[AppFactory]:
+    """Build a fresh app with the extension; keyword arguments become ``MUSICCALLBACK_*`` config.
+
+    ``make_app(TOKEN=None)`` builds an app with no token; ``make_app(_testing=False)`` one that is
+    not in testing mode; ``make_app(_store=...)`` passes a store in code.
+    """
+
+    def factory(
+        *, _testing: bool = True, _store: Any = None, **config: Any
+    ) -> Flask:
+        app = Flask(__name__)
+        app.testing = _testing
+        app.config["MUSICCALLBACK_TOKEN"] = TOKEN
+        for key, value in config.items():
+            app.config[f"MUSICCALLBACK_{key}"] = value
+        MusicCallback(app, store=_store)
+        return app
+
+    yield factory
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
