@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from flask import Flask, current_app, has_app_context, has_request_context, url_for
 
 from .config import ConfigurationError, Settings
-from .dispatch import SyncDispatcher
+from .dispatch import SyncDispatcher, ThreadDispatcher
 from .endpoint import ENDPOINT, make_blueprint
 from .events import CallbackEvent, Stage
 from .families import MUSIC
@@ -32,8 +32,10 @@ class MusicCallback:
     ``init_app`` reads these configuration keys (defaults in :mod:`flask_musiccallback.config`):
     ``MUSICCALLBACK_URL_RULE``, ``_STORE``, ``_DEDUP_TTL``, ``_TOKEN``, ``_HMAC_KEY``,
     ``_TIMESTAMP_TOLERANCE``, ``_ALLOWED_IPS``, ``_MAX_CONTENT_LENGTH``, ``_DISPATCH``,
-    ``_RECEIVER_ERRORS``, ``_EXTERNAL_URL``, ``_API_KEY`` and ``_API_BASE_URL``. They are read
-    once, when the app is initialised; set them before.
+    ``_RECEIVER_ERRORS``, ``_EXTERNAL_URL``, ``_API_KEY`` and ``_API_BASE_URL``; off the request
+    path also ``_THREAD_POOL_SIZE``, ``_THREAD_QUEUE_SIZE``, ``_RETRY_ATTEMPTS``,
+    ``_RETRY_BACKOFF`` and ``_CELERY_APP`` (docs/dispatch.md). They are read once, when the app is
+    initialised; set them before.
 
     One extension object may serve several apps (an app factory called twice, tests); each gets its
     own endpoint, store and settings in ``app.extensions["musiccallback"]``. Receivers added with
@@ -140,6 +142,15 @@ class MusicCallback:
 
 
 def _dispatcher(settings: Settings) -> Dispatcher:
-    if settings.dispatch == "sync":
-        return SyncDispatcher()
-    raise ConfigurationError(f"MUSICCALLBACK_DISPATCH={settings.dispatch!r} is not available yet.")
+    if settings.dispatch == "thread":
+        return ThreadDispatcher(settings)
+    if settings.dispatch == "celery":
+        try:
+            from .celery_dispatch import CeleryDispatcher
+        except ImportError as exc:
+            raise ConfigurationError(
+                "MUSICCALLBACK_DISPATCH='celery' needs Celery: "
+                "pip install 'flask-musiccallback[celery]'."
+            ) from exc
+        return CeleryDispatcher(settings)
+    return SyncDispatcher()

@@ -9,11 +9,12 @@ for the event's stage. Supporting another kind later means one new module that b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from blinker import Signal
 from marshmallow import Schema
@@ -70,6 +71,16 @@ class Family:
             superseded_by=None if later is None else self._store_stage(later),
         )
 
+    def load(self, payload: Mapping[str, Any], received_at: datetime | None = None) -> Event:
+        """Load a kept payload again (a Celery worker, ``replay``); raises ``ValidationError``.
+
+        ``received_at`` restores when the delivery first arrived, which loading would set to now.
+        """
+        event: Event = self.schema.load(payload)
+        if received_at is not None:
+            event = dataclasses.replace(cast(Any, event), received_at=received_at)
+        return event
+
     def _store_stage(self, stage: str) -> str:
         return str(stage) if self.name == MUSIC_NAME else f"{self.name}:{stage}"
 
@@ -97,6 +108,14 @@ _families: list[Family] = [MUSIC]
 def register_family(family: Family) -> None:
     """Recognise another callback family, checked before the music family (the catch-all)."""
     _families.insert(len(_families) - 1, family)
+
+
+def family_named(name: str) -> Family:
+    """The registered family called ``name``, to read a delivery handed over by name."""
+    for family in _families:
+        if family.name == name:
+            return family
+    raise LookupError(f"No callback family named {name!r} is registered in this process.")
 
 
 def family_for(payload: Mapping[str, Any]) -> Family:
