@@ -36,7 +36,7 @@ def make_app() -> Iterator[AppFactory]:
         MusicCallback(app, store=_store)
         return app
 
-    yield factory
+    return factory
 
 
 @pytest.fixture
