@@ -88,7 +88,7 @@ def test_receivers_run_in_an_app_context_of_their_app_without_a_request(
     def look(sender: Flask, event: CallbackEvent) -> None:
         seen.update(
             app_context=has_app_context(),
-            app=current_app._get_current_object(),
+            app=current_app._get_current_object(),  # type: ignore[attr-defined]
             request_context=has_request_context(),
             thread=threading.current_thread().name,
             task_id=event.task_id,
