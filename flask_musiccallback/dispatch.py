@@ -6,7 +6,10 @@ failure through ``receiver_failed`` and the log, and returns the failures so the
 ``MUSICCALLBACK_RECEIVER_ERRORS``.
 
 :func:`deliver` is the one path every source of events takes (the endpoint, polling, replay): claim
-the delivery in the store, run the receivers, then complete, release or fail it.
+the delivery in the store, hand it to the app's dispatcher, which runs the receivers and then
+completes, releases or fails it: :class:`SyncDispatcher` in the request (:func:`process`),
+:class:`ThreadDispatcher` in a bounded pool and the Celery dispatcher (``celery_dispatch``) in a
+worker, both after the answer (:func:`process_acknowledged`, which retries with back-off).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 import weakref
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from .state import EXTENSION_NAME, Dispatcher, MusicCallbackState, get_state
 from .stores.base import Store, store_from_url
 
 F = TypeVar("F", bound=Callable[[CallbackEvent], Any])
+
+logger = logging.getLogger("flask_musiccallback")
 
 
 class MusicCallbackInsecureWarning(UserWarning):
@@ -67,7 +70,7 @@ class MusicCallback:
             extension=self,
             settings=settings,
             store=store,
-            dispatcher=_dispatcher(settings),
+            dispatcher=_dispatcher(settings, store),
         )
         app.register_blueprint(make_blueprint(settings.url_rule))
         from .cli import musiccallback
@@ -143,7 +146,7 @@ class MusicCallback:
         )
 
 
-def _dispatcher(settings: Settings) -> Dispatcher:
+def _dispatcher(settings: Settings, store: Store) -> Dispatcher:
     if settings.dispatch == "thread":
         return ThreadDispatcher(settings)
     if settings.dispatch == "celery":
@@ -154,5 +157,12 @@ def _dispatcher(settings: Settings) -> Dispatcher:
                 "MUSICCALLBACK_DISPATCH='celery' needs Celery: "
                 "pip install 'flask-musiccallback[celery]'."
             ) from exc
+        if not store.persistent:
+            logger.warning(
+                "Celery dispatch with a %s: web and worker processes do not share it, so a "
+                "delivery's outcome is not recorded where the endpoint deduplicates, and failed "
+                "deliveries are not kept. Use a Redis or SQL store.",
+                type(store).__name__,
+            )
         return CeleryDispatcher(settings)
     return SyncDispatcher()
