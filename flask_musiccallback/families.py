@@ -103,6 +103,12 @@ def register_family(family: Family) -> None:
     _families.insert(len(_families) - 1, family)
 
 
+def unregister_family(family: Family) -> None:
+    """Stop recognising a family registered with :func:`register_family` (the music one stays)."""
+    if family is not MUSIC and family in _families:
+        _families.remove(family)
+
+
 def family_for(payload: Mapping[str, Any]) -> Family:
     """The family whose ``detect`` accepts the payload; music when no other does."""
     for family in _families:
