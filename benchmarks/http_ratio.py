@@ -77,7 +77,9 @@ def wrk(port: int, script: Path, seconds: int, connections: int) -> float:
     return float(match.group(1))
 
 
-def measure(store: str, rounds: int, seconds: int, connections: int, tracks: int) -> dict[str, float]:
+def measure(
+    store: str, rounds: int, seconds: int, connections: int, tracks: int
+) -> dict[str, float]:
     payload = json.dumps(build_callback("complete", task_id="TASK-ID", tracks=tracks))
     port = free_port()
     env = {**os.environ, "BENCH_STORE": store}
@@ -117,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
-    print(f"| store | bare route req/s | endpoint req/s | ratio |")
+    print("| store | bare route req/s | endpoint req/s | ratio |")
     print("|---|---|---|---|")
     for store in args.store or ["memory://"]:
         row = measure(store, args.rounds, args.seconds, args.connections, args.tracks)
