@@ -185,13 +185,14 @@ def poll_command(task_id: str, watch: bool, interval: float, timeout: float) -> 
     from .poll import PollError, WatchTimeout, poll_task, watch_task
 
     app = _app()
-    shown: list[str] = []
+    shown: list[tuple[str, bool]] = []
 
     def show(result: PollResult) -> None:
-        line = _describe(result)
-        if not shown or shown[-1] != line:
-            click.echo(line)
-            shown.append(line)
+        """Print a status once, and again only if its receivers failed or recovered."""
+        key = (result.status, result.outcome is Outcome.RETRY)
+        if not shown or shown[-1] != key:
+            click.echo(_describe(result))
+            shown.append(key)
 
     def warn(error: PollError, delay: float) -> None:
         click.echo(f"Warning: {error}; trying again in {delay:g} s", err=True)

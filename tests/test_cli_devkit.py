@@ -13,6 +13,7 @@ from fake_provider import Answer, FakeProvider, record, serve
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
+from flask_musiccallback import all_tracks_generated
 from flask_musiccallback.testing import record_signals
 
 API_KEY = "provider-api-key"
@@ -181,7 +182,7 @@ def test_poll_pending(polling_app: Flask, provider: FakeProvider) -> None:
 def test_watch_shows_each_new_status_until_the_task_ends(
     polling_app: Flask, provider: FakeProvider
 ) -> None:
-    provider.statuses("t1", "PENDING", "PENDING", "TEXT_SUCCESS", "SUCCESS")
+    provider.statuses("t1", "PENDING", "TEXT_SUCCESS", "TEXT_SUCCESS", "SUCCESS")
     started = time.monotonic()
 
     result = run(polling_app, "poll", "t1", "--watch", "--interval", "0.5")
@@ -267,3 +268,37 @@ def test_poll_refuses_a_too_short_interval(polling_app: Flask) -> None:
     result = run(polling_app, "poll", "t1", "--watch", "--interval", "0.1")
 
     assert result.exit_code == 2
+
+
+def test_watch_keeps_polling_until_failed_receivers_succeed(
+    polling_app: Flask, provider: FakeProvider
+) -> None:
+    failures = ["disk full"]
+
+    def flaky(sender: Flask, **extra: Any) -> None:
+        if failures:
+            raise RuntimeError(failures.pop())
+
+    provider.statuses("t1", "SUCCESS")
+    with all_tracks_generated.connected_to(flaky, sender=polling_app):
+        result = run(polling_app, "poll", "t1", "--watch", "--interval", "0.5")
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "SUCCESS: complete receivers failed; polling again retries them",
+        "SUCCESS: complete dispatched (2 tracks)",
+    ]
+
+
+def test_poll_once_with_a_failed_receiver_exits_non_zero(
+    polling_app: Flask, provider: FakeProvider
+) -> None:
+    def broken(sender: Flask, **extra: Any) -> None:
+        raise RuntimeError("disk full")
+
+    provider.statuses("t1", "SUCCESS")
+    with all_tracks_generated.connected_to(broken, sender=polling_app):
+        result = run(polling_app, "poll", "t1")
+
+    assert result.exit_code == 1
+    assert "Error: a receiver failed; see the log" in result.output
