@@ -243,6 +243,9 @@ def _wire_fields() -> dict[str, tuple[str, int]]:
 
 _WIRE_FIELDS = _wire_fields()
 
+#: The keys a track carries on the wire, as the provider spells them (aliases excluded).
+TRACK_WIRE_KEYS = tuple(field.data_key or name for name, field in TrackSchema().fields.items())
+
 
 def _optional_text(value: Any) -> bool:
     return value is None or type(value) is str

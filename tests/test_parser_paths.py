@@ -14,25 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from flask_musiccallback.schemas import TRACK_ALIASES, callback_schema, load_callback
+from flask_musiccallback.schemas import (
+    TRACK_ALIASES,
+    TRACK_WIRE_KEYS,
+    callback_schema,
+    load_callback,
+)
 
-TRACK_KEYS = [
-    "id",
-    "audio_url",
-    "source_audio_url",
-    "stream_audio_url",
-    "source_stream_audio_url",
-    "image_url",
-    "source_image_url",
-    "prompt",
-    "model_name",
-    "title",
-    "tags",
-    "createTime",
-    "duration",
-    *TRACK_ALIASES,
-    "unknown_key",
-]
+TRACK_KEYS = [*TRACK_WIRE_KEYS, *TRACK_ALIASES, "unknown_key"]
 
 scalars = st.one_of(
     st.none(),

@@ -14,7 +14,7 @@ import tomllib
 from flask import Flask
 
 from flask_musiccallback import Stage
-from flask_musiccallback.schemas import load_callback
+from flask_musiccallback.schemas import TRACK_WIRE_KEYS, load_callback
 from flask_musiccallback.testing import (
     CallbackClient,
     build_callback,
@@ -27,20 +27,7 @@ from .conftest import AppFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TRACK_FIELDS = {
-    "id",
-    "audio_url",
-    "source_audio_url",
-    "stream_audio_url",
-    "source_stream_audio_url",
-    "image_url",
-    "source_image_url",
-    "prompt",
-    "model_name",
-    "title",
-    "tags",
-    "createTime",
-}
+TRACK_FIELDS = set(TRACK_WIRE_KEYS) - {"duration"}
 
 
 def test_build_callback_complete_is_shaped_like_real_traffic() -> None:
