@@ -139,7 +139,7 @@ def receive() -> Response:
             check_signature(settings, request.headers, find_task_id(payload), timestamp)
         family = family_for(payload)
         try:
-            event = family.schema.load(payload)
+            event = family.load(payload)
         except ValidationError as exc:
             raise Rejected("invalid_payload", 422, _messages(exc)) from None
     except Rejected as rejected:

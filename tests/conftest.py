@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_musiccallback import MusicCallback
+
+if TYPE_CHECKING:
+    from .fake_provider import FakeProvider
+
+# The project's own testing kit (musiccallback_app, musiccallback_client, ...), loaded by name so
+# that it works whether or not the installed package already registers its pytest11 entry point.
+pytest_plugins = ["pytester", "flask_musiccallback.testing"]
 
 TOKEN = "test-token-0123456789abcdef"
 URL = f"/music-callback?token={TOKEN}"
@@ -18,7 +25,7 @@ AppFactory = Callable[..., Flask]
 
 
 @pytest.fixture
-def make_app() -> Iterator[AppFactory]:
+def make_app() -> AppFactory:
     """Build a fresh app with the extension; keyword arguments become ``MUSICCALLBACK_*`` config.
 
     ``make_app(TOKEN=None)`` builds an app with no token; ``make_app(_testing=False)`` one that is
@@ -47,3 +54,12 @@ def app(make_app: AppFactory) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    """The provider's record-info endpoint, faked and served on 127.0.0.1."""
+    from .fake_provider import FakeProvider
+
+    with FakeProvider().running() as fake:
+        yield fake
