@@ -110,7 +110,7 @@ def web_process(mode: str, broker: str | None, args: argparse.Namespace) -> Iter
     command += ["--receiver-seconds", str(args.receiver_seconds)]
     command += ["--thread-queue-size", str(args.thread_queue_size)]
     command += ["--broker", broker] if broker else []
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         command, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
     try:

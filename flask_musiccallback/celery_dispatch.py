@@ -146,7 +146,7 @@ def process_delivery(
     state = get_state(app)
     try:
         kind = family_named(family)
-        event = kind.load(payload, datetime.fromisoformat(received_at))
+        event = kind.reload(payload, datetime.fromisoformat(received_at))
     except (LookupError, ValidationError, ValueError) as exc:
         logger.error("A worker cannot read task %s stage %s: %s", task_id, stage, exc)
         state.store.fail(task_id, stage, f"unreadable in the worker: {exc}")

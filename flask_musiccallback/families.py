@@ -74,15 +74,14 @@ class Family:
             superseded_by=None if later is None else self._store_stage(later),
         )
 
-    def load(self, payload: Mapping[str, Any], received_at: datetime | None = None) -> Event:
-        """Load a kept payload again (a Celery worker, ``replay``); raises ``ValidationError``.
+    def reload(self, payload: Mapping[str, Any], received_at: datetime) -> Event:
+        """Load a payload handed over or kept (a Celery worker, ``replay``) as it first arrived.
 
-        ``received_at`` restores when the delivery first arrived, which loading would set to now.
+        Loading sets ``received_at`` to now; this restores when the delivery was received.
+        Raises ``ValidationError``.
         """
-        event: Event = self.schema.load(payload)
-        if received_at is not None:
-            event = dataclasses.replace(cast(Any, event), received_at=received_at)
-        return event
+        event: Event = self.load(payload)
+        return cast(Event, dataclasses.replace(cast(Any, event), received_at=received_at))
 
     def _store_stage(self, stage: str) -> str:
         return str(stage) if self.name == MUSIC_NAME else f"{self.name}:{stage}"
