@@ -97,6 +97,8 @@ def row(mode: str, concurrency: int, latencies: list[float], statuses: dict[int,
 def serve(args: argparse.Namespace) -> None:
     """The web process: serve the app, print the port, run until killed."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log on the clock
+    # The memory store is deliberate here (only the answer is measured): no warning about it.
+    logging.getLogger("flask_musiccallback").setLevel(logging.ERROR)
     app = create_app(args.serve, args.broker, args.receiver_seconds, args.thread_queue_size)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     print(server.server_port, flush=True)
