@@ -11,6 +11,9 @@ from flask.testing import FlaskClient
 
 from flask_musiccallback import MusicCallback
 
+#: Real PostgreSQL and Redis servers (servers.py), and every store as a parameter (backends.py).
+pytest_plugins = ("servers", "backends")
+
 TOKEN = "test-token-0123456789abcdef"
 URL = f"/music-callback?token={TOKEN}"
 

@@ -67,7 +67,6 @@ MAX_ERROR_LENGTH = 4000
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IN_FLIGHT = (DeliveryState.PENDING.value, DeliveryState.PROCESSING.value)
 _FINISHED = (DeliveryState.DONE.value, DeliveryState.FAILED.value)
-_UPSERT_DIALECTS = ("sqlite", "postgresql")
 
 
 def table_items(name: str) -> list[sa.schema.SchemaItem]:
@@ -113,6 +112,10 @@ class SQLAlchemyStore(PersistentStore):
     Flask-SQLAlchemy extension object, or nothing to use the app's Flask-SQLAlchemy ``db`` (what
     ``sqlalchemy://`` means). With ``db`` or ``sqlalchemy://`` the table is the host's to create.
     """
+
+    #: Dialects whose claim is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``; others insert,
+    #: then take the row over with a conditional ``UPDATE``.
+    upsert_dialects: tuple[str, ...] = ("sqlite", "postgresql")
 
     def __init__(
         self,
@@ -313,7 +316,7 @@ class SQLAlchemyStore(PersistentStore):
         )
 
         def upsert(connection: Connection) -> bool | None:
-            if connection.dialect.name not in _UPSERT_DIALECTS:
+            if connection.dialect.name not in self.upsert_dialects:
                 return None
             return _upsert(connection, table, values, taken, takeable) == 1
 
@@ -503,6 +506,9 @@ def _upsert(
     statement = statement.values(**values).on_conflict_do_update(
         index_elements=[table.c.task_id, table.c.stage], set_=taken, where=takeable
     )
+    if connection.dialect.insert_returning:
+        # A row comes back when inserted or taken over, none when the WHERE kept it.
+        return len(connection.execute(statement.returning(table.c.id)).all())
     rowcount: int = connection.execute(statement).rowcount
     return rowcount
 
