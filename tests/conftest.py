@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ AppFactory = Callable[..., Flask]
 
 
 @pytest.fixture
-def make_app() -> Iterator[AppFactory]:
+def make_app() -> AppFactory:
     """Build a fresh app with the extension; keyword arguments become ``MUSICCALLBACK_*`` config.
 
     ``make_app(TOKEN=None)`` builds an app with no token; ``make_app(_testing=False)`` one that is
@@ -39,7 +39,7 @@ def make_app() -> Iterator[AppFactory]:
         MusicCallback(app, store=_store)
         return app
 
-    yield factory
+    return factory
 
 
 @pytest.fixture

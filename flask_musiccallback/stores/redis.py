@@ -111,14 +111,15 @@ return 1
 
 # KEYS: claim, delivery, index
 # ARGV: owner, lease ms, ttl s, id, force ('1' | '0'), count an attempt ('1' | '0')
-# Takes the claim for this owner: a replay (counting an attempt), or a queued delivery starting.
+# Takes the claim for this owner: a replay (counting an attempt), or a queued delivery starting
+# (forced: the claim is the worker's own).
 _TAKE = (
     _NOW
     + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return false end
 if ARGV[5] ~= '1' then
   local held = redis.call('GET', KEYS[1])
-  local live = held and held ~= 'done' and held ~= 'failed' and held ~= ARGV[1]
+  local live = held and held ~= 'done' and held ~= 'failed'
   if live or redis.call('HGET', KEYS[2], 'state') == 'done' then return false end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -140,7 +139,7 @@ class SQLAlchemyStore(PersistentStore):
         #: Whether the table is the extension's to create (its own engine), not the host's.
         self.creates_table = db is None and (url is not None or engine is not None)
         self._db: SQLAlchemy | None = None
-        self._app: weakref.ref[Flask] | None = None
+        self._app: Flask | None = None
         self._lock = threading.Lock()
         self._ready = False
         self._table: sa.Table | None = None
@@ -176,7 +175,7 @@ class SQLAlchemyStore(PersistentStore):
         any ``db.create_all()``, migration command or request: either extension may be
         initialised first.
         """
-        self._app = weakref.ref(app)
+        self._app = app
         if self._url is not None and self._engine is None:
             self._engine = _create_engine(self._url, app.instance_path)
         if self.creates_table or self._db is not None:
@@ -207,7 +206,7 @@ class SQLAlchemyStore(PersistentStore):
     def table(self) -> sa.Table:
         """The deliveries table; with ``sqlalchemy://``, known once Flask-SQLAlchemy is found."""
         if self._table is None:
-            app = self._app() if self._app is not None else None
+            app = self._app
             if app is not None:
                 self._find_db(app)
             if self._table is None:
@@ -232,7 +231,7 @@ class SQLAlchemyStore(PersistentStore):
 
     def _borrowed_engine(self) -> Engine:
         assert self._db is not None
-        app = self._app() if self._app is not None else None
+        app = self._app
         if app is None:
             raise StoreUnavailable("SQLAlchemyStore(db=...) is used before init_app(app).")
         with app.app_context():
