@@ -141,10 +141,9 @@ def replay_command(delivery_ids: tuple[str, ...], failed: bool, pending: bool, f
     if not (delivery_ids or failed or pending):
         raise click.UsageError("Name deliveries by ID, or give --failed or --pending.")
     _persistent_store()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     with _store_errors():
-        results = replay(
-            current_app, delivery_ids, failed=failed, pending=pending, force=force
-        )
+        results = replay(app, delivery_ids, failed=failed, pending=pending, force=force)
     if not results:
         click.echo("Nothing to replay.")
     for result in results:

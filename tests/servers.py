@@ -107,6 +107,23 @@ class PostgresServer:
             connection.execute(f'CREATE DATABASE "{name}"')
         return name
 
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -h {self.host} -k {self.datadir.parent} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+        )
+        log = str(self.datadir.parent / "log")
+        self.pg_ctl("start", "-w", "-t", "30", "-l", log, "-o", options)
+
+    def stop(self) -> None:
+        self.pg_ctl("stop", "-m", "immediate", "-w")
+
+    def remove(self) -> None:
+        """Stop the server and delete its files."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
     def pg_ctl(self, *args: str) -> None:
         subprocess.run(
             [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args],
@@ -115,7 +132,16 @@ class PostgresServer:
         )
 
 
-def _start_postgres(bindir: Path) -> PostgresServer:
+def start_postgresql() -> PostgresServer:
+    """Start a PostgreSQL cluster of one's own (for tests that stop and restart it)."""
+    bindir = _postgres_bindir()
+    if bindir is None or not (bindir / "initdb").exists():
+        missing("PostgreSQL (initdb, pg_ctl)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        missing("psycopg")
+    assert bindir is not None
     base = Path(tempfile.mkdtemp(prefix="musiccallback-pg-"))
     run_as: list[str] = []
     if os.geteuid() == 0:
@@ -130,31 +156,18 @@ def _start_postgres(bindir: Path) -> PostgresServer:
         capture_output=True,
     )
     server = PostgresServer(port=free_port(), datadir=datadir, bindir=bindir, run_as=run_as)
-    options = (
-        f"-p {server.port} -h 127.0.0.1 -k {base} -c fsync=off -c synchronous_commit=off "
-        "-c full_page_writes=off -c max_connections=100"
-    )
-    server.pg_ctl("start", "-w", "-t", "30", "-l", str(base / "log"), "-o", options)
+    server.start()
     return server
 
 
 @pytest.fixture(scope="session")
 def postgresql_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole session."""
-    bindir = _postgres_bindir()
-    if bindir is None or not (bindir / "initdb").exists():
-        missing("PostgreSQL (initdb, pg_ctl)")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        missing("psycopg")
-    assert bindir is not None
-    server = _start_postgres(bindir)
+    server = start_postgresql()
     try:
         yield server
     finally:
-        server.pg_ctl("stop", "-m", "immediate", "-w")
-        shutil.rmtree(server.datadir.parent, ignore_errors=True)
+        server.remove()
 
 
 @pytest.fixture
@@ -200,6 +213,11 @@ class RedisServer:
                 self.process.wait()
             self.process = None
 
+    def remove(self) -> None:
+        """Stop the server and delete its directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
     def flush(self, db: int) -> None:
         import redis
 
@@ -207,11 +225,15 @@ class RedisServer:
             client.flushdb()
 
 
-def start_redis(binary: str | None = None) -> RedisServer:
+def start_redis() -> RedisServer:
     """Start a ``redis-server`` of one's own (for tests that stop and restart it)."""
-    found = binary or shutil.which("redis-server")
+    found = shutil.which("redis-server")
     if found is None:
         missing("Redis (redis-server)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        missing("redis-py")
     assert found is not None
     server = RedisServer(
         port=free_port(),
@@ -225,16 +247,11 @@ def start_redis(binary: str | None = None) -> RedisServer:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A Redis server for the whole session, with 64 databases."""
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        missing("redis-py")
     server = start_redis()
     try:
         yield server
     finally:
-        server.stop()
-        shutil.rmtree(server.directory, ignore_errors=True)
+        server.remove()
 
 
 _REDIS_TEST_DB = 9
