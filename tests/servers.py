@@ -13,6 +13,9 @@ Fixtures:
 ``redis_url`` (function)
     ``redis://`` URL of a database emptied for the test.
 
+``start_postgresql()`` and ``start_redis()`` start a server of one's own, for a test that stops
+and restarts it (call ``remove()`` when done).
+
 Where a server's binaries are missing the tests that need it are skipped with a message saying how
 to get them; with ``CI=true`` in the environment they fail instead, so that CI never passes on
 tests it did not run.
