@@ -84,13 +84,17 @@ def read_payload(limit: int) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > limit:
         raise Rejected("too_large", 413)
-    request.max_content_length = limit
+    # Werkzeug's limited stream stops quietly at exactly its maximum, so allow one byte more:
+    # a body that reaches it is over the limit, and no more than that byte is ever read.
+    request.max_content_length = limit + 1
     try:
         body = request.get_data(cache=True)
     except RequestEntityTooLarge:
         raise Rejected("too_large", 413) from None
     except ClientDisconnected:
         raise Rejected("invalid_json", 400) from None
+    if len(body) > limit:
+        raise Rejected("too_large", 413)
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):
@@ -135,7 +139,7 @@ def receive() -> Response:
             check_signature(settings, request.headers, find_task_id(payload), timestamp)
         family = family_for(payload)
         try:
-            event = family.schema.load(payload)
+            event = family.load(payload)
         except ValidationError as exc:
             raise Rejected("invalid_payload", 422, _messages(exc)) from None
     except Rejected as rejected:

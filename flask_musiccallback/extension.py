@@ -6,7 +6,7 @@ import functools
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
 from flask import Flask, current_app, has_app_context, has_request_context, url_for
@@ -18,6 +18,9 @@ from .events import CallbackEvent, Stage
 from .families import MUSIC
 from .state import EXTENSION_NAME, Dispatcher, MusicCallbackState, get_state
 from .stores.base import Store, store_from_url
+
+if TYPE_CHECKING:
+    from .poll import PollResult
 
 F = TypeVar("F", bound=Callable[[CallbackEvent], Any])
 
@@ -57,7 +60,9 @@ class MusicCallback:
                 "init_app may be called once per app."
             )
         settings = Settings.from_config(app.config)
-        store = self._store or store_from_url(settings.store_url, ttl=settings.dedup_ttl)
+        store = self._store
+        if store is None:
+            store = store_from_url(settings.store_url, ttl=settings.dedup_ttl)
         store.init_app(app)
         app.extensions[EXTENSION_NAME] = MusicCallbackState(
             extension=self,
@@ -124,6 +129,18 @@ class MusicCallback:
                 "callback_url() needs a request, SERVER_NAME, or MUSICCALLBACK_EXTERNAL_URL "
                 "to know the public address of the app."
             ) from exc
+
+    def poll(self, task_id: str) -> PollResult:
+        """Ask the provider's record-info endpoint about ``task_id`` and dispatch what is new.
+
+        The fallback for when callbacks cannot reach the app: the answer becomes the same event a
+        callback would, through the same deduplication, so no stage fires twice however polls and
+        callbacks interleave. Needs ``MUSICCALLBACK_API_KEY``; raises
+        :class:`~flask_musiccallback.poll.PollError` when the provider cannot be used.
+        """
+        from .poll import poll_task  # the HTTP client is loaded only by apps that poll
+
+        return poll_task(self._current_app(), task_id)
 
     def _current_app(self) -> Flask:
         """The app to act for: the current one if this extension serves it, else its only app."""

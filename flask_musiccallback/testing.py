@@ -2,22 +2,36 @@
 
 They are public API, used by this project's own tests, so they stay honest: :func:`build_callback`
 produces what real traffic looks like (epoch-millisecond ``createTime``, every track field), not the
-friendlier shape of the vendor docs.
+friendlier shape of the vendor docs, and :class:`CallbackClient` posts through the app's real
+endpoint, source checks and deduplication included.
+
+This module is also the pytest plugin (the ``pytest11`` entry point): when pytest is installed it
+exposes the fixtures of :mod:`flask_musiccallback._fixtures`. The helpers themselves never need
+pytest, so ``flask musiccallback simulate`` uses them in production installs too.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from . import signals as _signals
 from .events import Stage
+from .families import find_task_id
+from .state import get_state
 from .verify import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+if TYPE_CHECKING:
+    from flask.testing import FlaskClient
+    from werkzeug.test import TestResponse
 
 #: The stage each ``callbackType`` stands for, and the ``msg`` the provider sends with it.
 _MESSAGES = {
@@ -114,3 +128,96 @@ def record_signals(app: Flask) -> Iterator[list[tuple[str, dict[str, Any]]]]:
         for name, signal in SIGNALS.items():
             stack.enter_context(signal.connected_to(recorder(name), sender=app))
         yield recorded
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a request must carry to pass an app's source checks, as the provider would send it."""
+
+    #: Query arguments to add to the callback URL (the first configured token).
+    query: Mapping[str, str] = field(default_factory=dict)
+    #: Headers to send (a fresh kie.ai signature made with the first configured HMAC key).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: An address inside ``MUSICCALLBACK_ALLOWED_IPS`` for in-process requests to come from.
+    remote_addr: str = "127.0.0.1"
+
+
+def callback_credentials(app: Flask, payload: Mapping[str, Any]) -> Credentials:
+    """The token, signature and source address that ``app``'s configuration requires.
+
+    The first token and key are used, as the provider would use the one in its settings; the
+    signature is made now over the payload's task id, so it is inside the timestamp window.
+    """
+    settings = get_state(app).settings
+    query = {"token": settings.tokens[0].decode()} if settings.tokens else {}
+    headers: dict[str, str] = {}
+    task_id = find_task_id(payload)
+    if settings.hmac_keys and task_id:
+        headers.update(signature_headers(task_id, settings.hmac_keys[0]))
+    remote_addr = "127.0.0.1"
+    networks = settings.allowed_networks
+    if networks and not any(ipaddress.ip_address(remote_addr) in net for net in networks):
+        remote_addr = str(networks[0].network_address)
+    return Credentials(query=query, headers=headers, remote_addr=remote_addr)
+
+
+class CallbackClient:
+    """Delivers callbacks to an app's own endpoint, the way the provider would.
+
+    Each delivery carries what the app's configuration requires (token, HMAC signature, an allowed
+    source address) and goes through the real endpoint, so a test sees exactly the answers and
+    signals that production traffic produces::
+
+        client = CallbackClient(app)
+        assert client.deliver("complete", task_id="t1").json == {"status": "received"}
+    """
+
+    def __init__(self, app: Flask, client: FlaskClient | None = None) -> None:
+        self.app = app
+        self.client = client if client is not None else app.test_client()
+
+    @property
+    def path(self) -> str:
+        """The endpoint's route, without any query."""
+        return get_state(self.app).settings.url_rule
+
+    def deliver(
+        self,
+        payload_or_stage: Mapping[str, Any] | Stage | str = "complete",
+        *,
+        task_id: str | None = None,
+        tracks: int = 2,
+        code: int | None = None,
+        msg: str | None = None,
+        authenticate: bool = True,
+        headers: Mapping[str, str] | None = None,
+    ) -> TestResponse:
+        """Post one callback and return the endpoint's answer.
+
+        ``payload_or_stage`` is a whole body, or a stage given to :func:`build_callback` with
+        ``task_id``, ``tracks``, ``code`` and ``msg``. ``authenticate=False`` sends it with no
+        token and no signature, as a stranger would; ``headers`` are added last and win.
+        """
+        if isinstance(payload_or_stage, Mapping):
+            payload = dict(payload_or_stage)
+        else:
+            payload = build_callback(
+                payload_or_stage, task_id=task_id, tracks=tracks, code=code, msg=msg
+            )
+        credentials = callback_credentials(self.app, payload) if authenticate else Credentials()
+        return self.client.post(
+            self.path,
+            query_string=dict(credentials.query),
+            json=payload,
+            headers={**credentials.headers, **(headers or {})},
+            environ_base={"REMOTE_ADDR": credentials.remote_addr},
+        )
+
+
+if find_spec("pytest") is not None:
+    from ._fixtures import (  # noqa: F401 - re-exported: this module is the pytest plugin
+        musiccallback_app,
+        musiccallback_client,
+        musiccallback_config,
+        musiccallback_signals,
+    )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
@@ -11,8 +11,18 @@ from flask.testing import FlaskClient
 
 from flask_musiccallback import MusicCallback
 
-#: Real PostgreSQL and Redis servers (servers.py), and every store as a parameter (backends.py).
-pytest_plugins = ("servers", "backends")
+if TYPE_CHECKING:
+    from .fake_provider import FakeProvider
+
+# The project's own testing kit (musiccallback_app, musiccallback_client, ...), loaded by name so
+# that it works whether or not the installed package already registers its pytest11 entry point.
+pytest_plugins = [
+    "pytester",
+    "flask_musiccallback.testing",
+    # Real PostgreSQL and Redis servers, and every store as a parameter of the conformance suite.
+    "tests.servers",
+    "tests.backends",
+]
 
 TOKEN = "test-token-0123456789abcdef"
 URL = f"/music-callback?token={TOKEN}"
@@ -50,3 +60,12 @@ def app(make_app: AppFactory) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    """The provider's record-info endpoint, faked and served on 127.0.0.1."""
+    from .fake_provider import FakeProvider
+
+    with FakeProvider().running() as fake:
+        yield fake

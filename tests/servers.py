@@ -1,4 +1,6 @@
-"""Real PostgreSQL and Redis servers for the tests: a pytest plugin (see ``conftest.py``).
+"""Real servers for the tests: the app on a socket, PostgreSQL and Redis (a pytest plugin).
+
+``serve(app)`` / ``serve_url(app)`` run a WSGI app on a threaded Werkzeug server on loopback.
 
 Each server is started once per test session from Debian's packages (``postgresql``,
 ``redis-server``), in a fresh temporary directory, on an ephemeral port of 127.0.0.1, and stopped
@@ -30,18 +32,22 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from werkzeug.serving import make_server
 
 #: How to get the servers, said whenever one is missing.
 HOW_TO = (
     "install Debian's packages with `apt-get install postgresql redis-server` "
-    "(or run `bash .ci/run`, which does)"
+    "(or run `bash scripts/test.sh`, which does)"
 )
 
 
@@ -68,6 +74,29 @@ def wait_for_port(port: int, timeout: float = 15.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[int]:
+    """Serve a WSGI app on 127.0.0.1 with one thread per request; yields the port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.02,), name="test-server", daemon=True
+    )
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+@contextmanager
+def serve_url(app: Any) -> Iterator[str]:
+    """Like :func:`serve`, yielding the base URL (``http://127.0.0.1:PORT``)."""
+    with serve(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------

@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import StoreApp, persistent_store, sqlite_url
 from click.testing import Result
-from conftest import URL, AppFactory
 from flask import Flask
-from servers import free_port
 
 import flask_musiccallback
 from flask_musiccallback import all_tracks_generated, text_generated
 from flask_musiccallback.stores.base import DeliveryState
 from flask_musiccallback.testing import build_callback, record_signals
+
+from .backends import StoreApp, persistent_store, sqlite_url
+from .conftest import URL, AppFactory
+from .servers import free_port
 
 
 def run(app: Flask, *args: str) -> Result:

@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import sqlite_url
-from conftest import TOKEN, URL, AppFactory
 from flask import Flask
 
 import flask_musiccallback
 from flask_musiccallback import MusicCallback, all_tracks_generated
 from flask_musiccallback.stores.base import DeliveryState
 from flask_musiccallback.testing import build_callback, record_signals
+
+from .backends import sqlite_url
+from .conftest import TOKEN, URL, AppFactory
 
 WORKERS = 4
 ROUNDS = 5

@@ -7,14 +7,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from backends import Backend, StoreApp, persistent_store
-from conftest import URL
 from flask import Flask
 
 from flask_musiccallback import Delivery, all_tracks_generated
 from flask_musiccallback.families import MUSIC
 from flask_musiccallback.stores.base import ClaimResult, DeliveryState
 from flask_musiccallback.testing import build_callback, signature_headers
+
+from .backends import Backend, StoreApp, persistent_store
+from .conftest import URL
 
 HMAC_KEY = "hmac-key-for-tests"
 

@@ -10,16 +10,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from backends import sqlite_url
-from conftest import URL, AppFactory
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from servers import PostgresServer
 
 from flask_musiccallback import MusicCallback, StoreError
 from flask_musiccallback.stores.base import ClaimResult, Delivery
 from flask_musiccallback.stores.sqlalchemy import DEFAULT_TABLE, SQLAlchemyStore
 from flask_musiccallback.testing import build_callback
+
+from .backends import sqlite_url
+from .conftest import URL, AppFactory
+from .servers import PostgresServer
 
 TABLE = DEFAULT_TABLE
 

@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from backends import StoreApp
-from conftest import URL
 from flask import Flask
 
 from flask_musiccallback import (
@@ -25,6 +23,9 @@ from flask_musiccallback import (
 )
 from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import build_callback, record_signals
+
+from .backends import StoreApp
+from .conftest import URL
 
 RECEIVED = {"status": "received"}
 DUPLICATE = {"status": "duplicate"}

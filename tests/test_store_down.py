@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import sqlite_url, with_flask_sqlalchemy
-from conftest import URL, AppFactory
 from flask import Flask
-from servers import free_port, start_postgresql, start_redis
 
 from flask_musiccallback import all_tracks_generated, callback_received
 from flask_musiccallback.testing import build_callback
+
+from .backends import sqlite_url, with_flask_sqlalchemy
+from .conftest import URL, AppFactory
+from .servers import free_port, start_postgresql, start_redis
 
 RETRY = (503, {"status": "retry"})
 RECEIVED = (200, {"status": "received"})

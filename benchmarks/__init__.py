@@ -1,0 +1,1 @@
+"""Benchmarks: never part of the test suite, run by hand (see docs/benchmarks.md)."""

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs (Python packages; Debian's servers for the stores) and runs it.
+#
+# The store tests start their own PostgreSQL and Redis servers from Debian's packages (see
+# tests/servers.py); with CI=true a test that finds them missing fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
+if [ "${#packages[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "Installing ${packages[*]} (Debian packages) for the store tests"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${packages[@]}"
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+exec python3 -m pytest -q "$@"

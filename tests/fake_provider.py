@@ -1,0 +1,123 @@
+"""A stand-in for the provider's API, served over real HTTP on 127.0.0.1, and a server helper.
+
+:class:`FakeProvider` answers ``GET /api/v1/generate/record-info`` in the documented shape
+(PROVIDER.md section 6), from answers a test scripts per task: each poll takes the next answer, and
+the last one repeats, as a finished task keeps its final record.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+
+from flask_musiccallback.testing import build_callback
+
+from .servers import serve_url
+
+#: snake_case track keys of a callback, and how record-info spells them.
+CAMEL = {
+    "audio_url": "audioUrl",
+    "source_audio_url": "sourceAudioUrl",
+    "stream_audio_url": "streamAudioUrl",
+    "source_stream_audio_url": "sourceStreamAudioUrl",
+    "image_url": "imageUrl",
+    "source_image_url": "sourceImageUrl",
+    "model_name": "modelName",
+}
+
+#: The callback stage whose tracks each status carries.
+STATUS_TRACKS = {"TEXT_SUCCESS": "text", "FIRST_SUCCESS": "first", "SUCCESS": "complete"}
+
+
+def camel_tracks(stage: str, task_id: str, count: int = 2) -> list[dict[str, Any]]:
+    """Tracks as record-info lists them: the callback's tracks with camelCase keys."""
+    tracks = build_callback(stage, task_id=task_id, tracks=count)["data"]["data"]
+    return [{CAMEL.get(key, key): value for key, value in track.items()} for track in tracks]
+
+
+def record(
+    task_id: str,
+    status: str,
+    *,
+    tracks: list[dict[str, Any]] | None = None,
+    error_code: Any = None,
+    error_message: str | None = None,
+) -> dict[str, Any]:
+    """A record-info body for ``task_id`` in ``status``, with the tracks that status carries."""
+    if tracks is None:
+        stage = STATUS_TRACKS.get(status)
+        tracks = camel_tracks(stage, task_id) if stage in ("first", "complete") else []
+    return {
+        "code": 200,
+        "msg": "success",
+        "data": {
+            "taskId": task_id,
+            "parentMusicId": "",
+            "param": '{"prompt":"A calm piano track","customMode":false,"model":"V4"}',
+            "response": {"taskId": task_id, "sunoData": tracks},
+            "status": status,
+            "type": "GENERATE",
+            "operationType": "generate",
+            "errorCode": error_code,
+            "errorMessage": error_message,
+        },
+    }
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Mapping[str, Any] | str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class FakeProvider:
+    """The provider's record-info endpoint, scripted per task, recording every request."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.answers: dict[str, list[Answer]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.app = Flask("fake_provider")
+        self.app.add_url_rule("/api/v1/generate/record-info", view_func=self._record_info)
+
+    def script(self, task_id: str, *answers: Answer | Mapping[str, Any]) -> None:
+        """The answers for ``task_id``, in order; a mapping is a 200 answer with that body."""
+        self.answers[task_id] = [
+            answer if isinstance(answer, Answer) else Answer(200, answer) for answer in answers
+        ]
+
+    def statuses(self, task_id: str, *statuses: str) -> None:
+        """Script ``task_id`` to go through ``statuses``, one per poll."""
+        self.script(task_id, *(record(task_id, status) for status in statuses))
+
+    def _record_info(self) -> Response:
+        task_id = request.args.get("taskId", "")
+        with self._lock:
+            self.requests.append(
+                {"task_id": task_id, "authorization": request.headers.get("Authorization")}
+            )
+            queue = self.answers.get(task_id)
+            if not queue:
+                answer = Answer(200, {"code": 400, "msg": "task not found", "data": None})
+            else:
+                answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(answer.body, str):
+            response = Response(answer.body, status=answer.status, mimetype="text/html")
+        else:
+            response = jsonify(answer.body)
+            response.status_code = answer.status
+        response.headers.update(answer.headers)
+        return response
+
+    @contextmanager
+    def running(self) -> Iterator[FakeProvider]:
+        with serve_url(self.app) as url:
+            self.url = url
+            yield self
