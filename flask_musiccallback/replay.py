@@ -1,7 +1,7 @@
 """Dispatching kept deliveries again: ``flask musiccallback replay`` and any code that needs it.
 
-A replay goes through the same path as a callback: the kept payload is loaded by its family's
-schema, and :func:`~.dispatch.process` runs the receivers and settles the delivery by the receiver
+A replay goes through the same path as a callback: the kept payload is loaded by its family, and
+:func:`~.dispatch.process` runs the receivers and settles the delivery by the receiver
 error policy. Only the claim differs: instead of :meth:`~.stores.base.Store.claim`, which would
 call a kept delivery a duplicate, :meth:`~.stores.base.PersistentStore.reclaim` takes it, which
 is just as atomic, so two replays of one delivery never both run it.
@@ -97,7 +97,7 @@ def _replay_one(
         return ReplayResult(delivery_id, Replayed.SKIPPED, why + "; --force takes it", current)
     family = family_for(taken.payload)
     try:
-        event = family.schema.load(taken.payload)
+        event = family.load(taken.payload)
     except ValidationError as exc:
         error = f"the kept payload no longer loads: {exc.messages}"
         store.fail(taken.task_id, taken.stage, error)

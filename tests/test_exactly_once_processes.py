@@ -139,7 +139,7 @@ from flask_musiccallback.stores.base import store_from_url
 
 payload = json.loads(sys.argv[2])
 store = store_from_url(sys.argv[1], ttl=3600)
-store.claim(MUSIC.delivery(MUSIC.schema.load(payload), payload))
+store.claim(MUSIC.delivery(MUSIC.load(payload), payload))
 os._exit(0)  # dies holding the claim, as a worker killed mid-request would
 """
 

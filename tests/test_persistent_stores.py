@@ -27,7 +27,7 @@ def post(app: Flask, payload: dict[str, Any], **headers: str) -> tuple[int, Any]
 
 def delivery_of(payload: dict[str, Any]) -> Delivery:
     """The delivery the endpoint would hand the store for ``payload``."""
-    return MUSIC.delivery(MUSIC.schema.load(payload), payload)
+    return MUSIC.delivery(MUSIC.load(payload), payload)
 
 
 def with_option(url: str, option: str) -> str:
