@@ -207,3 +207,10 @@ def test_stores_starting_together_on_a_fresh_database_create_the_table_once(
         store.close()
     assert results == [ClaimResult.CLAIMED] * len(stores)
 
+
+
+def test_its_own_sqlite_file_uses_write_ahead_logging(make_app: AppFactory, tmp_path: Path) -> None:
+    app = make_app(STORE=sqlite_url(tmp_path))
+    assert app.test_client().post(URL, json=build_callback("complete")).status_code == 200
+    with sa.create_engine(sqlite_url(tmp_path)).connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -552,9 +552,29 @@ def _create_engine(url: URL | None, instance_path: str | None = None) -> Engine:
         if url.drivername == "postgresql" and _has_psycopg3_only():
             url = url.set(drivername="postgresql+psycopg")
     try:
-        return sa.create_engine(url, **options)
+        engine = sa.create_engine(url, **options)
     except (ArgumentError, ImportError) as exc:
         raise StoreError(f"Cannot use the database {url!r}: {exc}") from exc
+    if backend == "sqlite":
+        sa.event.listen(engine, "connect", _write_ahead_log)
+    return engine
+
+
+def _write_ahead_log(dbapi_connection: Any, record: Any) -> None:
+    """WAL: readers never wait for the writer, and a commit costs one sync instead of two.
+
+    Only for the extension's own SQLite file; a host's database keeps the journal it chose. An
+    optimisation only: if another process holds the file while it is switched, it stays as it is.
+    """
+    import sqlite3
+
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError:
+        pass
+    finally:
+        cursor.close()
 
 
 def _has_psycopg3_only() -> bool:
