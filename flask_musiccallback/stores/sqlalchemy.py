@@ -223,7 +223,8 @@ class SQLAlchemyStore(PersistentStore):
         with self._lock:
             table = self.table
             if self._engine is None:
-                self._engine = self._borrowed_engine() if self._db else _create_engine(self._url)
+                borrowed = self._db is not None
+                self._engine = self._borrowed_engine() if borrowed else _create_engine(self._url)
             if self.creates_table and not self._ready:
                 _create_table(self._engine, table)
             self._ready = True
