@@ -29,6 +29,11 @@ class ConfigKeys:
     EXTERNAL_URL = "MUSICCALLBACK_EXTERNAL_URL"
     API_KEY = "MUSICCALLBACK_API_KEY"
     API_BASE_URL = "MUSICCALLBACK_API_BASE_URL"
+    THREAD_POOL_SIZE = "MUSICCALLBACK_THREAD_POOL_SIZE"
+    THREAD_QUEUE_SIZE = "MUSICCALLBACK_THREAD_QUEUE_SIZE"
+    RETRY_ATTEMPTS = "MUSICCALLBACK_RETRY_ATTEMPTS"
+    RETRY_BACKOFF = "MUSICCALLBACK_RETRY_BACKOFF"
+    CELERY_APP = "MUSICCALLBACK_CELERY_APP"
 
 
 #: The defaults ``init_app`` sets with ``app.config.setdefault``.
@@ -46,10 +51,24 @@ DEFAULTS: Mapping[str, Any] = {
     ConfigKeys.EXTERNAL_URL: None,
     ConfigKeys.API_KEY: None,
     ConfigKeys.API_BASE_URL: "https://api.sunoapi.org",
+    # Off the request path (``thread`` and ``celery`` dispatch; docs/dispatch.md):
+    # worker threads of the ``thread`` pool, per app and process;
+    ConfigKeys.THREAD_POOL_SIZE: 4,
+    # deliveries accepted and waiting for a thread; past it the endpoint answers 503;
+    ConfigKeys.THREAD_QUEUE_SIZE: 100,
+    # runs of one delivery's receivers, the first included, before it is kept as failed;
+    ConfigKeys.RETRY_ATTEMPTS: 5,
+    # seconds before the first retry, doubled for each next one (2, 4, 8, 16 by default);
+    ConfigKeys.RETRY_BACKOFF: 2.0,
+    # the Celery app that sends deliveries to workers: the object, an import string
+    # ("pkg.tasks:celery_app"), or None for app.extensions["celery"] (Flask's Celery pattern).
+    ConfigKeys.CELERY_APP: None,
 }
 
 DISPATCH_MODES = ("sync", "thread", "celery")
 RECEIVER_ERROR_POLICIES = ("retry", "ack")
+#: The longest wait between two attempts of a delivery, however many attempts are configured.
+MAX_RETRY_DELAY = 600.0
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -75,6 +94,13 @@ class Settings:
     external_url: str | None
     api_key: str | None
     api_base_url: str
+    thread_pool_size: int
+    thread_queue_size: int
+    retry_attempts: int
+    retry_backoff: float
+    #: A Celery app, an import string naming one, or ``None``; resolved at the first dispatch,
+    #: since the host usually builds its Celery app after the extension.
+    celery_app: Any
 
     @property
     def secured(self) -> bool:
@@ -108,7 +134,26 @@ class Settings:
             external_url=_optional_text(ConfigKeys.EXTERNAL_URL, config[ConfigKeys.EXTERNAL_URL]),
             api_key=_optional_text(ConfigKeys.API_KEY, config[ConfigKeys.API_KEY]),
             api_base_url=_text(ConfigKeys.API_BASE_URL, config[ConfigKeys.API_BASE_URL]),
+            thread_pool_size=_positive_int(
+                ConfigKeys.THREAD_POOL_SIZE, config[ConfigKeys.THREAD_POOL_SIZE]
+            ),
+            thread_queue_size=_positive_int(
+                ConfigKeys.THREAD_QUEUE_SIZE, config[ConfigKeys.THREAD_QUEUE_SIZE]
+            ),
+            retry_attempts=_positive_int(
+                ConfigKeys.RETRY_ATTEMPTS, config[ConfigKeys.RETRY_ATTEMPTS]
+            ),
+            retry_backoff=_seconds(ConfigKeys.RETRY_BACKOFF, config[ConfigKeys.RETRY_BACKOFF]),
+            celery_app=_celery_app(config[ConfigKeys.CELERY_APP]),
         )
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1 for the first run).
+
+        Exponential, so that a receiver whose backend is down is not hammered, and capped, so that
+        many attempts never push a retry past :data:`MAX_RETRY_DELAY`.
+        """
+        return float(min(self.retry_backoff * 2 ** (attempt - 1), MAX_RETRY_DELAY))
 
 
 def _url_rule(value: Any) -> str:
@@ -131,6 +176,21 @@ def _positive_int(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(f"{key} must be a positive whole number, not {value!r}.")
     return value
+
+
+def _seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e6:
+        raise ConfigurationError(f"{key} must be a number of seconds, 0 or more, not {value!r}.")
+    return float(value)
+
+
+def _celery_app(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and value) or hasattr(value, "send_task"):
+        return value
+    raise ConfigurationError(
+        f"{ConfigKeys.CELERY_APP} must be a Celery app, an import string naming one, or None; "
+        f"got {value!r}."
+    )
 
 
 def _choice(key: str, value: Any, choices: Iterable[str]) -> str:

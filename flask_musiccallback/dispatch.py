@@ -6,7 +6,10 @@ failure through ``receiver_failed`` and the log, and returns the failures so the
 ``MUSICCALLBACK_RECEIVER_ERRORS``.
 
 :func:`deliver` is the one path every source of events takes (the endpoint, polling, replay): claim
-the delivery in the store, run the receivers, then complete, release or fail it.
+the delivery in the store, hand it to the app's dispatcher, which runs the receivers and then
+completes, releases or fails it: :class:`SyncDispatcher` in the request (:func:`process`),
+:class:`ThreadDispatcher` in a bounded pool and the Celery dispatcher (``celery_dispatch``) in a
+worker, both after the answer (:func:`process_acknowledged`, which retries with back-off).
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
+from functools import partial
 from inspect import iscoroutinefunction
 from typing import TYPE_CHECKING, Any
 
 from blinker import Signal
 
+from .pool import Pool
 from .signals import callback_duplicate, callback_received, receiver_failed
 from .stores.base import ClaimResult, Delivery
 
 if TYPE_CHECKING:
     from flask import Flask
 
+    from .config import Settings
     from .families import Event, Family
     from .state import MusicCallbackState
 
@@ -109,33 +115,97 @@ def deliver(
     return state.dispatcher.dispatch(app, state, family, event, delivery)
 
 
-def process(
-    app: Flask, state: MusicCallbackState, family: Family, event: Event, delivery: Delivery
+def settle(
+    app: Flask,
+    state: MusicCallbackState,
+    family: Family,
+    event: Event,
+    delivery: Delivery,
+    on_failure: Callable[[str], Outcome],
 ) -> Outcome:
-    """Run the receivers of a claimed delivery and settle the claim by the error policy.
+    """Run the receivers of a claimed delivery: complete it, or let ``on_failure(error)`` decide.
 
     Whatever escapes (``BaseException`` included) releases the claim, so a delivery is never left
-    held by a request that no longer runs.
+    held by a request or a job that no longer runs.
     """
     store = state.store
     settled = False
     try:
         failures = run_receivers(app, family, event)
-        if not failures:
+        if failures:
+            outcome = on_failure(describe(failures))
+        else:
             store.complete(delivery.task_id, delivery.stage)
-            settled = True
-            return Outcome.RECEIVED
-        error = describe(failures)
-        if state.settings.receiver_errors == "retry":
-            store.release(delivery.task_id, delivery.stage, error)
-            settled = True
-            return Outcome.RETRY
-        store.fail(delivery.task_id, delivery.stage, error)
+            outcome = Outcome.RECEIVED
         settled = True
-        return Outcome.RECEIVED
+        return outcome
     finally:
         if not settled:
             store.release(delivery.task_id, delivery.stage, "interrupted")
+
+
+def process(
+    app: Flask, state: MusicCallbackState, family: Family, event: Event, delivery: Delivery
+) -> Outcome:
+    """Run the receivers of a claimed delivery in the request: ``MUSICCALLBACK_RECEIVER_ERRORS``
+    says whether a failure is retried by the provider (release, 503) or acknowledged (fail, 200).
+    """
+    store = state.store
+
+    def on_failure(error: str) -> Outcome:
+        if state.settings.receiver_errors == "retry":
+            store.release(delivery.task_id, delivery.stage, error)
+            return Outcome.RETRY
+        store.fail(delivery.task_id, delivery.stage, error)
+        return Outcome.RECEIVED
+
+    return settle(app, state, family, event, delivery, on_failure)
+
+
+def process_acknowledged(
+    app: Flask,
+    state: MusicCallbackState,
+    family: Family,
+    event: Event,
+    delivery: Delivery,
+    attempt: int,
+) -> float | None:
+    """Run attempt number ``attempt`` of a delivery already answered 200 (``thread``, ``celery``).
+
+    The provider will not retry it, so a receiver error is retried here: the result is the delay
+    before the next attempt, during which the claim stays held (a redelivery is ``in_progress``),
+    or ``None`` once the delivery is settled: completed, or after ``MUSICCALLBACK_RETRY_ATTEMPTS``
+    attempts kept as failed for ``replay``.
+    """
+    settings = state.settings
+    retry_in: float | None = None
+
+    def on_failure(error: str) -> Outcome:
+        nonlocal retry_in
+        if attempt < settings.retry_attempts:
+            retry_in = settings.retry_delay(attempt)
+            logger.warning(
+                "Attempt %d of %d failed on task %s stage %s; retrying in %.1f s: %s",
+                attempt,
+                settings.retry_attempts,
+                delivery.task_id,
+                delivery.stage,
+                retry_in,
+                error,
+            )
+        else:
+            logger.error(
+                "Giving up on task %s stage %s after %d attempts; kept as failed: %s",
+                delivery.task_id,
+                delivery.stage,
+                attempt,
+                error,
+            )
+            state.store.fail(delivery.task_id, delivery.stage, error)
+        return Outcome.RECEIVED
+
+    settle(app, state, family, event, delivery, on_failure)
+    return retry_in
 
 
 class SyncDispatcher:
@@ -154,3 +224,75 @@ class SyncDispatcher:
         delivery: Delivery,
     ) -> Outcome:
         return process(app, state, family, event, delivery)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        return True
+
+
+class ThreadDispatcher:
+    """``MUSICCALLBACK_DISPATCH = "thread"``: answer at once, run receivers in a bounded pool.
+
+    For slow receivers in a single-machine deployment. Each delivery becomes a job of a
+    :class:`~.pool.Pool` of ``MUSICCALLBACK_THREAD_POOL_SIZE`` threads, run inside an app context
+    (there is no request context: the request was answered). When
+    ``MUSICCALLBACK_THREAD_QUEUE_SIZE`` deliveries already wait, the claim is released and the
+    endpoint answers 503, so the provider retries later instead of the process growing without
+    bound. A failed attempt is queued again after its back-off, holding no thread meanwhile.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.pool = Pool(settings.thread_pool_size, settings.thread_queue_size)
+        self._full = False
+
+    def dispatch(
+        self,
+        app: Flask,
+        state: MusicCallbackState,
+        family: Family,
+        event: Event,
+        delivery: Delivery,
+    ) -> Outcome:
+        if self.pool.submit(partial(self._attempt, app, state, family, event, delivery, 1)):
+            self._full = False
+            return Outcome.RECEIVED
+        state.store.release(delivery.task_id, delivery.stage, "the dispatch queue was full")
+        if not self._full:
+            self._full = True
+            logger.warning(
+                "The dispatch queue is full (%d deliveries waiting); answering 503 until it "
+                "has room. Raise MUSICCALLBACK_THREAD_POOL_SIZE or use celery dispatch.",
+                self.pool.waiting,
+            )
+        return Outcome.RETRY
+
+    def _attempt(
+        self,
+        app: Flask,
+        state: MusicCallbackState,
+        family: Family,
+        event: Event,
+        delivery: Delivery,
+        attempt: int,
+    ) -> None:
+        with app.app_context():
+            retry_in = process_acknowledged(app, state, family, event, delivery, attempt)
+        if retry_in is None:
+            return
+        retry = partial(self._attempt, app, state, family, event, delivery, attempt + 1)
+        if not self.pool.submit_later(retry_in, retry):
+            logger.warning(
+                "The dispatch pool has stopped; task %s stage %s will not be retried here.",
+                delivery.task_id,
+                delivery.stage,
+            )
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every accepted delivery is settled, retries included."""
+        return self.pool.wait_idle(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop taking deliveries and finish those accepted within ``timeout`` seconds."""
+        return self.pool.shutdown(timeout)

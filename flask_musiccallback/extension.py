@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 import weakref
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from urllib.parse import urlencode
 from flask import Flask, current_app, has_app_context, has_request_context, url_for
 
 from .config import ConfigurationError, Settings
-from .dispatch import SyncDispatcher
+from .dispatch import SyncDispatcher, ThreadDispatcher
 from .endpoint import ENDPOINT, make_blueprint
 from .events import CallbackEvent, Stage
 from .families import MUSIC
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from .poll import PollResult
 
 F = TypeVar("F", bound=Callable[[CallbackEvent], Any])
+
+logger = logging.getLogger("flask_musiccallback")
 
 
 class MusicCallbackInsecureWarning(UserWarning):
@@ -35,8 +38,10 @@ class MusicCallback:
     ``init_app`` reads these configuration keys (defaults in :mod:`flask_musiccallback.config`):
     ``MUSICCALLBACK_URL_RULE``, ``_STORE``, ``_DEDUP_TTL``, ``_TOKEN``, ``_HMAC_KEY``,
     ``_TIMESTAMP_TOLERANCE``, ``_ALLOWED_IPS``, ``_MAX_CONTENT_LENGTH``, ``_DISPATCH``,
-    ``_RECEIVER_ERRORS``, ``_EXTERNAL_URL``, ``_API_KEY`` and ``_API_BASE_URL``. They are read
-    once, when the app is initialised; set them before.
+    ``_RECEIVER_ERRORS``, ``_EXTERNAL_URL``, ``_API_KEY`` and ``_API_BASE_URL``; off the request
+    path also ``_THREAD_POOL_SIZE``, ``_THREAD_QUEUE_SIZE``, ``_RETRY_ATTEMPTS``,
+    ``_RETRY_BACKOFF`` and ``_CELERY_APP`` (docs/dispatch.md). They are read once, when the app is
+    initialised; set them before.
 
     One extension object may serve several apps (an app factory called twice, tests); each gets its
     own endpoint, store and settings in ``app.extensions["musiccallback"]``. Receivers added with
@@ -68,7 +73,7 @@ class MusicCallback:
             extension=self,
             settings=settings,
             store=store,
-            dispatcher=_dispatcher(settings),
+            dispatcher=_dispatcher(settings, store),
         )
         app.register_blueprint(make_blueprint(settings.url_rule))
         from .cli import musiccallback
@@ -156,7 +161,23 @@ class MusicCallback:
         )
 
 
-def _dispatcher(settings: Settings) -> Dispatcher:
-    if settings.dispatch == "sync":
-        return SyncDispatcher()
-    raise ConfigurationError(f"MUSICCALLBACK_DISPATCH={settings.dispatch!r} is not available yet.")
+def _dispatcher(settings: Settings, store: Store) -> Dispatcher:
+    if settings.dispatch == "thread":
+        return ThreadDispatcher(settings)
+    if settings.dispatch == "celery":
+        try:
+            from .celery_dispatch import CeleryDispatcher
+        except ImportError as exc:
+            raise ConfigurationError(
+                "MUSICCALLBACK_DISPATCH='celery' needs Celery: "
+                "pip install 'flask-musiccallback[celery]'."
+            ) from exc
+        if not store.persistent:
+            logger.warning(
+                "Celery dispatch with a %s: web and worker processes do not share it, so a "
+                "delivery's outcome is not recorded where the endpoint deduplicates, and failed "
+                "deliveries are not kept. Use a Redis or SQL store.",
+                type(store).__name__,
+            )
+        return CeleryDispatcher(settings)
+    return SyncDispatcher()

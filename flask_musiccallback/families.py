@@ -9,11 +9,12 @@ for the event's stage. Supporting another kind later means one new module that b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from blinker import Signal
 from marshmallow import Schema
@@ -73,6 +74,15 @@ class Family:
             superseded_by=None if later is None else self._store_stage(later),
         )
 
+    def reload(self, payload: Mapping[str, Any], received_at: datetime) -> Event:
+        """Load a payload handed over or kept (a Celery worker, ``replay``) as it first arrived.
+
+        Loading sets ``received_at`` to now; this restores when the delivery was received.
+        Raises ``ValidationError``.
+        """
+        event: Event = self.load(payload)
+        return cast(Event, dataclasses.replace(cast(Any, event), received_at=received_at))
+
     def _store_stage(self, stage: str) -> str:
         return str(stage) if self.name == MUSIC_NAME else f"{self.name}:{stage}"
 
@@ -101,6 +111,14 @@ _families: list[Family] = [MUSIC]
 def register_family(family: Family) -> None:
     """Recognise another callback family, checked before the music family (the catch-all)."""
     _families.insert(len(_families) - 1, family)
+
+
+def family_named(name: str) -> Family:
+    """The registered family called ``name``, to read a delivery handed over by name."""
+    for family in _families:
+        if family.name == name:
+            return family
+    raise LookupError(f"No callback family named {name!r} is registered in this process.")
 
 
 def unregister_family(family: Family) -> None:

@@ -30,6 +30,18 @@ class Dispatcher(Protocol):
         delivery: Delivery,
     ) -> Outcome: ...
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until the deliveries dispatched in this process are settled (tests, the CLI).
+
+        ``False`` when ``timeout`` seconds passed first. Work handed to another process (Celery)
+        is not waited for.
+        """
+        ...
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Take no more deliveries and finish those accepted, within ``timeout`` seconds."""
+        ...
+
 
 @dataclass(eq=False)
 class MusicCallbackState:

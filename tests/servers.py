@@ -67,13 +67,14 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-        time.sleep(0.05)
-    return False
+def answers_ping(host: str, port: int) -> bool:
+    """Whether a Redis server answers on that port (a bare connect could reach another server)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -231,9 +232,13 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        if not wait_for_port(self.port):
-            self.stop()
-            raise RuntimeError(f"redis-server did not listen on port {self.port}")
+        deadline = time.monotonic() + 15
+        while self.process.poll() is None and time.monotonic() < deadline:
+            if answers_ping(self.host, self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -267,13 +272,14 @@ def start_redis() -> RedisServer:
     except ImportError:
         missing("redis-py")
     assert found is not None
-    server = RedisServer(
-        port=free_port(),
-        directory=Path(tempfile.mkdtemp(prefix="musiccallback-redis-")),
-        binary=found,
-    )
-    server.start()
-    return server
+    directory = Path(tempfile.mkdtemp(prefix="musiccallback-redis-"))
+    for _ in range(5):  # another process may take the free port before redis binds it
+        server = RedisServer(port=free_port(), directory=directory, binary=found)
+        with contextlib.suppress(RuntimeError):
+            server.start()
+            return server
+    shutil.rmtree(directory, ignore_errors=True)
+    pytest.fail("redis-server did not start on a free port")
 
 
 @pytest.fixture(scope="session")

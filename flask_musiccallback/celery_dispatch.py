@@ -1,0 +1,158 @@
+"""``MUSICCALLBACK_DISPATCH = "celery"``: answer at once, run the receivers in a Celery worker.
+
+The request claims the delivery and publishes one message; a worker, on any machine, loads the
+event again with the family's schema and runs the receivers inside the Flask app context that the
+host's Celery app provides (the Flask documentation's ``FlaskTask`` pattern, see docs/dispatch.md).
+
+The message carries only what does not depend on this process: the family's name, the delivery's
+key, the raw payload and when it arrived. That is also what a persistent store keeps, so a delivery
+that a worker never finishes can be replayed from the store alone.
+
+The task is a ``shared_task``, registered on every Celery app of the process as soon as an app
+using celery dispatch is initialised; the web process only publishes it by name. It is acknowledged
+late, so a worker that dies while running it leaves the message to be delivered again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task, shared_task
+from flask import current_app, has_app_context
+from marshmallow import ValidationError
+from werkzeug.utils import import_string
+
+from .config import ConfigKeys, ConfigurationError, Settings
+from .dispatch import Outcome, process_acknowledged
+from .families import family_named
+from .state import get_state
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .families import Event, Family
+    from .state import MusicCallbackState
+    from .stores.base import Delivery
+
+logger = logging.getLogger("flask_musiccallback")
+
+#: The task's name, the same in every process; route it with Celery's ``task_routes``.
+TASK_NAME = "flask_musiccallback.process_delivery"
+
+#: Publishing runs in the request: when the broker is down, give up within a second or so and
+#: answer 503 (the provider retries) rather than hold the provider past its 15 s timeout.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+
+class CeleryDispatcher:
+    """Publishes each claimed delivery to the host's Celery app; a worker runs the receivers.
+
+    The Celery app is looked up at the first delivery, not in ``init_app``: in the Flask pattern the
+    host builds it after the extension, from the same app factory.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._configured: Any = settings.celery_app
+        self._celery: Celery | None = None
+        self._down = False
+
+    def celery_app(self, app: Flask) -> Celery:
+        """The Celery app deliveries are published with: ``MUSICCALLBACK_CELERY_APP`` or
+        ``app.extensions["celery"]``."""
+        if self._celery is None:
+            configured = self._configured
+            if configured is None:
+                configured = app.extensions.get("celery")
+                if configured is None:
+                    raise ConfigurationError(
+                        f"Celery dispatch needs a Celery app: set {ConfigKeys.CELERY_APP}, or "
+                        'store it in app.extensions["celery"] as in the Flask Celery pattern.'
+                    )
+            elif isinstance(configured, str):
+                configured = import_string(configured)
+            self._celery = configured
+        return self._celery
+
+    def dispatch(
+        self,
+        app: Flask,
+        state: MusicCallbackState,
+        family: Family,
+        event: Event,
+        delivery: Delivery,
+    ) -> Outcome:
+        try:
+            self.celery_app(app).send_task(
+                TASK_NAME,
+                kwargs=task_kwargs(family, delivery),
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+        except Exception as exc:
+            state.store.release(delivery.task_id, delivery.stage, f"not queued: {exc}")
+            if not self._down:
+                self._down = True
+                logger.error("Cannot queue deliveries with Celery; answering 503: %s", exc)
+            return Outcome.RETRY
+        if self._down:
+            self._down = False
+            logger.warning("Deliveries are queued with Celery again.")
+        return Outcome.RECEIVED
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Nothing runs here: the workers, elsewhere, settle the deliveries."""
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        return True
+
+
+def task_kwargs(family: Family, delivery: Delivery) -> dict[str, Any]:
+    """The message for one delivery: JSON only, and nothing tied to this process."""
+    return {
+        "family": family.name,
+        "task_id": delivery.task_id,
+        "stage": delivery.stage,
+        "payload": dict(delivery.payload),
+        "received_at": delivery.received_at.isoformat(),
+    }
+
+
+@shared_task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)
+def process_delivery(
+    self: Task[Any, Any],
+    *,
+    family: str,
+    task_id: str,
+    stage: str,
+    payload: dict[str, Any],
+    received_at: str,
+) -> None:
+    """Run one attempt of a delivery in a worker; a failed attempt is retried by Celery."""
+    if not has_app_context():
+        raise RuntimeError(
+            "flask-musiccallback's Celery task runs without a Flask app context: build the "
+            "Celery app with a Task class that pushes one (task_cls=FlaskTask, as in the Flask "
+            "documentation's Celery pattern)."
+        )
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = get_state(app)
+    try:
+        kind = family_named(family)
+        event = kind.reload(payload, datetime.fromisoformat(received_at))
+    except (LookupError, ValidationError, ValueError) as exc:
+        logger.error("A worker cannot read task %s stage %s: %s", task_id, stage, exc)
+        state.store.fail(task_id, stage, f"unreadable in the worker: {exc}")
+        return
+    delivery = kind.delivery(event, payload)
+    attempt = self.request.retries + 1
+    retry_in = process_acknowledged(app, state, kind, event, delivery, attempt)
+    if retry_in is not None:
+        raise self.retry(countdown=retry_in, max_retries=None)
