@@ -59,14 +59,16 @@ MAX_ERROR_LENGTH = 4000
 
 _FINISHED_MARKS = ("done", "failed")
 
-# Redis time in milliseconds, shared by every script below.
+# Redis time in microseconds, shared by every script below: fine enough that two changes never
+# share a time, so listing by last change keeps their order. ``stamp`` formats a time exactly.
 _NOW = """
 local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function stamp(moment) return string.format('%.0f', moment) end
 """
 
 # KEYS: claim, delivery, index, claim of the superseding stage (or the claim again)
-# ARGV: owner, lease ms, ttl s, state, id, task id, stage, payload, headers, received ms, stale?
+# ARGV: owner, lease ms, ttl s, state, id, task id, stage, payload, headers, received µs, stale?
 _CLAIM = (
     _NOW
     + """
@@ -76,14 +78,15 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if held == 'done' or held == 'failed' then return 'duplicate' end
   return 'in_progress'
 end
-redis.call('HSETNX', KEYS[2], 'created_at', now)
+redis.call('HSETNX', KEYS[2], 'created_at', stamp(now))
 redis.call('HSET', KEYS[2], 'id', ARGV[5], 'task_id', ARGV[6], 'stage', ARGV[7],
-  'state', ARGV[4], 'released', '0', 'owner', ARGV[1], 'lease_expires_at', now + ARGV[2],
-  'payload', ARGV[8], 'headers', ARGV[9], 'received_at', ARGV[10], 'updated_at', now)
+  'state', ARGV[4], 'released', '0', 'owner', ARGV[1],
+  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'payload', ARGV[8], 'headers', ARGV[9],
+  'received_at', ARGV[10], 'updated_at', stamp(now))
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], now, ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ARGV[3] * 1000)
+redis.call('ZADD', KEYS[3], stamp(now), ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', stamp(now - ARGV[3] * 1000000))
 return 'claimed'
 """
 )
@@ -101,10 +104,10 @@ end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local state = ARGV[1] == 'done' and 'done' or 'failed'
 redis.call('HSET', KEYS[2], 'state', state, 'released', ARGV[1] == 'released' and '1' or '0',
-  'owner', '', 'lease_expires_at', '', 'updated_at', now)
+  'owner', '', 'lease_expires_at', '', 'updated_at', stamp(now))
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[4]) end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], now, ARGV[5])
+redis.call('ZADD', KEYS[3], stamp(now), ARGV[5])
 return 1
 """
 )
@@ -124,16 +127,16 @@ if ARGV[5] ~= '1' then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'state', 'processing', 'released', '0', 'owner', ARGV[1],
-  'lease_expires_at', now + ARGV[2], 'updated_at', now)
+  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', stamp(now))
 if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[2], 'attempts', 1) end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], now, ARGV[4])
+redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
 return redis.call('HGETALL', KEYS[2])
 """
 )
 
 # KEYS: claim, delivery, index
-# ARGV: id, cutoff ms
+# ARGV: id, cutoff µs
 _PRUNE = """
 local updated = tonumber(redis.call('HGET', KEYS[2], 'updated_at'))
 if updated and updated >= tonumber(ARGV[2]) then return 0 end
@@ -150,14 +153,17 @@ def delivery_id(task_id: str, stage: str) -> str:
     return f"{quote(task_id, safe='')}/{quote(stage, safe=':')}"
 
 
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def _moment(value: str | None) -> datetime | None:
     if not value:
         return None
-    return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+    return _EPOCH + timedelta(microseconds=int(value))
 
 
 class RedisStore(PersistentStore):
@@ -247,7 +253,7 @@ class RedisStore(PersistentStore):
                 delivery.stage,
                 json.dumps(delivery.payload, separators=(",", ":")),
                 json.dumps(dict(delivery.headers), separators=(",", ":")),
-                _ms(delivery.received_at),
+                _micros(delivery.received_at),
                 "0" if later is None else "1",
             ],
         )
@@ -343,8 +349,8 @@ class RedisStore(PersistentStore):
         index = f"{self.prefix}index"
         try:
             seconds, micros = self.client.time()
-            now = int(seconds) * 1000 + int(micros) // 1000
-            cutoff = now - int(older_than / timedelta(milliseconds=1))
+            now = int(seconds) * 1_000_000 + int(micros)
+            cutoff = now - older_than // timedelta(microseconds=1)
             ids = [_text(item) for item in self.client.zrangebyscore(index, "-inf", cutoff)]
             pipeline = self.client.pipeline(transaction=False)
             for key_id in ids:
