@@ -24,7 +24,9 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs
@@ -142,6 +144,9 @@ class SQLAlchemyStore(PersistentStore):
         self._app: Flask | None = None
         self._lock = threading.Lock()
         self._ready = False
+        #: Whether the engine autocommits: the extension's own does, a host's does not.
+        self._autocommits = self._url is not None
+        self._built: _Statements | None = None
         self._table: sa.Table | None = None
         if self.creates_table:
             self._table = sa.Table(table_name, sa.MetaData(), *table_items(table_name))
@@ -249,8 +254,11 @@ class SQLAlchemyStore(PersistentStore):
             return self._url.render_as_string(hide_password=True)
         return "the app's Flask-SQLAlchemy database"
 
-    def _run(self, work: Callable[[Connection], T]) -> T:
+    def _run(self, work: Callable[[Connection], T], *, autocommit: bool = False) -> T:
         """Run ``work`` in one transaction; the store's failures become ``StoreUnavailable``.
+
+        ``autocommit`` is for ``work`` of a single statement, which then is its own transaction:
+        one round trip instead of three (``BEGIN``, the statement, ``COMMIT``).
 
         A pooled connection that the server dropped (a restart) is retried once on a fresh one,
         so that a database restart costs no 503.
@@ -258,17 +266,33 @@ class SQLAlchemyStore(PersistentStore):
         try:
             engine = self._connectable()
             try:
-                with engine.begin() as connection:
+                with self._begin(engine, autocommit) as connection:
                     return work(connection)
             except DBAPIError as exc:
                 if not exc.connection_invalidated:
                     raise
-            with engine.begin() as connection:
+            with self._begin(engine, autocommit) as connection:
                 return work(connection)
         except IntegrityError:
             raise
         except (SQLAlchemyError, OSError) as exc:
             raise StoreUnavailable(f"{self.describe()}: {_explain(exc)}") from exc
+
+    @contextmanager
+    def _begin(self, engine: Engine, autocommit: bool) -> Iterator[Connection]:
+        """A connection in a transaction, or in autocommit.
+
+        The extension's own engine autocommits (:func:`_create_engine`), as the request path
+        wants, and switches to the database's default isolation for a transaction; an engine of
+        the host's is left as it is and switched to autocommit for the time of one statement.
+        Either switch is undone when the connection goes back to the pool.
+        """
+        with engine.connect() as connection:
+            if autocommit != self._autocommits:
+                level = "AUTOCOMMIT" if autocommit else connection.default_isolation_level
+                connection.execution_options(isolation_level=level)
+            with connection.begin():
+                yield connection
 
     def close(self) -> None:
         if self._engine is not None and self._db is None:
@@ -278,11 +302,6 @@ class SQLAlchemyStore(PersistentStore):
 
     def claim(self, delivery: Delivery, *, queued: bool = False) -> ClaimResult:
         now = _now()
-        table = self.table
-        if delivery.superseded_by is not None and self._done(
-            delivery.task_id, delivery.superseded_by, now
-        ):
-            return ClaimResult.STALE
         values = {
             "task_id": delivery.task_id,
             "stage": delivery.stage,
@@ -298,49 +317,49 @@ class SQLAlchemyStore(PersistentStore):
             "created_at": now,
             "updated_at": now,
         }
-        taken = {
-            "state": values["state"],
-            "released": False,
-            "attempts": table.c.attempts + 1,
-            "owner": values["owner"],
-            "lease_expires_at": values["lease_expires_at"],
-            "payload": values["payload"],
-            "headers": values["headers"],
-            "received_at": values["received_at"],
-            "updated_at": now,
+        parameters = {
+            **values,
+            "superseded_by": delivery.superseded_by,
+            "now": now,
+            "forgotten_before": now - timedelta(seconds=self.ttl),
         }
-        takeable = sa.or_(
-            sa.and_(table.c.state == DeliveryState.FAILED.value, table.c.released),
-            sa.and_(table.c.state.in_(_IN_FLIGHT), table.c.lease_expires_at < now),
-            table.c.updated_at < now - timedelta(seconds=self.ttl),
-        )
 
         def upsert(connection: Connection) -> bool | None:
-            if connection.dialect.name not in self.upsert_dialects:
+            claim = self._statements(connection.dialect).claim
+            if claim is None:
                 return None
-            return _upsert(connection, table, values, taken, takeable) == 1
+            return _rows(connection.execute(claim, parameters)) == 1
 
-        claimed = self._run(upsert)
+        claimed = self._run(upsert, autocommit=True)
         if claimed is None:
-            claimed = self._insert_or_take(delivery, values, taken, takeable)
+            if delivery.superseded_by is not None and self._done(
+                delivery.task_id, delivery.superseded_by, now
+            ):
+                return ClaimResult.STALE
+            claimed = self._insert_or_take(delivery, values, now)
         if claimed:
             return ClaimResult.CLAIMED
-        row = self._run(
-            lambda c: c.execute(
-                sa.select(table.c.state, table.c.released).where(*self._key(delivery))
-            ).first()
-        )
+        return self._refusal(delivery, now)
+
+    def _refusal(self, delivery: Delivery, now: datetime) -> ClaimResult:
+        """Why a claim was refused, read after the fact: off the hot path, so one more query."""
+        table = self.table
+        stages = [delivery.stage]
+        if delivery.superseded_by is not None:
+            stages.append(delivery.superseded_by)
+        statement = sa.select(
+            table.c.stage, table.c.state, table.c.released, table.c.updated_at
+        ).where(table.c.task_id == delivery.task_id, table.c.stage.in_(stages))
+        rows = {row.stage: row for row in self._run(lambda c: c.execute(statement).all())}
+        later = rows.get(delivery.superseded_by or "")
+        if later is not None and _fresh_and_done(later, now, self.ttl):
+            return ClaimResult.STALE
+        row = rows.get(delivery.stage)
         if row is not None and row.state in _FINISHED and not row.released:
             return ClaimResult.DUPLICATE
         return ClaimResult.IN_PROGRESS
 
-    def _insert_or_take(
-        self,
-        delivery: Delivery,
-        values: dict[str, Any],
-        taken: dict[str, Any],
-        takeable: sa.ColumnElement[bool],
-    ) -> bool:
+    def _insert_or_take(self, delivery: Delivery, values: dict[str, Any], now: datetime) -> bool:
         """The claim for dialects without ``ON CONFLICT ... WHERE``: insert, else take over."""
         table = self.table
         try:
@@ -349,8 +368,14 @@ class SQLAlchemyStore(PersistentStore):
             pass
         else:
             return True
-        statement = sa.update(table).where(*self._key(delivery), takeable).values(**taken)
-        rowcount: int = self._run(lambda c: c.execute(statement).rowcount)
+        taken = {name: values[name] for name in _TAKEN}
+        statement = (
+            sa.update(table)
+            .where(*self._key(delivery), _takeable(table))
+            .values(attempts=table.c.attempts + 1, **taken)
+        )
+        parameters = {"now": now, "forgotten_before": now - timedelta(seconds=self.ttl)}
+        rowcount: int = self._run(lambda c: c.execute(statement, parameters).rowcount)
         return rowcount == 1
 
     def _key(self, delivery: Delivery) -> tuple[sa.ColumnElement[bool], ...]:
@@ -364,11 +389,15 @@ class SQLAlchemyStore(PersistentStore):
             table.c.task_id == task_id, table.c.stage == stage
         )
         row = self._run(lambda c: c.execute(statement).first())
-        return (
-            row is not None
-            and row.state == DeliveryState.DONE.value
-            and row.updated_at >= now - timedelta(seconds=self.ttl)
-        )
+        return row is not None and _fresh_and_done(row, now, self.ttl)
+
+    def _statements(self, dialect: sa.Dialect) -> _Statements:
+        """The request path's statements, built on first use, when the dialect is known."""
+        statements = self._built
+        if statements is None:
+            upsert = dialect.name in self.upsert_dialects
+            statements = self._built = _Statements.build(self.table, dialect, upsert)
+        return statements
 
     # -- settling ------------------------------------------------------------------------------
 
@@ -392,18 +421,37 @@ class SQLAlchemyStore(PersistentStore):
     def fail(self, task_id: str, stage: str, error: str) -> None:
         self._settle(task_id, stage, DeliveryState.FAILED, released=False, last_error=error)
 
-    def _settle(self, task_id: str, stage: str, state: DeliveryState, **values: Any) -> None:
-        if values.get("last_error") is not None:
-            values["last_error"] = values["last_error"][:MAX_ERROR_LENGTH]
-        self._set(
-            task_id,
-            stage,
-            state=state.value,
-            owner=None,
-            lease_expires_at=None,
-            updated_at=_now(),
-            **values,
-        )
+    def _settle(
+        self,
+        task_id: str,
+        stage: str,
+        state: DeliveryState,
+        *,
+        released: bool,
+        last_error: str | None = None,
+    ) -> None:
+        """Record the outcome in one autocommitted statement.
+
+        Completing commits without waiting for the disk where the database allows it
+        (:meth:`_Statements.build`): should a crash lose that commit, the claim, which is durable,
+        is back as it was, and its lease lets a redelivery or ``replay --pending`` run it again.
+        A failure is kept durably: it may be the only trace of an error.
+        """
+        parameters = {
+            "key_task_id": task_id,
+            "key_stage": stage,
+            "state": state.value,
+            "released": released,
+            "last_error": None if last_error is None else last_error[:MAX_ERROR_LENGTH],
+            "updated_at": _now(),
+        }
+
+        def settle(connection: Connection) -> None:
+            statements = self._statements(connection.dialect)
+            done = state is DeliveryState.DONE
+            connection.execute(statements.complete if done else statements.settle, parameters)
+
+        self._run(settle, autocommit=True)
 
     def _set(self, task_id: str, stage: str, **values: Any) -> None:
         table = self.table
@@ -487,30 +535,131 @@ class SQLAlchemyStore(PersistentStore):
         return None if row is None else _kept(row)
 
 
-def _upsert(
-    connection: Connection,
-    table: sa.Table,
-    values: dict[str, Any],
-    taken: dict[str, Any],
-    takeable: sa.ColumnElement[bool],
-) -> int:
-    """Insert the claim, or take the existing row when ``takeable``; 1 when the claim is ours."""
-    if connection.dialect.name == "postgresql":
+#: What a takeover rewrites of the row it takes (``attempts`` is counted up besides).
+_TAKEN = (
+    "state",
+    "released",
+    "owner",
+    "lease_expires_at",
+    "payload",
+    "headers",
+    "received_at",
+    "updated_at",
+)
+
+
+def _takeable(table: sa.Table) -> sa.ColumnElement[bool]:
+    """A kept row a new claim may take: released after an error, its lease run out, or
+    remembered longer than the TTL; ``:now`` and ``:forgotten_before`` are bound parameters."""
+    now = sa.bindparam("now", type_=sa.DateTime())
+    forgotten_before = sa.bindparam("forgotten_before", type_=sa.DateTime())
+    return sa.or_(
+        sa.and_(table.c.state == DeliveryState.FAILED.value, table.c.released),
+        sa.and_(
+            sa.or_(*(table.c.state == state for state in _IN_FLIGHT)),
+            table.c.lease_expires_at < now,
+        ),
+        table.c.updated_at < forgotten_before,
+    )
+
+
+def _fresh_and_done(row: Any, now: datetime, ttl: int) -> bool:
+    """The stale rule's test on the superseding stage's row."""
+    return bool(
+        row.state == DeliveryState.DONE.value
+        and row.updated_at >= now - timedelta(seconds=ttl)
+    )
+
+
+def _rows(result: sa.CursorResult[Any]) -> int:
+    """Rows an upsert wrote: those it returns where it can, else its row count."""
+    if result.returns_rows:
+        return len(result.all())
+    return result.rowcount
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The statements of the request path, built once per store with bound parameters.
+
+    Building a statement anew per call cost more than running it (SQLAlchemy's coercions and
+    cache key), so each is built here and executed with a parameter dictionary; each is one
+    statement, run in autocommit: one round trip, no ``BEGIN`` and ``COMMIT`` around it.
+    """
+
+    #: ``INSERT ... SELECT ... WHERE NOT EXISTS (the superseding stage, done) ON CONFLICT DO
+    #: UPDATE ... WHERE takeable``: the stale check, the insert and the takeover in one atomic
+    #: statement; ``None`` where the dialect has no such upsert.
+    claim: sa.Insert | None
+    #: Settles a claimed row as done, failed or released.
+    settle: sa.Update
+    #: ``settle`` for completions: on PostgreSQL its commit does not wait for the disk.
+    complete: sa.Update
+
+    @classmethod
+    def build(cls, table: sa.Table, dialect: sa.Dialect, upsert: bool) -> _Statements:
+        columns = [column for column in table.c if column.name != "id"]
+        claim = None
+        if upsert:
+            values = {c.name: sa.bindparam(c.name, type_=c.type) for c in columns}
+            superseded_by = sa.bindparam("superseded_by", type_=table.c.stage.type)
+            forgotten_before = sa.bindparam("forgotten_before", type_=sa.DateTime())
+            stale = (
+                sa.exists()
+                .where(
+                    table.c.task_id == values["task_id"],
+                    table.c.stage == superseded_by,
+                    table.c.state == DeliveryState.DONE.value,
+                    table.c.updated_at >= forgotten_before,
+                )
+            )
+            insert = _dialect_insert(dialect.name, table).from_select(
+                list(values), sa.select(*values.values()).where(~stale)
+            )
+            taken = {name: insert.excluded[name] for name in _TAKEN}
+            claim = insert.on_conflict_do_update(
+                index_elements=[table.c.task_id, table.c.stage],
+                set_={**taken, "attempts": table.c.attempts + 1},
+                where=_takeable(table),
+            )
+            if dialect.insert_returning:
+                # A row comes back when inserted or taken over, none when the WHERE kept it.
+                claim = claim.returning(table.c.id)
+        settle = (
+            sa.update(table)
+            .where(
+                table.c.task_id == sa.bindparam("key_task_id", type_=table.c.task_id.type),
+                table.c.stage == sa.bindparam("key_stage", type_=table.c.stage.type),
+            )
+            .values(
+                state=sa.bindparam("state", type_=table.c.state.type),
+                released=sa.bindparam("released", type_=table.c.released.type),
+                last_error=sa.func.coalesce(
+                    sa.bindparam("last_error", type_=table.c.last_error.type),
+                    table.c.last_error,
+                ),
+                owner=sa.null(),
+                lease_expires_at=sa.null(),
+                updated_at=sa.bindparam("updated_at", type_=table.c.updated_at.type),
+            )
+        )
+        complete = settle
+        if dialect.name == "postgresql":
+            # One transaction's setting, taken in the statement itself (an InitPlan, run once):
+            # the commit of this statement alone stops waiting for the WAL to reach the disk.
+            asynchronous = sa.select(sa.func.set_config("synchronous_commit", "off", sa.true()))
+            complete = settle.where(asynchronous.scalar_subquery() == "off")
+        return cls(claim=claim, settle=settle, complete=complete)
+
+
+def _dialect_insert(dialect_name: str, table: sa.Table) -> Any:
+    if dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        statement: Any = pg_insert(table)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        statement = sqlite_insert(table)
-    statement = statement.values(**values).on_conflict_do_update(
-        index_elements=[table.c.task_id, table.c.stage], set_=taken, where=takeable
-    )
-    if connection.dialect.insert_returning:
-        # A row comes back when inserted or taken over, none when the WHERE kept it.
-        return len(connection.execute(statement.returning(table.c.id)).all())
-    rowcount: int = connection.execute(statement).rowcount
-    return rowcount
+    return sqlite_insert(table)
 
 
 def _kept(row: sa.Row[Any]) -> KeptDelivery:
@@ -534,7 +683,11 @@ def _kept(row: sa.Row[Any]) -> KeptDelivery:
 
 
 def _create_engine(url: URL | None, instance_path: str | None = None) -> Engine:
-    """The extension's own engine: a short connect timeout, SQLite paths as Flask-SQLAlchemy."""
+    """The extension's own engine: a short connect timeout, SQLite paths as Flask-SQLAlchemy.
+
+    It autocommits: each statement of the request path stands alone, and
+    :meth:`SQLAlchemyStore._begin` opens a transaction for work that needs one.
+    """
     assert url is not None
     options: dict[str, Any] = {}
     backend = url.get_backend_name()
@@ -553,7 +706,7 @@ def _create_engine(url: URL | None, instance_path: str | None = None) -> Engine:
         if url.drivername == "postgresql" and _has_psycopg3_only():
             url = url.set(drivername="postgresql+psycopg")
     try:
-        engine = sa.create_engine(url, **options)
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", **options)
     except (ArgumentError, ImportError) as exc:
         raise StoreError(f"Cannot use the database {url!r}: {exc}") from exc
     if backend == "sqlite":
