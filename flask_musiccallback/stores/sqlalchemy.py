@@ -432,9 +432,12 @@ class SQLAlchemyStore(PersistentStore):
     ) -> None:
         """Record the outcome in one autocommitted statement.
 
-        Completing commits without waiting for the disk where the database allows it
-        (:meth:`_Statements.build`): should a crash lose that commit, the claim, which is durable,
-        is back as it was, and its lease lets a redelivery or ``replay --pending`` run it again.
+        A completion commits without waiting for the disk (:attr:`_Statements.complete`,
+        :func:`_unsynced`). A crash of the database may then lose it, never the claim before it:
+        the claim's commit waits for the disk, and so does every later claim, which carries the
+        log, completions included, up to itself. A lost completion leaves the delivery as its
+        claim left it, held under a lease; once the lease runs out a redelivery or ``replay
+        --pending`` runs it again. The worst case is a second dispatch, never a lost delivery.
         A failure is kept durably: it may be the only trace of an error.
         """
         parameters = {
@@ -448,8 +451,11 @@ class SQLAlchemyStore(PersistentStore):
 
         def settle(connection: Connection) -> None:
             statements = self._statements(connection.dialect)
-            done = state is DeliveryState.DONE
-            connection.execute(statements.complete if done else statements.settle, parameters)
+            if state is not DeliveryState.DONE:
+                connection.execute(statements.settle, parameters)
+                return
+            with _unsynced(connection):
+                connection.execute(statements.complete, parameters)
 
         self._run(settle, autocommit=True)
 
@@ -714,21 +720,49 @@ def _create_engine(url: URL | None, instance_path: str | None = None) -> Engine:
     return engine
 
 
+#: Set in a connection's ``info`` when the extension's own SQLite file is in WAL mode.
+_WAL = "musiccallback_wal"
+
+
 def _write_ahead_log(dbapi_connection: Any, record: Any) -> None:
     """WAL: readers never wait for the writer, and a commit costs one sync instead of two.
 
     Only for the extension's own SQLite file; a host's database keeps the journal it chose. An
     optimisation only: if another process holds the file while it is switched, it stays as it is.
+    Every commit syncs (``synchronous=FULL``) unless :func:`_unsynced` says otherwise.
     """
     import sqlite3
 
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is not None and str(mode[0]).lower() == "wal":
+            cursor.execute("PRAGMA synchronous=FULL")
+            record.info[_WAL] = True
     except sqlite3.OperationalError:
         pass
     finally:
         cursor.close()
+
+
+@contextmanager
+def _unsynced(connection: Connection) -> Iterator[None]:
+    """Commits on ``connection`` stop waiting for the disk, on the extension's own SQLite file.
+
+    In WAL mode a commit without a sync survives a crash of the application, not one of the
+    machine; the next synced commit syncs the log up to itself. Only for the time of the block:
+    a claim must always wait for the disk. (PostgreSQL's completion says so in its statement.)
+    """
+    if not connection.connection.info.get(_WAL):
+        yield
+        return
+    sqlite = connection.connection.driver_connection
+    assert sqlite is not None
+    sqlite.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        sqlite.execute("PRAGMA synchronous=FULL")
 
 
 def _has_psycopg3_only() -> bool:
