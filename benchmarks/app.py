@@ -1,13 +1,23 @@
-"""The app the HTTP benchmark serves: a bare JSON route and the extension's endpoint, side by side.
+"""The app the HTTP benchmark serves: the extension's endpoint beside two reference routes.
 
-Both routes live in one app under one gunicorn, so they share the server, the workers and the
+All routes live in one app under one gunicorn, so they share the server, the workers and the
 machine's state; the only difference measured is what the extension does.
+
+``/bare``
+    The physical limit: parse the JSON body and answer, nothing else.
+``/round-trips``
+    ``/bare`` plus two trivial round trips (``PING``, ``SELECT 1``) to the store's server: the
+    least that claiming a delivery and then recording it as done can cost, whatever the store
+    does in them. With the memory store, or SQLite, there is no server and it is ``/bare``.
+
 ``BENCH_STORE`` picks the store (a ``MUSICCALLBACK_STORE`` URL).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -18,7 +28,7 @@ TOKEN = "benchmark-token-0123456789"  # noqa: S105 - a fixed secret for a local 
 
 
 def bare() -> ResponseReturnValue:
-    """The physical limit: parse the JSON body and answer, nothing else."""
+    """Parse the body and answer, as any JSON route does."""
     request.get_json()
     return jsonify(status="received")
 
@@ -27,14 +37,46 @@ def receiver(sender: Flask, event: object, **extra: object) -> None:
     """A host receiver that does nothing, so the cost measured is the extension's own."""
 
 
+def pinger(store: str) -> Callable[[], Any]:
+    """One trivial round trip to the server behind ``store``, on a connection kept open."""
+    scheme = store.partition("://")[0].partition("+")[0]
+    if scheme in ("redis", "rediss"):
+        import redis
+
+        return redis.Redis.from_url(store.partition("?")[0]).ping
+    if scheme == "postgresql":
+        import sqlalchemy as sa
+
+        connection = sa.create_engine(store.partition("?")[0]).raw_connection()
+        connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+
+        def select_one() -> Any:
+            cursor = connection.cursor()
+            cursor.execute("SELECT 1")
+            return cursor.fetchall()
+
+        return select_one
+    return lambda: None
+
+
 def create_app(store: str) -> Flask:
-    """The two routes, the extension on ``store``."""
+    """The routes, the extension on ``store``."""
     app = Flask(__name__)
     app.config["MUSICCALLBACK_TOKEN"] = TOKEN
     app.config["MUSICCALLBACK_STORE"] = store
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("BENCH_DATABASE_URI", "sqlite://")
     MusicCallback(app)
     app.add_url_rule("/bare", view_func=bare, methods=["POST"])
+    pings: list[Callable[[], Any]] = []
+
+    def round_trips() -> ResponseReturnValue:
+        if not pings:  # connected in the worker, not in gunicorn's master before the fork
+            pings.append(pinger(store))
+        pings[0]()
+        pings[0]()
+        return bare()
+
+    app.add_url_rule("/round-trips", view_func=round_trips, methods=["POST"])
     all_tracks_generated.connect(receiver, sender=app)
     return app
 

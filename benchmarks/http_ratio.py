@@ -1,7 +1,9 @@
 """Requests per second of the extension's endpoint against a bare Flask JSON route.
 
-One gunicorn (2 sync workers) serves both routes; wrk drives them with distinct task ids, the two
-alternating in rounds within one run, and the ratio of their medians is reported per store.
+One gunicorn (2 sync workers) serves the routes of ``benchmarks/app.py``; wrk drives them with
+distinct task ids, the routes alternating in rounds within one run, and the ratio of their medians
+to the bare route's is reported per store: the endpoint's, and for a store with a server that of
+two trivial round trips to it (the least a claim and then a completion can cost).
 
     python -m benchmarks.http_ratio                      # memory store
     python -m benchmarks.http_ratio --store memory:// --store redis://127.0.0.1:6379/0
@@ -77,9 +79,18 @@ def wrk(port: int, script: Path, seconds: int, connections: int) -> float:
     return float(match.group(1))
 
 
+def routes(store: str) -> list[tuple[str, str]]:
+    """The routes measured for ``store``: the round-trip reference only where there is a server."""
+    measured = [("bare", "/bare"), ("extension", f"/music-callback?token={TOKEN}")]
+    if store.partition("://")[0].partition("+")[0] in ("postgresql", "redis", "rediss"):
+        measured.insert(1, ("round-trips", "/round-trips"))
+    return measured
+
+
 def measure(
     store: str, rounds: int, seconds: int, connections: int, tracks: int
 ) -> dict[str, float]:
+    """Median requests per second of each route of :func:`routes`."""
     payload = json.dumps(build_callback("complete", task_id="TASK-ID", tracks=tracks))
     port = free_port()
     env = {**os.environ, "BENCH_STORE": store}
@@ -92,21 +103,19 @@ def measure(
         wait_for(port)
         with tempfile.TemporaryDirectory() as folder:
             scripts = {}
-            for name, path in (("bare", "/bare"), ("extension", f"/music-callback?token={TOKEN}")):
+            for name, path in routes(store):
                 scripts[name] = Path(folder, f"{name}.lua")
                 scripts[name].write_text(LUA % (payload, path))
             for name in scripts:  # warm-up
                 wrk(port, scripts[name], 2, connections)
-            results: dict[str, list[float]] = {"bare": [], "extension": []}
+            results: dict[str, list[float]] = {name: [] for name in scripts}
             for _ in range(rounds):
-                for name in ("bare", "extension"):
+                for name in scripts:
                     results[name].append(wrk(port, scripts[name], seconds, connections))
     finally:
         server.terminate()
         server.wait(timeout=20)
-    bare = statistics.median(results["bare"])
-    ext = statistics.median(results["extension"])
-    return {"bare": bare, "extension": ext, "ratio": ext / bare}
+    return {name: statistics.median(values) for name, values in results.items()}
 
 
 def main() -> None:
@@ -119,12 +128,20 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
-    print("| store | bare route req/s | endpoint req/s | ratio |")
-    print("|---|---|---|---|")
+    print(
+        "| store | bare route req/s | two round trips req/s | endpoint req/s "
+        "| ratio | two round trips' ratio |"
+    )
+    print("|---|---|---|---|---|---|")
     for store in args.store or ["memory://"]:
         row = measure(store, args.rounds, args.seconds, args.connections, args.tracks)
         label = re.sub(r"//[^@/]*@", "//", store)
-        print(f"| `{label}` | {row['bare']:.0f} | {row['extension']:.0f} | {row['ratio']:.2f} |")
+        bare, ext, trips = row["bare"], row["extension"], row.get("round-trips")
+        floor = ("-", "-") if trips is None else (f"{trips:.0f}", f"{trips / bare:.2f}")
+        print(
+            f"| `{label}` | {bare:.0f} | {floor[0]} | {ext:.0f} | {ext / bare:.2f} | {floor[1]} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

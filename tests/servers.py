@@ -125,6 +125,8 @@ class PostgresServer:
     run_as: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     user: str = "postgres"
+    #: Whether commits wait for the disk, as in production; tests run faster without.
+    durable: bool = False
 
     def url(self, database: str = "postgres", driver: str = "psycopg") -> str:
         return f"postgresql+{driver}://{self.user}@{self.host}:{self.port}/{database}"
@@ -141,10 +143,9 @@ class PostgresServer:
         return name
 
     def start(self) -> None:
-        options = (
-            f"-p {self.port} -h {self.host} -k {self.datadir.parent} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
-        )
+        options = f"-p {self.port} -h {self.host} -k {self.datadir.parent} -c max_connections=100"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         log = str(self.datadir.parent / "log")
         self.pg_ctl("start", "-w", "-t", "30", "-l", log, "-o", options)
 
@@ -165,7 +166,7 @@ class PostgresServer:
         )
 
 
-def start_postgresql() -> PostgresServer:
+def start_postgresql(*, durable: bool = False) -> PostgresServer:
     """Start a PostgreSQL cluster of one's own (for tests that stop and restart it)."""
     bindir = _postgres_bindir()
     if bindir is None or not (bindir / "initdb").exists():
@@ -188,7 +189,9 @@ def start_postgresql() -> PostgresServer:
         check=True,
         capture_output=True,
     )
-    server = PostgresServer(port=free_port(), datadir=datadir, bindir=bindir, run_as=run_as)
+    server = PostgresServer(
+        port=free_port(), datadir=datadir, bindir=bindir, run_as=run_as, durable=durable
+    )
     server.start()
     return server
 

@@ -1,0 +1,179 @@
+"""What a delivery costs a persistent store on the request path, counted and never timed.
+
+A new delivery is one statement (one round trip, no ``BEGIN`` or ``COMMIT`` around it) to claim,
+stale check included, and one to complete. The claim's commit waits for the disk; the
+completion's does not, and leaves no connection behind that skips the wait for a later claim
+(``SQLAlchemyStore._settle`` says why losing a completion in a crash loses no delivery).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_musiccallback.stores.base import ClaimResult, Delivery
+from flask_musiccallback.stores.sqlalchemy import SQLAlchemyStore
+from flask_musiccallback.testing import build_callback
+
+from .backends import sqlite_url
+from .conftest import URL, AppFactory
+from .servers import start_postgresql
+
+RECEIVED = {"status": "received"}
+
+
+@dataclass
+class Statement:
+    sql: str
+    #: Whether the connection ran it in autocommit: one round trip, no BEGIN and COMMIT.
+    autocommit: bool
+    #: SQLite's ``PRAGMA synchronous`` on the connection as the statement ran (2 is FULL).
+    synchronous: int | None
+
+
+def autocommits(dbapi_connection: Any) -> bool:
+    """psycopg says so in ``autocommit``; sqlite3 (before Python 3.12) by no isolation level."""
+    if getattr(dbapi_connection, "autocommit", None) is True:
+        return True
+    return getattr(dbapi_connection, "isolation_level", "") is None
+
+
+@contextmanager
+def statements_run() -> Iterator[list[Statement]]:
+    """Every statement any engine runs meanwhile, as the database driver receives it."""
+    seen: list[Statement] = []
+
+    def record(connection: sa.Connection, cursor: Any, sql: str, *args: Any) -> None:
+        dbapi_connection = connection.connection.driver_connection
+        synchronous = None
+        if connection.dialect.name == "sqlite":
+            synchronous = dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]
+        seen.append(Statement(sql.split()[0].upper(), autocommits(dbapi_connection), synchronous))
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", record)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    url: str = request.getfixturevalue("postgresql_url")
+    return url
+
+
+def post(app: Flask, payload: dict[str, Any]) -> Any:
+    response = app.test_client().post(URL, json=payload)
+    assert response.status_code == 200
+    return response.get_json()
+
+
+@pytest.mark.parametrize("stage", ["complete", "first"])
+def test_a_new_delivery_is_one_autocommitted_statement_to_claim_and_one_to_complete(
+    make_app: AppFactory, sql_store_url: str, stage: str
+) -> None:
+    """For ``first`` the stale check (is the task's ``complete`` done?) is part of the claim."""
+    app = make_app(STORE=sql_store_url)
+    post(app, build_callback("complete"))  # the table exists, the connection is made
+    with statements_run() as seen:
+        assert post(app, build_callback(stage)) == RECEIVED
+    assert [(s.sql, s.autocommit) for s in seen] == [("INSERT", True), ("UPDATE", True)]
+
+
+def test_a_duplicate_costs_the_claim_and_one_read_of_why(
+    make_app: AppFactory, sql_store_url: str
+) -> None:
+    app = make_app(STORE=sql_store_url)
+    payload = build_callback("complete")
+    post(app, payload)
+    with statements_run() as seen:
+        assert post(app, payload) == {"status": "duplicate"}
+    assert [s.sql for s in seen] == ["INSERT", "SELECT"]
+
+
+def test_on_its_own_sqlite_file_only_the_completion_skips_the_sync(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    app = make_app(STORE=sqlite_url(tmp_path))
+    post(app, build_callback("complete"))
+    with statements_run() as seen:
+        post(app, build_callback("complete"))
+        post(app, build_callback("complete"))
+    full, normal = 2, 1
+    assert [(s.sql, s.synchronous) for s in seen if s.sql != "PRAGMA"] == [
+        ("INSERT", full),
+        ("UPDATE", normal),
+        ("INSERT", full),
+        ("UPDATE", normal),
+    ]
+
+
+def test_on_postgresql_a_claim_syncs_the_log_and_a_completion_does_not() -> None:
+    server = start_postgresql(durable=True)
+    url = server.url(server.create_database())
+    # One connection, so that its backend's counters can be published on demand.
+    engine = sa.create_engine(url, poolclass=sa.pool.StaticPool)
+    store = SQLAlchemyStore(engine=engine, ttl=3600)
+    observer = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+
+    def syncs() -> int:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+            connection.commit()
+        with observer.connect() as connection:
+            return int(connection.exec_driver_sql("SELECT wal_sync FROM pg_stat_wal").scalar_one())
+
+    deliveries = 20
+    task_ids = [f"wal-{n}" for n in range(deliveries)]
+    now = datetime.now(timezone.utc)
+    try:
+        store.claim(Delivery("warm-up", "complete", {}, now))
+        before = syncs()
+        for task_id in task_ids:
+            assert store.claim(Delivery(task_id, "complete", {}, now)) is ClaimResult.CLAIMED
+        claimed = syncs()
+        for task_id in task_ids:
+            store.complete(task_id, "complete")
+        completed = syncs()
+    finally:
+        store.close()
+        engine.dispose()
+        observer.dispose()
+        server.remove()
+    assert claimed - before >= deliveries
+    # The WAL writer syncs what completions wrote, in the background, a few times a second.
+    assert completed - claimed <= deliveries // 4
+
+
+def test_on_redis_a_new_delivery_is_two_round_trips(make_app: AppFactory, redis_url: str) -> None:
+    app = make_app(STORE=redis_url)
+    post(app, build_callback("complete"))
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    marker = f"end-{time.monotonic_ns()}"
+    sent: list[tuple[str, str]] = []
+    with client.monitor() as monitor:
+        assert post(app, build_callback("first")) == RECEIVED
+        client.echo(marker)
+        for command in monitor.listen():
+            if command["client_type"] != "lua":  # not one run inside a script
+                sent.append((command["client_port"], command["command"]))
+            if marker in command["command"]:
+                break
+    test_client = sent[-1][0]
+    assert [command.split()[0] for port, command in sent if port != test_client] == [
+        "EVALSHA",
+        "EVALSHA",
+    ]
