@@ -25,7 +25,7 @@ from flask_musiccallback.stores.base import ClaimResult, Delivery
 from flask_musiccallback.stores.sqlalchemy import SQLAlchemyStore
 from flask_musiccallback.testing import build_callback
 
-from .backends import sqlite_url
+from .backends import sqlite_url, with_flask_sqlalchemy
 from .conftest import URL, AppFactory
 from .servers import start_postgresql
 
@@ -67,12 +67,16 @@ def statements_run() -> Iterator[list[Statement]]:
         sa.event.remove(sa.Engine, "before_cursor_execute", record)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sql_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", "postgresql", "flask-sqlalchemy"])
+def sql_app(request: pytest.FixtureRequest, make_app: AppFactory, tmp_path: Path) -> Flask:
+    """An app on a SQL store: its own engine, or the host's Flask-SQLAlchemy one."""
+    if request.param == "flask-sqlalchemy":
+        app = make_app(STORE="sqlalchemy://")
+        with_flask_sqlalchemy(sqlite_url(tmp_path))(app)
+        return app
     if request.param == "sqlite":
-        return sqlite_url(tmp_path)
-    url: str = request.getfixturevalue("postgresql_url")
-    return url
+        return make_app(STORE=sqlite_url(tmp_path))
+    return make_app(STORE=request.getfixturevalue("postgresql_url"))
 
 
 def post(app: Flask, payload: dict[str, Any]) -> Any:
@@ -83,20 +87,18 @@ def post(app: Flask, payload: dict[str, Any]) -> Any:
 
 @pytest.mark.parametrize("stage", ["complete", "first"])
 def test_a_new_delivery_is_one_autocommitted_statement_to_claim_and_one_to_complete(
-    make_app: AppFactory, sql_store_url: str, stage: str
+    sql_app: Flask, stage: str
 ) -> None:
     """For ``first`` the stale check (is the task's ``complete`` done?) is part of the claim."""
-    app = make_app(STORE=sql_store_url)
+    app = sql_app
     post(app, build_callback("complete"))  # the table exists, the connection is made
     with statements_run() as seen:
         assert post(app, build_callback(stage)) == RECEIVED
     assert [(s.sql, s.autocommit) for s in seen] == [("INSERT", True), ("UPDATE", True)]
 
 
-def test_a_duplicate_costs_the_claim_and_one_read_of_why(
-    make_app: AppFactory, sql_store_url: str
-) -> None:
-    app = make_app(STORE=sql_store_url)
+def test_a_duplicate_costs_the_claim_and_one_read_of_why(sql_app: Flask) -> None:
+    app = sql_app
     payload = build_callback("complete")
     post(app, payload)
     with statements_run() as seen:
@@ -177,3 +179,18 @@ def test_on_redis_a_new_delivery_is_two_round_trips(make_app: AppFactory, redis_
         "EVALSHA",
         "EVALSHA",
     ]
+
+
+def test_the_hosts_engine_gets_its_connections_back_as_they_were(
+    make_app: AppFactory, postgresql_url: str
+) -> None:
+    app = make_app(STORE="sqlalchemy://")
+    with_flask_sqlalchemy(postgresql_url)(app)
+    with statements_run() as seen:
+        assert post(app, build_callback("complete")) == RECEIVED
+    assert [(s.sql, s.autocommit) for s in seen] == [("INSERT", True), ("UPDATE", True)]
+    db = app.extensions["sqlalchemy"]
+    with app.app_context():
+        with db.engine.connect() as connection:
+            assert not autocommits(connection.connection.driver_connection)
+        db.engine.dispose()
