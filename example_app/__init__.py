@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from flask import Flask
+from flask import Flask, current_app
+from flask.cli import with_appcontext
 from sqlalchemy import event, func
 
 from flask_musiccallback.testing import SIMULATED_MEDIA_HOST
@@ -119,10 +120,9 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
 
 @click.command("download-media")
 @click.argument("task_ids", nargs=-1)
+@with_appcontext
 def download_media_command(task_ids: tuple[str, ...]) -> None:
     """Copy the media of finished tasks that have no local copy yet (all tasks, or TASK_IDS)."""
-    from flask import current_app
-
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     if not task_ids:
         task_ids = tuple(db.session.scalars(db.select(Task.id)).all())
