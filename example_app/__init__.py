@@ -76,6 +76,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)  # before the extension, so that sqlalchemy:// finds db at once
     music.init_app(app)
     app.register_blueprint(bp)
+    app.cli.add_command(init_command)
     app.cli.add_command(download_media_command)
     with app.app_context():
         for engine in db.engines.values():
@@ -116,6 +117,35 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.execute("PRAGMA busy_timeout=15000")
     finally:
         cursor.close()
+
+
+@click.command("init")
+@click.option("--port", type=int, default=5000, show_default=True, help="The port it will run on.")
+@with_appcontext
+def init_command(port: int) -> None:
+    """Create the database, the media folder and the callback token, and say how to try it.
+
+    Every start does the same; ``scripts/demo.sh`` runs this first to show where things are.
+    """
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    folder = media.media_folder(app)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{port}"
+    click.echo(
+        f"""
+  Database  {db.engine.url.render_as_string(hide_password=True)}
+  Media     {folder}
+  Page      {base}/
+
+  Send it a simulated task from another terminal, in this folder:
+
+      flask --app example_app musiccallback simulate
+
+  or over HTTP, through the running server:
+
+      flask --app example_app musiccallback simulate --url {base}/music-callback
+"""
+    )
 
 
 @click.command("download-media")
