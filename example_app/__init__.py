@@ -60,7 +60,7 @@ TOKEN_FILE = "callback-token"  # noqa: S105 - a file name
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app; ``config`` wins over every other source (tests use it)."""
-    app = Flask(__name__)
+    app = Flask(__name__, instance_relative_config=True)
     app.config.from_mapping(DEFAULTS)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env()

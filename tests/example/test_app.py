@@ -285,3 +285,15 @@ def test_an_empty_app_says_how_to_send_a_task(example: Flask) -> None:
     assert "flask --app example_app musiccallback simulate" in html
     with example.app_context():
         assert db.session.scalar(db.select(db.func.count(Task.id))) == 0
+
+
+def test_init_creates_the_media_folder_and_says_how_to_send_a_task(
+    example: Flask, tmp_path: Path
+) -> None:
+    result = example.test_cli_runner().invoke(args=["init", "--port", "5123"])
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "media").is_dir()
+    assert str(tmp_path / "example.db") in result.output
+    assert "flask --app example_app musiccallback simulate\n" in result.output
+    assert "--url http://127.0.0.1:5123/music-callback" in result.output
