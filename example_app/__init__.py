@@ -110,11 +110,10 @@ def _instance_token(app: Flask) -> str:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    """Let the page read while receivers write (WAL), and writers wait for each other."""
+    """Write-ahead logging: the page and the receivers read while another receiver writes."""
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=15000")
     finally:
         cursor.close()
 

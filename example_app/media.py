@@ -218,6 +218,9 @@ def _save_track(client: httpx.Client, folder: Path, job: _Job, policy: DownloadP
         except DownloadFailed as exc:
             logger.warning("Could not save the %s of a track from %s: %s", kind, url, exc)
             errors.append(f"{kind}: {exc}")
+        except Exception as exc:  # a link httpx cannot even parse, a full disk: still recorded
+            logger.exception("Could not save the %s of a track from %s", kind, url)
+            errors.append(f"{kind}: {type(exc).__name__}: {exc}")
         else:
             saved[f"{kind}_file"] = f"{folder.name}/{name}"
     track = db.session.get(Track, job.track_id)

@@ -62,7 +62,9 @@ class Task(db.Model):  # type: ignore[name-defined,misc]
     @property
     def status(self) -> str:
         """``text``, ``first``, ``complete`` or ``failed``: the furthest stage received."""
-        return max((stage.stage for stage in self.stages), key=STAGE_RANK.__getitem__)
+        return max(
+            (stage.stage for stage in self.stages), key=STAGE_RANK.__getitem__, default="text"
+        )
 
     @property
     def failure(self) -> TaskStage | None:

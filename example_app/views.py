@@ -116,8 +116,13 @@ def sample(path: str) -> Response:
 
 def is_sample(url: str | None) -> bool:
     """Whether ``url`` is a simulated link that the app answers with a sample."""
-    host = current_app.config["MEDIA_SAMPLE_HOST"]
-    return bool(url and host and urlsplit(url).hostname == host)
+    host: str | None = current_app.config["MEDIA_SAMPLE_HOST"]
+    if not (url and host):
+        return False
+    try:
+        return urlsplit(url).hostname == host
+    except ValueError:  # not a URL at all: the provider's problem, not a reason to fail the page
+        return False
 
 
 @bp.app_template_filter("playable")

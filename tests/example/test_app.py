@@ -297,3 +297,22 @@ def test_init_creates_the_media_folder_and_says_how_to_send_a_task(
     assert str(tmp_path / "example.db") in result.output
     assert "flask --app example_app musiccallback simulate\n" in result.output
     assert "--url http://127.0.0.1:5123/music-callback" in result.output
+
+
+def test_links_that_are_not_urls_are_recorded_as_failures_and_the_page_still_shows(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    payload = build_callback("complete", task_id="task-1", tracks=1)
+    payload["data"]["data"][0].update(audio_url="http://[::1", image_url="not a link at all")
+
+    assert deliver.deliver(payload).json == {"status": "received"}
+    settle(example)
+
+    track = task(example, "task-1").tracks[0]
+    assert track.media_status == "failed"
+    assert track.media_error is not None
+    assert track.media_error.startswith("audio: ")
+    assert "image: " in track.media_error
+    answer = example.test_client().get("/")
+    assert answer.status_code == 200
+    assert "Could not save a copy" in answer.get_data(as_text=True)
