@@ -14,7 +14,17 @@ from .signals import (
     task_failed,
     text_generated,
 )
-from .stores.base import ClaimResult, Delivery, Store, StoreError, StoreUnavailable, register_store
+from .stores.base import (
+    ClaimResult,
+    Delivery,
+    DeliveryState,
+    KeptDelivery,
+    PersistentStore,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    register_store,
+)
 from .stores.memory import MemoryStore
 
 __all__ = [
@@ -23,10 +33,13 @@ __all__ = [
     "ConfigKeys",
     "ConfigurationError",
     "Delivery",
+    "DeliveryState",
+    "KeptDelivery",
     "MemoryStore",
     "MusicCallback",
     "MusicCallbackInsecureWarning",
     "Outcome",
+    "PersistentStore",
     "Stage",
     "Store",
     "StoreError",

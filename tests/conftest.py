@@ -16,7 +16,13 @@ if TYPE_CHECKING:
 
 # The project's own testing kit (musiccallback_app, musiccallback_client, ...), loaded by name so
 # that it works whether or not the installed package already registers its pytest11 entry point.
-pytest_plugins = ["pytester", "flask_musiccallback.testing"]
+pytest_plugins = [
+    "pytester",
+    "flask_musiccallback.testing",
+    # Real PostgreSQL and Redis servers, and every store as a parameter of the conformance suite.
+    "tests.servers",
+    "tests.backends",
+]
 
 TOKEN = "test-token-0123456789abcdef"
 URL = f"/music-callback?token={TOKEN}"

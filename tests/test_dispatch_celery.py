@@ -26,7 +26,8 @@ from flask_musiccallback.testing import build_callback
 from .celery_host import URL, create_app, records
 from .conftest import URL as PLAIN_URL
 from .conftest import AppFactory
-from .servers_redis import celery_worker, free_port, redis_server
+from .servers import free_port
+from .servers_redis import celery_worker, redis_server
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import enum
 import importlib
+import os
+import socket
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import parse_qs
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -86,8 +89,16 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def claim(self, delivery: Delivery) -> ClaimResult:
-        """Take the delivery's key for processing, or say why it must not be processed."""
+    def claim(self, delivery: Delivery, *, queued: bool = False) -> ClaimResult:
+        """Take the delivery's key for processing, or say why it must not be processed.
+
+        ``queued`` records the claimed delivery as waiting (``pending``) rather than being
+        processed: a dispatcher that runs receivers off the request path claims with it, then calls
+        :meth:`start` when a worker picks the delivery up.
+        """
+
+    def start(self, task_id: str, stage: str) -> None:  # noqa: B027 - optional hook
+        """A queued delivery is being processed now; persistent stores renew its lease."""
 
     @abstractmethod
     def complete(self, task_id: str, stage: str) -> None:
@@ -105,10 +116,194 @@ class Store(ABC):
         """Release connections; called when the host shuts the extension down."""
 
 
+class DeliveryState(str, enum.Enum):
+    """Where a kept delivery is in its life; persistent stores record it with each delivery."""
+
+    #: Accepted and waiting for a worker (claimed with ``queued=True``).
+    PENDING = "pending"
+    #: Claimed by a process that is running its receivers.
+    PROCESSING = "processing"
+    #: Every receiver succeeded.
+    DONE = "done"
+    #: A receiver failed: released for a redelivery (``retry``) or acknowledged (``ack``).
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The states each ``--status`` of ``flask musiccallback list`` stands for: "pending" is any
+#: delivery accepted and not finished, whether it waits or is being processed.
+STATUS_STATES: Mapping[str, tuple[DeliveryState, ...]] = {
+    "pending": (DeliveryState.PENDING, DeliveryState.PROCESSING),
+    "done": (DeliveryState.DONE,),
+    "failed": (DeliveryState.FAILED,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeptDelivery:
+    """A delivery as a persistent store keeps it, for listing, inspection and replay."""
+
+    #: The store's identifier, as printed by ``flask musiccallback list``.
+    id: str
+    task_id: str
+    stage: str
+    state: DeliveryState
+    #: The JSON body as received.
+    payload: Mapping[str, Any]
+    #: The request headers worth keeping, secrets redacted.
+    headers: Mapping[str, str]
+    #: How many times the delivery was claimed: the first run, redeliveries, replays.
+    attempts: int
+    last_error: str | None
+    #: Whether a redelivery by the provider may claim it again (released after a receiver error
+    #: under the ``retry`` policy); an acknowledged failure waits for a replay instead.
+    released: bool
+    #: ``hostname:pid`` of the process holding the claim, while pending or processing.
+    owner: str | None
+    #: When another process may take the claim over, while pending or processing.
+    lease_expires_at: datetime | None
+    received_at: datetime
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def in_flight(self) -> bool:
+        """Accepted and not finished: waiting, or held by a process."""
+        return self.state in (DeliveryState.PENDING, DeliveryState.PROCESSING)
+
+    def lease_expired(self, now: datetime | None = None) -> bool:
+        """Whether the claim on an in-flight delivery may be taken over."""
+        if self.lease_expires_at is None:
+            return True
+        return self.lease_expires_at <= (now or utcnow())
+
+
+def utcnow() -> datetime:
+    """The aware UTC time every store records."""
+    return datetime.now(timezone.utc)
+
+
+def process_owner() -> str:
+    """``hostname:pid``, the owner a persistent store records on a claim.
+
+    Read on every claim, not cached: a worker forked after import has its own pid.
+    """
+    return f"{_HOSTNAME}:{os.getpid()}"
+
+
+_HOSTNAME = socket.gethostname()
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """Whether ``owner`` names a process of this machine that no longer runs.
+
+    Only this machine's processes can be checked; a claim held elsewhere waits for its lease.
+    """
+    if not owner:
+        return False
+    host, _, pid_text = owner.rpartition(":")
+    if host != _HOSTNAME or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+class PersistentStore(Store):
+    """A store that keeps every accepted delivery, shared by every process using its backend.
+
+    Besides deduplicating, it records each delivery's payload, headers and state, so that nothing
+    acknowledged is lost: deliveries can be listed, shown, replayed and pruned (``flask
+    musiccallback ...``).
+
+    Each claim records its owner (:func:`process_owner`) and a lease of ``lease`` seconds. A claim
+    whose lease ran out belongs to a process presumed dead, and the next redelivery (or ``replay
+    --pending``) takes it over, so a crash never blocks a task for good. Receivers that run longer
+    than the lease may therefore run twice: keep the lease above the slowest receiver.
+    """
+
+    persistent: ClassVar[bool] = True
+
+    def __init__(self, *, ttl: int, lease: int = DEFAULT_LEASE) -> None:
+        super().__init__(ttl=ttl)
+        if lease < 1:
+            raise StoreError("The lease of a persistent store must be at least one second.")
+        self.lease = lease
+
+    @abstractmethod
+    def list(
+        self, *, status: str | None = None, task_id: str | None = None, limit: int | None = 50
+    ) -> Sequence[KeptDelivery]:
+        """Kept deliveries, most recently changed first.
+
+        ``status`` is ``pending``, ``done`` or ``failed`` (see :data:`STATUS_STATES`); ``limit``
+        ``None`` lists them all.
+        """
+
+    @abstractmethod
+    def get(self, delivery_id: str) -> KeptDelivery | None:
+        """One kept delivery by the id :meth:`list` shows, or ``None``."""
+
+    @abstractmethod
+    def prune(self, older_than: timedelta) -> int:
+        """Delete deliveries unchanged for ``older_than``, except claims still held; say how many.
+
+        Once pruned, a redelivery of the same task and stage is processed again.
+        """
+
+    @abstractmethod
+    def reclaim(self, delivery_id: str, *, force: bool = False) -> KeptDelivery | None:
+        """Claim a kept delivery again for a replay, atomically; ``None`` if it cannot be taken.
+
+        A failed delivery can always be taken, an in-flight one once its lease ran out; ``force``
+        takes any, done ones and live claims included. The delivery is then processing, owned by
+        this process, with one more attempt, and is settled with ``complete``, ``release`` or
+        ``fail`` as after :meth:`claim`.
+        """
+
+
+def lease_from_url(url: str) -> int:
+    """The ``lease`` option (seconds) every persistent store reads from its URL's query."""
+    values = parse_qs(url.partition("?")[2]).get("lease")
+    if not values:
+        return DEFAULT_LEASE
+    try:
+        return int(values[-1])
+    except ValueError as exc:
+        raise StoreError(f"lease must be a whole number of seconds: {url!r}") from exc
+
+
+def require_persistent(store: Store) -> PersistentStore:
+    """The store, when it keeps deliveries; a :class:`StoreError` saying what to do otherwise."""
+    if isinstance(store, PersistentStore):
+        return store
+    raise StoreError(
+        f"This needs a persistent store, and {type(store).__name__} keeps nothing: set "
+        "MUSICCALLBACK_STORE to sqlalchemy://, a database URL (sqlite:///callbacks.db, "
+        "postgresql+psycopg://...) or redis://host:6379/0."
+    )
+
+
 #: URL scheme to ``"module:ClassName"``; modules are imported only when their scheme is used, so an
 #: app on the memory store needs neither SQLAlchemy nor redis installed.
 _registry: dict[str, str | type[Store]] = {
     "memory": "flask_musiccallback.stores.memory:MemoryStore",
+    "sqlalchemy": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
+    "sqlite": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
+    "postgresql": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
+    "mysql": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
+    "mariadb": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
+    "redis": "flask_musiccallback.stores.redis:RedisStore",
+    "rediss": "flask_musiccallback.stores.redis:RedisStore",
 }
 
 

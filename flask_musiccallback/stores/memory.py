@@ -53,7 +53,7 @@ class MemoryStore(Store):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def claim(self, delivery: Delivery) -> ClaimResult:
+    def claim(self, delivery: Delivery, *, queued: bool = False) -> ClaimResult:
         key = (delivery.task_id, delivery.stage)
         now = time.monotonic()
         entries = self._entries

@@ -16,11 +16,6 @@ from flask_musiccallback.testing import CallbackClient
 
 TOKEN = "example-test-token"
 
-#: The example app keeps the extension's deliveries in its own database (``sqlalchemy://``,
-#: its default). Until that store is in the tree, these tests run it on the memory store:
-#: when it is, make this ``{}`` so that the tests use the app's default.
-STORE_OVERRIDE: dict[str, Any] = {"MUSICCALLBACK_STORE": "memory://"}
-
 ExampleFactory = Callable[..., Flask]
 
 
@@ -32,7 +27,6 @@ def example_config(folder: Path, **overrides: Any) -> dict[str, Any]:
         "MEDIA_FOLDER": str(folder / "media"),
         "MUSICCALLBACK_TOKEN": TOKEN,
         "MEDIA_DOWNLOAD_BACKOFF": 0.05,
-        **STORE_OVERRIDE,
         **overrides,
     }
 

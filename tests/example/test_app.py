@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from flask import Flask
 
@@ -19,7 +18,7 @@ from flask_musiccallback.families import MUSIC
 from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import CallbackClient, build_callback, record_signals
 
-from .conftest import STORE_OVERRIDE, TOKEN, ExampleFactory, example_config, settle, task
+from .conftest import TOKEN, ExampleFactory, example_config, settle, task
 
 AUDIO = re.compile(r'<audio[^>]*\ssrc="([^"]+)"')
 COVER = re.compile(r'<img class="track__cover" src="([^"]+)"')
@@ -237,7 +236,6 @@ def test_simulate_in_its_own_process_saves_the_media_before_it_exits(
             f"FLASK_{key}": str(config[key])
             for key in ("SQLALCHEMY_DATABASE_URI", "MEDIA_FOLDER", "MUSICCALLBACK_TOKEN")
         },
-        **{f"FLASK_{key}": value for key, value in STORE_OVERRIDE.items()},
     }
     command = [sys.executable, "-m", "flask", "--app", "example_app"]
     answer = subprocess.run(
@@ -323,8 +321,6 @@ def test_links_that_are_not_urls_are_recorded_as_failures_and_the_page_still_sho
 def test_deliveries_are_kept_in_the_app_database_beside_its_tasks(
     example: Flask, deliver: CallbackClient
 ) -> None:
-    if STORE_OVERRIDE:
-        pytest.skip("sqlalchemy:// is not in the tree yet: see STORE_OVERRIDE in conftest.py")
     simulate(deliver, "task-1")
     settle(example)
 

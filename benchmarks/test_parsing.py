@@ -1,0 +1,60 @@
+"""Micro-benchmarks of parsing and validation per payload size (pytest-benchmark).
+
+    python -m pytest benchmarks/test_parsing.py --benchmark-only
+
+Not part of the test suite (``testpaths`` is ``tests``): nothing here fails because a machine is
+slow. Each size is measured on the path the endpoint takes (``load_callback``) and on the full
+marshmallow schema, which the endpoint falls back to for payloads that need coercion.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from flask_musiccallback.schemas import callback_schema, load_callback
+from flask_musiccallback.testing import build_callback
+
+LYRICS = "\n".join(
+    f"[Verse {n}]\nStreetlights hum a borrowed tune, the harbour holds its breath tonight"
+    for n in range(400)
+)
+
+
+def long_lyrics() -> dict[str, Any]:
+    payload = build_callback("complete", tracks=2)
+    for track in payload["data"]["data"]:
+        track["prompt"] = LYRICS
+    return payload
+
+
+PAYLOADS = {
+    "2 tracks": build_callback("complete", tracks=2),
+    "20 tracks": build_callback("complete", tracks=20),
+    "long lyrics": long_lyrics(),
+}
+
+
+@pytest.mark.parametrize("size", list(PAYLOADS))
+def test_parse_json_and_load(benchmark: BenchmarkFixture, size: str) -> None:
+    body = json.dumps(PAYLOADS[size]).encode()
+    benchmark.extra_info["bytes"] = len(body)
+    event = benchmark(lambda: load_callback(json.loads(body)))
+    assert event.task_id
+
+
+@pytest.mark.parametrize("size", list(PAYLOADS))
+def test_full_schema_load(benchmark: BenchmarkFixture, size: str) -> None:
+    body = json.dumps(PAYLOADS[size]).encode()
+    benchmark.extra_info["bytes"] = len(body)
+    event = benchmark(lambda: callback_schema.load(json.loads(body)))
+    assert event.task_id
+
+
+@pytest.mark.parametrize("size", list(PAYLOADS))
+def test_json_parse_only(benchmark: BenchmarkFixture, size: str) -> None:
+    body = json.dumps(PAYLOADS[size]).encode()
+    benchmark(lambda: json.loads(body))

@@ -1,0 +1,390 @@
+"""The Redis store: ``redis://host:6379/0`` (``rediss://`` for TLS).
+
+Options in the URL's query, beside redis-py's own: ``prefix`` (of every key, default
+``musiccallback:``) and ``lease`` (seconds).
+
+Per delivery, with ``ID`` = ``<task id>/<stage>`` (URL-quoted):
+
+``<prefix>claim:ID``
+    The claim, taken with ``SET NX PX <lease>`` and holding ``hostname:pid`` while the delivery is
+    pending or processing, so a dead process's claim expires by itself after the lease. Once
+    settled it holds ``done`` or ``failed`` for the TTL; a release deletes it, so that the next
+    redelivery's ``SET NX`` succeeds.
+``<prefix>delivery:ID``
+    A hash with the payload, headers, state, attempts, last error and timestamps, expiring ``ttl``
+    seconds after its last change.
+``<prefix>index``
+    A sorted set of IDs scored by their last change, for listing newest first and pruning.
+
+Every transition is one Lua script, atomic in Redis, timed by the Redis server's clock; the claim
+takes a single round trip. All keys of one store live on one server: Redis Cluster is not
+supported.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .base import (
+    DEFAULT_LEASE,
+    STATUS_STATES,
+    ClaimResult,
+    Delivery,
+    DeliveryState,
+    KeptDelivery,
+    PersistentStore,
+    StoreError,
+    StoreUnavailable,
+    lease_from_url,
+    process_owner,
+)
+
+DEFAULT_PREFIX = "musiccallback:"
+
+#: Seconds to wait for Redis to accept a connection, and then for each answer.
+CONNECT_TIMEOUT = 3
+SOCKET_TIMEOUT = 5
+
+#: The longest error text kept with a delivery.
+MAX_ERROR_LENGTH = 4000
+
+_FINISHED_MARKS = ("done", "failed")
+
+# Redis time in microseconds, shared by every script below: fine enough that two changes never
+# share a time, so listing by last change keeps their order. ``stamp`` formats a time exactly.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function stamp(moment) return string.format('%.0f', moment) end
+"""
+
+# KEYS: claim, delivery, index, claim of the superseding stage (or the claim again)
+# ARGV: owner, lease ms, ttl s, state, id, task id, stage, payload, headers, received µs, stale?
+_CLAIM = (
+    _NOW
+    + """
+if ARGV[11] == '1' and redis.call('GET', KEYS[4]) == 'done' then return 'stale' end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local held = redis.call('GET', KEYS[1])
+  if held == 'done' or held == 'failed' then return 'duplicate' end
+  return 'in_progress'
+end
+redis.call('HSETNX', KEYS[2], 'created_at', stamp(now))
+redis.call('HSET', KEYS[2], 'id', ARGV[5], 'task_id', ARGV[6], 'stage', ARGV[7],
+  'state', ARGV[4], 'released', '0', 'owner', ARGV[1],
+  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'payload', ARGV[8], 'headers', ARGV[9],
+  'received_at', ARGV[10], 'updated_at', stamp(now))
+redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], stamp(now), ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', stamp(now - ARGV[3] * 1000000))
+return 'claimed'
+"""
+)
+
+# KEYS: claim, delivery, index
+# ARGV: outcome (done | failed | released), owner, ttl s, error, id
+_SETTLE = (
+    _NOW
+    + """
+if ARGV[1] == 'released' then
+  if redis.call('GET', KEYS[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local state = ARGV[1] == 'done' and 'done' or 'failed'
+redis.call('HSET', KEYS[2], 'state', state, 'released', ARGV[1] == 'released' and '1' or '0',
+  'owner', '', 'lease_expires_at', '', 'updated_at', stamp(now))
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[4]) end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], stamp(now), ARGV[5])
+return 1
+"""
+)
+
+# KEYS: claim, delivery, index
+# ARGV: owner, lease ms, ttl s, id, force ('1' | '0'), count an attempt ('1' | '0')
+# Takes the claim for this owner: a replay (counting an attempt), or a queued delivery starting
+# (forced: the claim is the worker's own).
+_TAKE = (
+    _NOW
+    + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+if ARGV[5] ~= '1' then
+  local held = redis.call('GET', KEYS[1])
+  local live = held and held ~= 'done' and held ~= 'failed'
+  if live or redis.call('HGET', KEYS[2], 'state') == 'done' then return false end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'state', 'processing', 'released', '0', 'owner', ARGV[1],
+  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', stamp(now))
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[2], 'attempts', 1) end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
+return redis.call('HGETALL', KEYS[2])
+"""
+)
+
+# KEYS: claim, delivery, index
+# ARGV: id, cutoff µs
+_PRUNE = """
+local updated = tonumber(redis.call('HGET', KEYS[2], 'updated_at'))
+if updated and updated >= tonumber(ARGV[2]) then return 0 end
+local held = redis.call('GET', KEYS[1])
+if held and held ~= 'done' and held ~= 'failed' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return redis.call('DEL', KEYS[2])
+"""
+
+
+def delivery_id(task_id: str, stage: str) -> str:
+    """``task/stage``, quoted so that no task id can collide with another task's stage."""
+    return f"{quote(task_id, safe='')}/{quote(stage, safe=':')}"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _moment(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+class RedisStore(PersistentStore):
+    """Deliveries kept in Redis, each claimed with ``SET NX`` and a lease, expiring with the TTL.
+
+    Deliveries, failed ones included, live ``ttl`` seconds after their last change: replay failed
+    deliveries within that window, or keep them in a SQL store.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        ttl: int,
+        lease: int = DEFAULT_LEASE,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        super().__init__(ttl=ttl, lease=lease)
+        self.client = client
+        self.prefix = prefix
+        self._claim = client.register_script(_CLAIM)
+        self._settle = client.register_script(_SETTLE)
+        self._take = client.register_script(_TAKE)
+        self._prune = client.register_script(_PRUNE)
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl: int) -> RedisStore:
+        lease = lease_from_url(url)
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefix = dict(query).get("prefix", DEFAULT_PREFIX)
+        rest = [(key, value) for key, value in query if key not in ("prefix", "lease")]
+        client_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        try:
+            client = redis.Redis.from_url(
+                client_url,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=SOCKET_TIMEOUT,
+                retry=Retry(NoBackoff(), 1),
+                decode_responses=True,
+            )
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"Not a usable Redis URL: {url!r} ({exc}).") from exc
+        return cls(client, ttl=ttl, lease=lease, prefix=prefix)
+
+    def describe(self) -> str:
+        """The server, for messages; never its password."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return f"Redis at {where}/{kwargs.get('db', 0)}"
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _keys(self, key_id: str) -> list[str]:
+        return [
+            f"{self.prefix}claim:{key_id}",
+            f"{self.prefix}delivery:{key_id}",
+            f"{self.prefix}index",
+        ]
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except RedisError as exc:
+            raise StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
+
+    # -- the claim and its settling ------------------------------------------------------------
+
+    def claim(self, delivery: Delivery, *, queued: bool = False) -> ClaimResult:
+        key_id = delivery_id(delivery.task_id, delivery.stage)
+        keys = self._keys(key_id)
+        later = delivery.superseded_by
+        keys.append(
+            keys[0] if later is None else self._keys(delivery_id(delivery.task_id, later))[0]
+        )
+        answer = self._call(
+            self._claim,
+            keys,
+            [
+                process_owner(),
+                self.lease * 1000,
+                self.ttl,
+                (DeliveryState.PENDING if queued else DeliveryState.PROCESSING).value,
+                key_id,
+                delivery.task_id,
+                delivery.stage,
+                json.dumps(delivery.payload, separators=(",", ":")),
+                json.dumps(dict(delivery.headers), separators=(",", ":")),
+                _micros(delivery.received_at),
+                "0" if later is None else "1",
+            ],
+        )
+        return ClaimResult(_text(answer))
+
+    def start(self, task_id: str, stage: str) -> None:
+        self._take_claim(delivery_id(task_id, stage), force=True, attempt=False)
+
+    def complete(self, task_id: str, stage: str) -> None:
+        self._settle_as("done", task_id, stage, "")
+
+    def release(self, task_id: str, stage: str, error: str) -> None:
+        self._settle_as("released", task_id, stage, error)
+
+    def fail(self, task_id: str, stage: str, error: str) -> None:
+        self._settle_as("failed", task_id, stage, error)
+
+    def _settle_as(self, outcome: str, task_id: str, stage: str, error: str) -> None:
+        key_id = delivery_id(task_id, stage)
+        self._call(
+            self._settle,
+            self._keys(key_id),
+            [outcome, process_owner(), self.ttl, error[:MAX_ERROR_LENGTH], key_id],
+        )
+
+    def _take_claim(self, key_id: str, *, force: bool, attempt: bool) -> KeptDelivery | None:
+        fields = self._call(
+            self._take,
+            self._keys(key_id),
+            [
+                process_owner(),
+                self.lease * 1000,
+                self.ttl,
+                key_id,
+                "1" if force else "0",
+                "1" if attempt else "0",
+            ],
+        )
+        if not fields:
+            return None
+        flat = [_text(item) for item in fields]
+        return _kept(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    # -- what the command line and replay use --------------------------------------------------
+
+    def list(
+        self, *, status: str | None = None, task_id: str | None = None, limit: int | None = 50
+    ) -> Sequence[KeptDelivery]:
+        states = None if status is None else STATUS_STATES[status]
+        index = f"{self.prefix}index"
+        page = 200
+        found: list[KeptDelivery] = []
+        gone: list[str] = []
+        start = 0
+        try:
+            while limit is None or len(found) < limit:
+                window = self.client.zrevrange(index, start, start + page - 1)
+                ids = [_text(item) for item in window]
+                if not ids:
+                    break
+                start += page
+                pipeline = self.client.pipeline(transaction=False)
+                for key_id in ids:
+                    pipeline.hgetall(f"{self.prefix}delivery:{key_id}")
+                for key_id, fields in zip(ids, pipeline.execute(), strict=True):
+                    if not fields:
+                        gone.append(key_id)
+                        continue
+                    kept = _kept({_text(k): _text(v) for k, v in fields.items()})
+                    if states is not None and kept.state not in states:
+                        continue
+                    if task_id is not None and kept.task_id != task_id:
+                        continue
+                    found.append(kept)
+                    if limit is not None and len(found) >= limit:
+                        break
+            if gone:
+                self.client.zrem(index, *gone)
+        except RedisError as exc:
+            raise StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
+        return found
+
+    def get(self, delivery_id: str) -> KeptDelivery | None:
+        try:
+            fields = self.client.hgetall(f"{self.prefix}delivery:{delivery_id}")
+        except RedisError as exc:
+            raise StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
+        if not fields:
+            return None
+        return _kept({_text(k): _text(v) for k, v in fields.items()})
+
+    def prune(self, older_than: timedelta) -> int:
+        index = f"{self.prefix}index"
+        try:
+            seconds, micros = self.client.time()
+            now = int(seconds) * 1_000_000 + int(micros)
+            cutoff = now - older_than // timedelta(microseconds=1)
+            ids = [_text(item) for item in self.client.zrangebyscore(index, "-inf", cutoff)]
+            pipeline = self.client.pipeline(transaction=False)
+            for key_id in ids:
+                self._prune(keys=self._keys(key_id), args=[key_id, cutoff], client=pipeline)
+            return sum(int(deleted) for deleted in pipeline.execute()) if ids else 0
+        except RedisError as exc:
+            raise StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
+
+    def reclaim(self, delivery_id: str, *, force: bool = False) -> KeptDelivery | None:
+        return self._take_claim(delivery_id, force=force, attempt=True)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _kept(fields: dict[str, str]) -> KeptDelivery:
+    created = _moment(fields.get("created_at"))
+    updated = _moment(fields.get("updated_at")) or created
+    assert created is not None
+    assert updated is not None
+    return KeptDelivery(
+        id=fields["id"],
+        task_id=fields["task_id"],
+        stage=fields["stage"],
+        state=DeliveryState(fields["state"]),
+        payload=json.loads(fields.get("payload") or "{}"),
+        headers=json.loads(fields.get("headers") or "{}"),
+        attempts=int(fields.get("attempts") or 0),
+        last_error=fields.get("last_error") or None,
+        released=fields.get("released") == "1",
+        owner=fields.get("owner") or None,
+        lease_expires_at=_moment(fields.get("lease_expires_at")),
+        received_at=_moment(fields.get("received_at")) or created,
+        created_at=created,
+        updated_at=updated,
+    )

@@ -1,0 +1,611 @@
+"""The relational store: SQLite, PostgreSQL, MySQL/MariaDB through SQLAlchemy.
+
+Two ways to point it at a database:
+
+``sqlalchemy://`` (options ``?bind=KEY&table=NAME&lease=SECONDS``)
+    The host app's Flask-SQLAlchemy ``db``. The extension's table joins ``db.metadata`` (or the
+    bind's metadata), so ``db.create_all()``, Flask-Migrate and Alembic see it and the host's
+    migrations own it. Only ``db``'s engine is borrowed, never its session: a claim commits on its
+    own connection and never commits, or rolls back, the host's unit of work.
+
+any SQLAlchemy URL (``sqlite:///callbacks.db``, ``postgresql+psycopg://...``; ``?table=&lease=``)
+    An engine of the extension's own, which creates its table on first use if it is missing.
+    Relative SQLite paths are read from the app's instance folder, as Flask-SQLAlchemy does.
+
+The claim is one atomic statement on SQLite and PostgreSQL: ``INSERT ... ON CONFLICT (task_id,
+stage) DO UPDATE ... WHERE`` the existing row may be taken (released after an error, a lease run
+out, remembered longer than the TTL). On other databases it is an ``INSERT`` and, on a unique
+violation, a conditional ``UPDATE``, which the database also runs atomically. The unique key on
+``(task_id, stage)`` decides; nothing is checked first and inserted after.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs
+
+import sqlalchemy as sa
+from flask import appcontext_pushed
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
+
+from .base import (
+    DEFAULT_LEASE,
+    STATUS_STATES,
+    ClaimResult,
+    Delivery,
+    DeliveryState,
+    KeptDelivery,
+    PersistentStore,
+    StoreError,
+    StoreUnavailable,
+    lease_from_url,
+    process_owner,
+)
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+T = TypeVar("T")
+
+#: The table's name unless ``?table=`` says otherwise.
+DEFAULT_TABLE = "musiccallback_deliveries"
+
+#: Seconds to wait for a database server to accept a connection: a down store must answer fast.
+CONNECT_TIMEOUT = 3
+
+#: The longest error text kept with a delivery.
+MAX_ERROR_LENGTH = 4000
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IN_FLIGHT = (DeliveryState.PENDING.value, DeliveryState.PROCESSING.value)
+_FINISHED = (DeliveryState.DONE.value, DeliveryState.FAILED.value)
+
+
+def table_items(name: str) -> list[sa.schema.SchemaItem]:
+    """The columns, key and indexes of the deliveries table called ``name``."""
+    return [
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+        sa.Column("task_id", sa.String(255), nullable=False),
+        sa.Column("stage", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("released", sa.Boolean(), nullable=False, default=False),
+        sa.Column("attempts", sa.Integer(), nullable=False, default=1),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("owner", sa.String(255), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(), nullable=True),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("headers", sa.JSON(), nullable=False),
+        sa.Column("received_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.UniqueConstraint("task_id", "stage", name=f"uq_{name}_task_stage"),
+        sa.Index(f"ix_{name}_updated_at", "updated_at"),
+        sa.Index(f"ix_{name}_state_updated_at", "state", "updated_at"),
+    ]
+
+
+def _naive(moment: datetime) -> datetime:
+    """UTC without a zone, the form every dialect stores and compares alike."""
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class SQLAlchemyStore(PersistentStore):
+    """Deliveries kept in one table, claimed atomically by its unique ``(task_id, stage)`` key.
+
+    Pass ``url`` (or ``engine``) for a database of the extension's own, ``db`` for a
+    Flask-SQLAlchemy extension object, or nothing to use the app's Flask-SQLAlchemy ``db`` (what
+    ``sqlalchemy://`` means). With ``db`` or ``sqlalchemy://`` the table is the host's to create.
+    """
+
+    #: Dialects whose claim is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``; others insert,
+    #: then take the row over with a conditional ``UPDATE``.
+    upsert_dialects: tuple[str, ...] = ("sqlite", "postgresql")
+
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        ttl: int,
+        lease: int = DEFAULT_LEASE,
+        engine: Engine | None = None,
+        db: SQLAlchemy | None = None,
+        bind_key: str | None = None,
+        table_name: str = DEFAULT_TABLE,
+    ) -> None:
+        super().__init__(ttl=ttl, lease=lease)
+        if sum(source is not None for source in (url, engine, db)) > 1:
+            raise StoreError("Give SQLAlchemyStore one of url, engine or db.")
+        if not _NAME.match(table_name):
+            raise StoreError(f"Not a usable table name: {table_name!r}.")
+        self.table_name = table_name
+        self.bind_key = bind_key
+        self._url = make_url(url) if isinstance(url, str) else url
+        self._engine = engine
+        #: Whether the table is the extension's to create (its own engine), not the host's.
+        self.creates_table = db is None and (url is not None or engine is not None)
+        self._db: SQLAlchemy | None = None
+        self._app: Flask | None = None
+        self._lock = threading.Lock()
+        self._ready = False
+        self._table: sa.Table | None = None
+        if self.creates_table:
+            self._table = sa.Table(table_name, sa.MetaData(), *table_items(table_name))
+        if db is not None:
+            self._use_db(db)
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl: int) -> SQLAlchemyStore:
+        lease = lease_from_url(url)
+        query = parse_qs(url.partition("?")[2])
+        table_name = query.get("table", [DEFAULT_TABLE])[-1]
+        if url.partition("://")[0].lower() == "sqlalchemy":
+            unknown = set(query) - {"bind", "table", "lease"}
+            if unknown:
+                raise StoreError(f"sqlalchemy:// takes bind, table and lease, not {unknown}.")
+            bind_key = query.get("bind", [None])[-1]
+            return cls(ttl=ttl, lease=lease, bind_key=bind_key, table_name=table_name)
+        try:
+            sa_url = make_url(url).difference_update_query(["table", "lease"])
+        except ArgumentError as exc:
+            raise StoreError(f"Not a database URL: {url!r} ({exc}).") from exc
+        return cls(sa_url, ttl=ttl, lease=lease, table_name=table_name)
+
+    # -- binding -------------------------------------------------------------------------------
+
+    def init_app(self, app: Flask) -> None:
+        """Find the app's database without connecting to it.
+
+        With ``sqlalchemy://`` the table joins ``db.metadata`` now if Flask-SQLAlchemy is already
+        set up on the app, or else when the app's first context is pushed, which comes before
+        any ``db.create_all()``, migration command or request: either extension may be
+        initialised first.
+        """
+        self._app = app
+        if self._url is not None and self._engine is None:
+            self._engine = _create_engine(self._url, app.instance_path)
+        if self.creates_table or self._db is not None:
+            return
+        db = app.extensions.get("sqlalchemy")
+        if db is not None:
+            self._use_db(db)
+        else:
+            appcontext_pushed.connect(self._find_db, sender=app)
+
+    def _find_db(self, app: Flask, **extra: Any) -> None:
+        db = app.extensions.get("sqlalchemy")
+        if db is not None and self._db is None:
+            self._use_db(db)
+        if self._db is not None:
+            appcontext_pushed.disconnect(self._find_db, sender=app)
+
+    def _use_db(self, db: SQLAlchemy) -> None:
+        """Put the table in ``db``'s metadata for the bind, or reuse the one already there."""
+        metadata = db.metadatas.get(self.bind_key)
+        table = None if metadata is None else metadata.tables.get(self.table_name)
+        if table is None:
+            table = db.Table(self.table_name, *table_items(self.table_name), bind_key=self.bind_key)
+        self._table = table
+        self._db = db
+
+    @property
+    def table(self) -> sa.Table:
+        """The deliveries table; with ``sqlalchemy://``, known once Flask-SQLAlchemy is found."""
+        if self._table is None:
+            app = self._app
+            if app is not None:
+                self._find_db(app)
+            if self._table is None:
+                raise StoreUnavailable(
+                    "MUSICCALLBACK_STORE is sqlalchemy://, but Flask-SQLAlchemy is not set up on "
+                    "this app: call db.init_app(app), or give a database URL instead."
+                )
+        return self._table
+
+    def _connectable(self) -> Engine:
+        """The engine, created or looked up once, and the table ready on it."""
+        if self._ready and self._engine is not None:
+            return self._engine
+        with self._lock:
+            table = self.table
+            if self._engine is None:
+                borrowed = self._db is not None
+                self._engine = self._borrowed_engine() if borrowed else _create_engine(self._url)
+            if self.creates_table and not self._ready:
+                _create_table(self._engine, table)
+            self._ready = True
+            return self._engine
+
+    def _borrowed_engine(self) -> Engine:
+        assert self._db is not None
+        app = self._app
+        if app is None:
+            raise StoreUnavailable("SQLAlchemyStore(db=...) is used before init_app(app).")
+        with app.app_context():
+            engines = self._db.engines
+            if self.bind_key not in engines:
+                raise StoreUnavailable(f"Flask-SQLAlchemy has no bind {self.bind_key!r}.")
+            return engines[self.bind_key]
+
+    def describe(self) -> str:
+        """The database, for messages; never its password."""
+        if self._engine is not None:
+            return self._engine.url.render_as_string(hide_password=True)
+        if self._url is not None:
+            return self._url.render_as_string(hide_password=True)
+        return "the app's Flask-SQLAlchemy database"
+
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one transaction; the store's failures become ``StoreUnavailable``.
+
+        A pooled connection that the server dropped (a restart) is retried once on a fresh one,
+        so that a database restart costs no 503.
+        """
+        try:
+            engine = self._connectable()
+            try:
+                with engine.begin() as connection:
+                    return work(connection)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            with engine.begin() as connection:
+                return work(connection)
+        except IntegrityError:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"{self.describe()}: {_explain(exc)}") from exc
+
+    def close(self) -> None:
+        if self._engine is not None and self._db is None:
+            self._engine.dispose()
+
+    # -- the claim -----------------------------------------------------------------------------
+
+    def claim(self, delivery: Delivery, *, queued: bool = False) -> ClaimResult:
+        now = _now()
+        table = self.table
+        if delivery.superseded_by is not None and self._done(
+            delivery.task_id, delivery.superseded_by, now
+        ):
+            return ClaimResult.STALE
+        values = {
+            "task_id": delivery.task_id,
+            "stage": delivery.stage,
+            "state": (DeliveryState.PENDING if queued else DeliveryState.PROCESSING).value,
+            "released": False,
+            "attempts": 1,
+            "last_error": None,
+            "owner": process_owner(),
+            "lease_expires_at": now + timedelta(seconds=self.lease),
+            "payload": dict(delivery.payload),
+            "headers": dict(delivery.headers),
+            "received_at": _naive(delivery.received_at),
+            "created_at": now,
+            "updated_at": now,
+        }
+        taken = {
+            "state": values["state"],
+            "released": False,
+            "attempts": table.c.attempts + 1,
+            "owner": values["owner"],
+            "lease_expires_at": values["lease_expires_at"],
+            "payload": values["payload"],
+            "headers": values["headers"],
+            "received_at": values["received_at"],
+            "updated_at": now,
+        }
+        takeable = sa.or_(
+            sa.and_(table.c.state == DeliveryState.FAILED.value, table.c.released),
+            sa.and_(table.c.state.in_(_IN_FLIGHT), table.c.lease_expires_at < now),
+            table.c.updated_at < now - timedelta(seconds=self.ttl),
+        )
+
+        def upsert(connection: Connection) -> bool | None:
+            if connection.dialect.name not in self.upsert_dialects:
+                return None
+            return _upsert(connection, table, values, taken, takeable) == 1
+
+        claimed = self._run(upsert)
+        if claimed is None:
+            claimed = self._insert_or_take(delivery, values, taken, takeable)
+        if claimed:
+            return ClaimResult.CLAIMED
+        row = self._run(
+            lambda c: c.execute(
+                sa.select(table.c.state, table.c.released).where(*self._key(delivery))
+            ).first()
+        )
+        if row is not None and row.state in _FINISHED and not row.released:
+            return ClaimResult.DUPLICATE
+        return ClaimResult.IN_PROGRESS
+
+    def _insert_or_take(
+        self,
+        delivery: Delivery,
+        values: dict[str, Any],
+        taken: dict[str, Any],
+        takeable: sa.ColumnElement[bool],
+    ) -> bool:
+        """The claim for dialects without ``ON CONFLICT ... WHERE``: insert, else take over."""
+        table = self.table
+        try:
+            self._run(lambda c: c.execute(sa.insert(table).values(**values)))
+        except IntegrityError:
+            pass
+        else:
+            return True
+        statement = sa.update(table).where(*self._key(delivery), takeable).values(**taken)
+        rowcount: int = self._run(lambda c: c.execute(statement).rowcount)
+        return rowcount == 1
+
+    def _key(self, delivery: Delivery) -> tuple[sa.ColumnElement[bool], ...]:
+        table = self.table
+        return (table.c.task_id == delivery.task_id, table.c.stage == delivery.stage)
+
+    def _done(self, task_id: str, stage: str, now: datetime) -> bool:
+        """Whether that stage of the task was processed within the TTL (the stale rule)."""
+        table = self.table
+        statement = sa.select(table.c.state, table.c.updated_at).where(
+            table.c.task_id == task_id, table.c.stage == stage
+        )
+        row = self._run(lambda c: c.execute(statement).first())
+        return (
+            row is not None
+            and row.state == DeliveryState.DONE.value
+            and row.updated_at >= now - timedelta(seconds=self.ttl)
+        )
+
+    # -- settling ------------------------------------------------------------------------------
+
+    def start(self, task_id: str, stage: str) -> None:
+        now = _now()
+        self._set(
+            task_id,
+            stage,
+            state=DeliveryState.PROCESSING.value,
+            owner=process_owner(),
+            lease_expires_at=now + timedelta(seconds=self.lease),
+            updated_at=now,
+        )
+
+    def complete(self, task_id: str, stage: str) -> None:
+        self._settle(task_id, stage, DeliveryState.DONE, released=False)
+
+    def release(self, task_id: str, stage: str, error: str) -> None:
+        self._settle(task_id, stage, DeliveryState.FAILED, released=True, last_error=error)
+
+    def fail(self, task_id: str, stage: str, error: str) -> None:
+        self._settle(task_id, stage, DeliveryState.FAILED, released=False, last_error=error)
+
+    def _settle(self, task_id: str, stage: str, state: DeliveryState, **values: Any) -> None:
+        if values.get("last_error") is not None:
+            values["last_error"] = values["last_error"][:MAX_ERROR_LENGTH]
+        self._set(
+            task_id,
+            stage,
+            state=state.value,
+            owner=None,
+            lease_expires_at=None,
+            updated_at=_now(),
+            **values,
+        )
+
+    def _set(self, task_id: str, stage: str, **values: Any) -> None:
+        table = self.table
+        statement = (
+            sa.update(table)
+            .where(table.c.task_id == task_id, table.c.stage == stage)
+            .values(**values)
+        )
+        self._run(lambda c: c.execute(statement))
+
+    # -- what the command line and replay use --------------------------------------------------
+
+    def list(
+        self, *, status: str | None = None, task_id: str | None = None, limit: int | None = 50
+    ) -> Sequence[KeptDelivery]:
+        table = self.table
+        statement = sa.select(table).order_by(table.c.updated_at.desc(), table.c.id.desc())
+        if status is not None:
+            statement = statement.where(table.c.state.in_([s.value for s in STATUS_STATES[status]]))
+        if task_id is not None:
+            statement = statement.where(table.c.task_id == task_id)
+        if limit is not None:
+            statement = statement.limit(limit)
+        rows = self._run(lambda c: c.execute(statement).all())
+        return [_kept(row) for row in rows]
+
+    def get(self, delivery_id: str) -> KeptDelivery | None:
+        if not delivery_id.isdigit():
+            return None
+        table = self.table
+        statement = sa.select(table).where(table.c.id == int(delivery_id))
+        row = self._run(lambda c: c.execute(statement).first())
+        return None if row is None else _kept(row)
+
+    def prune(self, older_than: timedelta) -> int:
+        table = self.table
+        now = _now()
+        statement = sa.delete(table).where(
+            table.c.updated_at < now - older_than,
+            sa.or_(
+                table.c.state.in_(_FINISHED),
+                table.c.lease_expires_at.is_(None),
+                table.c.lease_expires_at < now,
+            ),
+        )
+        deleted: int = self._run(lambda c: c.execute(statement).rowcount)
+        return deleted
+
+    def reclaim(self, delivery_id: str, *, force: bool = False) -> KeptDelivery | None:
+        if not delivery_id.isdigit():
+            return None
+        table = self.table
+        now = _now()
+        key = table.c.id == int(delivery_id)
+        takeable: sa.ColumnElement[bool] = sa.or_(
+            table.c.state == DeliveryState.FAILED.value,
+            sa.and_(
+                table.c.state.in_(_IN_FLIGHT),
+                sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
+            ),
+        )
+        statement = (
+            sa.update(table)
+            .where(key, sa.true() if force else takeable)
+            .values(
+                state=DeliveryState.PROCESSING.value,
+                released=False,
+                attempts=table.c.attempts + 1,
+                owner=process_owner(),
+                lease_expires_at=now + timedelta(seconds=self.lease),
+                updated_at=now,
+            )
+        )
+
+        def take(connection: Connection) -> sa.Row[Any] | None:
+            if connection.execute(statement).rowcount != 1:
+                return None
+            return connection.execute(sa.select(table).where(key)).first()
+
+        row = self._run(take)
+        return None if row is None else _kept(row)
+
+
+def _upsert(
+    connection: Connection,
+    table: sa.Table,
+    values: dict[str, Any],
+    taken: dict[str, Any],
+    takeable: sa.ColumnElement[bool],
+) -> int:
+    """Insert the claim, or take the existing row when ``takeable``; 1 when the claim is ours."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement: Any = pg_insert(table)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(table)
+    statement = statement.values(**values).on_conflict_do_update(
+        index_elements=[table.c.task_id, table.c.stage], set_=taken, where=takeable
+    )
+    if connection.dialect.insert_returning:
+        # A row comes back when inserted or taken over, none when the WHERE kept it.
+        return len(connection.execute(statement.returning(table.c.id)).all())
+    rowcount: int = connection.execute(statement).rowcount
+    return rowcount
+
+
+def _kept(row: sa.Row[Any]) -> KeptDelivery:
+    lease = row.lease_expires_at
+    return KeptDelivery(
+        id=str(row.id),
+        task_id=row.task_id,
+        stage=row.stage,
+        state=DeliveryState(row.state),
+        payload=row.payload,
+        headers=row.headers or {},
+        attempts=row.attempts,
+        last_error=row.last_error,
+        released=bool(row.released),
+        owner=row.owner,
+        lease_expires_at=None if lease is None else _aware(lease),
+        received_at=_aware(row.received_at),
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _create_engine(url: URL | None, instance_path: str | None = None) -> Engine:
+    """The extension's own engine: a short connect timeout, SQLite paths as Flask-SQLAlchemy."""
+    assert url is not None
+    options: dict[str, Any] = {}
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or url.query.get("mode") == "memory":
+            raise StoreError(
+                "An in-memory SQLite database is private to one connection and keeps nothing: "
+                "use memory:// or a SQLite file."
+            )
+        if instance_path is not None and not os.path.isabs(database):
+            url = url.set(database=os.path.join(instance_path, database))
+    elif backend in ("postgresql", "mysql", "mariadb"):
+        if "connect_timeout" not in url.query:
+            options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        if url.drivername == "postgresql" and _has_psycopg3_only():
+            url = url.set(drivername="postgresql+psycopg")
+    try:
+        engine = sa.create_engine(url, **options)
+    except (ArgumentError, ImportError) as exc:
+        raise StoreError(f"Cannot use the database {url!r}: {exc}") from exc
+    if backend == "sqlite":
+        sa.event.listen(engine, "connect", _write_ahead_log)
+    return engine
+
+
+def _write_ahead_log(dbapi_connection: Any, record: Any) -> None:
+    """WAL: readers never wait for the writer, and a commit costs one sync instead of two.
+
+    Only for the extension's own SQLite file; a host's database keeps the journal it chose. An
+    optimisation only: if another process holds the file while it is switched, it stays as it is.
+    """
+    import sqlite3
+
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError:
+        pass
+    finally:
+        cursor.close()
+
+
+def _has_psycopg3_only() -> bool:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; psycopg 3 serves when it alone is there."""
+    import importlib.util
+
+    return (
+        importlib.util.find_spec("psycopg2") is None
+        and importlib.util.find_spec("psycopg") is not None
+    )
+
+
+def _create_table(engine: Engine, table: sa.Table) -> None:
+    """Create the table if missing; safe when several processes start on a fresh database.
+
+    Two processes may both see no table and both create it: the loser's error is harmless once
+    the table is there, so it is checked again before giving up.
+    """
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database:
+        os.makedirs(os.path.dirname(os.path.abspath(engine.url.database)), exist_ok=True)
+    try:
+        table.create(engine, checkfirst=True)
+    except DBAPIError:
+        if not sa.inspect(engine).has_table(table.name):
+            raise
+
+
+def _explain(exc: BaseException) -> str:
+    """The driver's own words, first line only: no SQL and no parameters (payloads) in logs."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

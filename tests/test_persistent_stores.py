@@ -1,0 +1,232 @@
+"""What persistent stores keep (API.md §6), on SQLite, PostgreSQL, Redis and Flask-SQLAlchemy."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_musiccallback import Delivery, all_tracks_generated
+from flask_musiccallback.families import MUSIC
+from flask_musiccallback.stores.base import ClaimResult, DeliveryState
+from flask_musiccallback.testing import build_callback, signature_headers
+
+from .backends import Backend, StoreApp, persistent_store
+from .conftest import URL
+
+HMAC_KEY = "hmac-key-for-tests"
+
+
+def post(app: Flask, payload: dict[str, Any], **headers: str) -> tuple[int, Any]:
+    response = app.test_client().post(URL, json=payload, headers=headers)
+    return response.status_code, response.get_json()
+
+
+def delivery_of(payload: dict[str, Any]) -> Delivery:
+    """The delivery the endpoint would hand the store for ``payload``."""
+    return MUSIC.delivery(MUSIC.load(payload), payload)
+
+
+def with_option(url: str, option: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{option}"
+
+
+def raising(sender: Flask, **extra: Any) -> None:
+    raise RuntimeError("the disk is full")
+
+
+def test_an_accepted_delivery_is_kept_with_its_payload_and_redacted_headers(
+    persistent_app: StoreApp,
+) -> None:
+    app = persistent_app(HMAC_KEY=HMAC_KEY)
+    payload = build_callback("complete", task_id="kept-1")
+    headers = signature_headers("kept-1", HMAC_KEY)
+    assert post(app, payload, **headers) == (200, {"status": "received"})
+
+    [kept] = persistent_store(app).list()
+    assert (kept.task_id, kept.stage, kept.state) == ("kept-1", "complete", DeliveryState.DONE)
+    assert kept.payload == payload
+    assert kept.attempts == 1
+    assert kept.last_error is None
+    assert kept.owner is None
+    assert kept.headers["X-Webhook-Signature"] == "[redacted]"
+    assert kept.headers["X-Webhook-Timestamp"] == headers["X-Webhook-Timestamp"]
+    assert kept.headers["Content-Type"] == "application/json"
+    assert HMAC_KEY not in repr(kept)
+    assert kept.created_at <= kept.updated_at
+    assert kept.received_at.tzinfo is not None
+
+
+def test_a_receiver_error_under_retry_is_kept_as_failed_until_the_redelivery_succeeds(
+    persistent_app: StoreApp,
+) -> None:
+    app = persistent_app(RECEIVER_ERRORS="retry")
+    store = persistent_store(app)
+    payload = build_callback("complete")
+    with all_tracks_generated.connected_to(raising, sender=app):
+        assert post(app, payload) == (503, {"status": "retry"})
+    [kept] = store.list()
+    assert kept.state is DeliveryState.FAILED
+    assert kept.released
+    assert kept.attempts == 1
+    assert kept.last_error == "RuntimeError: the disk is full"
+
+    assert post(app, payload) == (200, {"status": "received"})
+    kept = store.get(kept.id)
+    assert kept is not None
+    assert (kept.state, kept.attempts, kept.released) == (DeliveryState.DONE, 2, False)
+
+
+def test_a_receiver_error_under_ack_is_kept_as_failed_for_a_replay(
+    persistent_app: StoreApp,
+) -> None:
+    app = persistent_app(RECEIVER_ERRORS="ack")
+    store = persistent_store(app)
+    payload = build_callback("complete")
+    with all_tracks_generated.connected_to(raising, sender=app):
+        assert post(app, payload) == (200, {"status": "received"})
+    assert post(app, payload) == (200, {"status": "duplicate"})
+    [kept] = store.list(status="failed")
+    assert not kept.released
+    assert kept.last_error == "RuntimeError: the disk is full"
+    assert store.list(status="done") == []
+
+
+def test_list_filters_by_status_and_task_and_shows_the_latest_change_first(
+    persistent_app: StoreApp,
+) -> None:
+    app = persistent_app(RECEIVER_ERRORS="ack")
+    store = persistent_store(app)
+    post(app, build_callback("text", task_id="task-a"))
+    with all_tracks_generated.connected_to(raising, sender=app):
+        post(app, build_callback("complete", task_id="task-b"))
+    post(app, build_callback("first", task_id="task-a"))
+
+    assert [(k.task_id, k.stage) for k in store.list()] == [
+        ("task-a", "first"),
+        ("task-b", "complete"),
+        ("task-a", "text"),
+    ]
+    assert [k.stage for k in store.list(task_id="task-a")] == ["first", "text"]
+    assert [k.task_id for k in store.list(status="failed")] == ["task-b"]
+    assert [k.stage for k in store.list(status="done", task_id="task-a")] == ["first", "text"]
+    assert len(store.list(limit=2)) == 2
+    assert len(store.list(limit=None)) == 3
+    assert store.list(status="pending") == []
+
+
+def test_a_delivery_being_processed_is_listed_as_pending_with_its_owner_and_lease(
+    persistent_app: StoreApp,
+) -> None:
+    app = persistent_app()
+    store = persistent_store(app)
+    seen = []
+
+    def look(sender: Flask, **extra: Any) -> None:
+        seen.extend(store.list(status="pending"))
+
+    with all_tracks_generated.connected_to(look, sender=app):
+        post(app, build_callback("complete", task_id="busy"))
+    [kept] = seen
+    assert kept.state is DeliveryState.PROCESSING
+    assert kept.owner is not None
+    assert kept.owner.endswith(":" + str(__import__("os").getpid()))
+    assert not kept.lease_expired()
+    assert store.list(status="pending") == []
+
+
+def test_an_unknown_id_is_not_found(persistent_app: StoreApp) -> None:
+    store = persistent_store(persistent_app())
+    assert store.get("12345") is None
+    assert store.get("no/such") is None
+    assert store.reclaim("12345") is None
+
+
+def test_a_claim_whose_lease_ran_out_is_taken_over_by_the_next_delivery(
+    persistent_app: StoreApp, persistent_backend: Backend
+) -> None:
+    app = persistent_app(STORE=with_option(persistent_backend.url, "lease=1"))
+    store = persistent_store(app)
+    payload = build_callback("complete")
+    # A process claims the delivery and dies before settling it.
+    assert store.claim(delivery_of(payload)) is ClaimResult.CLAIMED
+
+    assert post(app, payload) == (200, {"status": "duplicate"})
+    time.sleep(1.1)
+    assert post(app, payload) == (200, {"status": "received"})
+    [kept] = store.list()
+    assert (kept.state, kept.attempts) == (DeliveryState.DONE, 2)
+
+
+def test_reclaim_takes_failed_and_abandoned_deliveries_and_the_rest_only_when_forced(
+    persistent_app: StoreApp, persistent_backend: Backend
+) -> None:
+    app = persistent_app(STORE=with_option(persistent_backend.url, "lease=1"))
+    store = persistent_store(app)
+    done, failed, live = (delivery_of(build_callback("complete")) for _ in range(3))
+    for delivery in (done, failed, live):
+        store.claim(delivery)
+    store.complete(done.task_id, done.stage)
+    store.fail(failed.task_id, failed.stage, "boom")
+    ids = {k.task_id: k.id for k in store.list()}
+
+    assert store.reclaim(ids[done.task_id]) is None
+    assert store.reclaim(ids[live.task_id]) is None
+    taken = store.reclaim(ids[failed.task_id])
+    assert taken is not None
+    assert (taken.state, taken.attempts, taken.last_error) == (DeliveryState.PROCESSING, 2, "boom")
+    assert store.reclaim(ids[failed.task_id]) is None, "a reclaimed delivery is held"
+
+    forced = store.reclaim(ids[done.task_id], force=True)
+    assert forced is not None
+    assert forced.state is DeliveryState.PROCESSING
+    time.sleep(1.1)
+    abandoned = store.reclaim(ids[live.task_id])
+    assert abandoned is not None
+    assert abandoned.attempts == 2
+
+
+def test_prune_deletes_old_deliveries_but_keeps_claims_still_held(
+    persistent_app: StoreApp,
+) -> None:
+    app = persistent_app()
+    store = persistent_store(app)
+    finished, held = (build_callback("complete") for _ in range(2))
+    post(app, finished)
+    store.claim(delivery_of(held))
+    time.sleep(0.05)
+
+    assert store.prune(timedelta(days=1)) == 0
+    assert store.prune(timedelta(0)) == 1
+    assert [k.task_id for k in store.list()] == [held["data"]["task_id"]]
+    # Pruned, a delivery is forgotten: the provider's next delivery of it runs again.
+    assert post(app, finished) == (200, {"status": "received"})
+
+
+def test_a_queued_claim_is_pending_until_a_worker_starts_it(persistent_app: StoreApp) -> None:
+    app = persistent_app()
+    store = persistent_store(app)
+    delivery = delivery_of(build_callback("complete"))
+    assert store.claim(delivery, queued=True) is ClaimResult.CLAIMED
+    [kept] = store.list(status="pending")
+    assert kept.state is DeliveryState.PENDING
+    assert store.claim(delivery) is ClaimResult.IN_PROGRESS
+
+    store.start(delivery.task_id, delivery.stage)
+    [kept] = store.list(status="pending")
+    assert kept.state is DeliveryState.PROCESSING
+    store.complete(delivery.task_id, delivery.stage)
+    assert store.claim(delivery) is ClaimResult.DUPLICATE
+
+
+@pytest.mark.parametrize("lease", ["0", "soon"])
+def test_a_bad_lease_fails_at_start_up(
+    persistent_backend: Backend, make_app: Any, lease: str
+) -> None:
+    from flask_musiccallback import StoreError
+
+    with pytest.raises(StoreError, match="lease"):
+        make_app(STORE=with_option(persistent_backend.url, f"lease={lease}"))

@@ -1,0 +1,66 @@
+"""What is particular to the Redis store: its keys, their expiry, and its URL options."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import redis
+
+from flask_musiccallback.stores.base import ClaimResult, Delivery, DeliveryState, store_from_url
+from flask_musiccallback.stores.redis import RedisStore
+from flask_musiccallback.testing import build_callback
+
+from .conftest import URL, AppFactory
+
+
+def delivery(task_id: str, stage: str = "complete") -> Delivery:
+    return Delivery(task_id, stage, {"task": task_id}, datetime.now(timezone.utc))
+
+
+def test_deliveries_expire_with_the_ttl(redis_url: str) -> None:
+    store = store_from_url(redis_url, ttl=120)
+    assert isinstance(store, RedisStore)
+    store.claim(delivery("t1"))
+    store.complete("t1", "complete")
+    client = redis.Redis.from_url(redis_url)
+    for key in client.keys("musiccallback:*:t1/complete"):
+        assert 0 < client.ttl(key) <= 120
+    assert client.ttl("musiccallback:index") == -1, "the index is trimmed, not expired"
+
+
+def test_a_claim_expires_after_its_lease(redis_url: str) -> None:
+    store = store_from_url(redis_url + "?lease=30", ttl=600)
+    store.claim(delivery("t1"))
+    client = redis.Redis.from_url(redis_url)
+    assert 0 < client.pttl("musiccallback:claim:t1/complete") <= 30_000
+
+
+def test_stores_with_other_prefixes_share_nothing(redis_url: str) -> None:
+    first = store_from_url(redis_url + "?prefix=shop:", ttl=60)
+    second = store_from_url(redis_url + "?prefix=blog:", ttl=60)
+    assert first.claim(delivery("t1")) is ClaimResult.CLAIMED
+    assert second.claim(delivery("t1")) is ClaimResult.CLAIMED
+    assert first.claim(delivery("t1")) is ClaimResult.IN_PROGRESS
+
+
+def test_odd_task_ids_make_ids_that_cannot_collide(redis_url: str) -> None:
+    store = store_from_url(redis_url, ttl=60)
+    assert isinstance(store, RedisStore)
+    assert store.claim(delivery("a/b", "c")) is ClaimResult.CLAIMED
+    assert store.claim(delivery("a", "b/c")) is ClaimResult.CLAIMED
+    kept = {k.id: (k.task_id, k.stage) for k in store.list()}
+    assert kept == {"a%2Fb/c": ("a/b", "c"), "a/b%2Fc": ("a", "b/c")}
+    found = store.get("a%2Fb/c")
+    assert found is not None
+    assert found.state is DeliveryState.PROCESSING
+
+
+def test_redis_py_options_in_the_url_still_reach_the_client(
+    redis_url: str, make_app: AppFactory
+) -> None:
+    app = make_app(STORE=redis_url + "?prefix=x:&lease=60&health_check_interval=10")
+    store = app.extensions["musiccallback"].store
+    assert isinstance(store, RedisStore)
+    assert (store.prefix, store.lease) == ("x:", 60)
+    assert store.client.connection_pool.connection_kwargs["health_check_interval"] == 10
+    assert app.test_client().post(URL, json=build_callback("text")).status_code == 200

@@ -1,0 +1,216 @@
+"""The SQLAlchemy store's ties to its host: Flask-SQLAlchemy's ``db``, or an engine of its own."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_musiccallback import MusicCallback, StoreError
+from flask_musiccallback.stores.base import ClaimResult, Delivery
+from flask_musiccallback.stores.sqlalchemy import DEFAULT_TABLE, SQLAlchemyStore
+from flask_musiccallback.testing import build_callback
+
+from .backends import sqlite_url
+from .conftest import URL, AppFactory
+from .servers import PostgresServer
+
+TABLE = DEFAULT_TABLE
+
+
+def host_app(database_url: str, **config: Any) -> Flask:
+    app = Flask(__name__)
+    app.testing = True
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url,
+        MUSICCALLBACK_TOKEN="t0ken",
+        MUSICCALLBACK_STORE="sqlalchemy://",
+    )
+    app.config.update(config)
+    return app
+
+
+def deliver(app: Flask, payload: dict[str, Any] | None = None) -> tuple[int, Any]:
+    response = app.test_client().post(
+        "/music-callback?token=t0ken", json=payload or build_callback("complete")
+    )
+    return response.status_code, response.get_json()
+
+
+def tables(app: Flask, db: SQLAlchemy, bind: str | None = None) -> list[str]:
+    with app.app_context():
+        return sa.inspect(db.engines[bind]).get_table_names()
+
+
+def test_the_table_joins_db_metadata_when_flask_sqlalchemy_comes_first(tmp_path: Path) -> None:
+    app = host_app(sqlite_url(tmp_path))
+    db = SQLAlchemy(app)
+    MusicCallback(app)
+    assert TABLE in db.metadata.tables
+    with app.app_context():
+        db.create_all()
+    assert TABLE in tables(app, db)
+    assert deliver(app) == (200, {"status": "received"})
+
+
+def test_the_table_joins_db_metadata_when_the_extension_comes_first(tmp_path: Path) -> None:
+    app = host_app(sqlite_url(tmp_path))
+    MusicCallback(app)
+    db = SQLAlchemy(app)
+    with app.app_context():
+        assert TABLE in db.metadata.tables
+        db.create_all()
+    assert TABLE in tables(app, db)
+    assert deliver(app) == (200, {"status": "received"})
+
+
+def test_a_bind_key_puts_the_table_in_that_binds_database(tmp_path: Path) -> None:
+    app = host_app(
+        sqlite_url(tmp_path, "main.db"),
+        SQLALCHEMY_BINDS={"callbacks": sqlite_url(tmp_path, "callbacks.db")},
+        MUSICCALLBACK_STORE="sqlalchemy://?bind=callbacks&table=received_callbacks",
+    )
+    db = SQLAlchemy(app)
+    MusicCallback(app)
+    assert "received_callbacks" in db.metadatas["callbacks"].tables
+    with app.app_context():
+        db.create_all()
+    assert tables(app, db, "callbacks") == ["received_callbacks"]
+    assert tables(app, db) == []
+    assert deliver(app) == (200, {"status": "received"})
+
+
+def test_a_store_given_the_db_in_code_works_in_an_app_factory(tmp_path: Path) -> None:
+    db = SQLAlchemy()
+    music = MusicCallback(store=SQLAlchemyStore(db=db, ttl=3600))
+    assert TABLE in db.metadata.tables
+
+    app = host_app(sqlite_url(tmp_path))
+    db.init_app(app)
+    music.init_app(app)
+    with app.app_context():
+        db.create_all()
+    assert deliver(app) == (200, {"status": "received"})
+
+
+def test_a_claim_never_commits_or_rolls_back_the_host_session(postgresql_url: str) -> None:
+    app = host_app(postgresql_url)
+    db = SQLAlchemy(app)
+    MusicCallback(app)
+
+    class Note(db.Model):  # type: ignore[name-defined,misc]
+        id = sa.Column(sa.Integer, primary_key=True)
+        text = sa.Column(sa.String(50))
+
+    with app.app_context():
+        db.create_all()
+
+    with app.test_request_context():
+        db.session.add(Note(text="not committed"))
+        db.session.flush()
+        assert deliver(app) == (200, {"status": "received"})
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Note)) == 1
+        db.session.rollback()
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Note)) == 0
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_without_flask_sqlalchemy_the_endpoint_answers_503_and_logs_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = host_app(sqlite_url(tmp_path))
+    MusicCallback(app)
+    with caplog.at_level(logging.ERROR, "flask_musiccallback"):
+        assert deliver(app) == (503, {"status": "retry"})
+    assert "Flask-SQLAlchemy is not set up" in caplog.text
+
+
+def test_a_missing_table_answers_503_until_the_host_creates_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = host_app(sqlite_url(tmp_path))
+    db = SQLAlchemy(app)
+    MusicCallback(app)
+    payload = build_callback("complete")
+    with caplog.at_level(logging.ERROR, "flask_musiccallback"):
+        assert deliver(app, payload) == (503, {"status": "retry"})
+    assert TABLE in caplog.text
+    with app.app_context():
+        db.create_all()
+    assert deliver(app, payload) == (200, {"status": "received"})
+
+
+def test_its_own_engine_creates_its_table_in_the_instance_folder_for_a_relative_path(
+    tmp_path: Path,
+) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.testing = True
+    app.config.update(MUSICCALLBACK_TOKEN="t0ken", MUSICCALLBACK_STORE="sqlite:///cb.db?table=d")
+    MusicCallback(app)
+    assert deliver(app) == (200, {"status": "received"})
+    database = tmp_path / "instance" / "cb.db"
+    assert sa.inspect(sa.create_engine(f"sqlite:///{database}")).get_table_names() == ["d"]
+
+
+def test_an_in_memory_sqlite_database_is_refused_at_start_up(make_app: AppFactory) -> None:
+    with pytest.raises(StoreError, match="in-memory SQLite"):
+        make_app(STORE="sqlite://")
+
+
+def test_a_bad_table_name_is_refused_at_start_up(make_app: AppFactory, tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="table name"):
+        make_app(STORE=sqlite_url(tmp_path) + "?table=drop;table")
+
+
+def test_a_postgresql_url_without_a_driver_uses_psycopg(
+    make_app: AppFactory, postgresql_server: PostgresServer
+) -> None:
+    database = postgresql_server.create_database()
+    url = postgresql_server.url(database).replace("postgresql+psycopg://", "postgresql://")
+    app = make_app(STORE=url)
+    response = app.test_client().post(URL, json=build_callback("complete"))
+    assert response.status_code == 200
+
+
+def test_stores_starting_together_on_a_fresh_database_create_the_table_once(
+    postgresql_url: str,
+) -> None:
+    stores = [SQLAlchemyStore(postgresql_url, ttl=60) for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    results: list[ClaimResult | BaseException] = []
+
+    def first_claim(store: SQLAlchemyStore, index: int) -> None:
+        payload = build_callback("complete", task_id=f"task-{index}")
+        delivery = Delivery(f"task-{index}", "complete", payload, datetime.now(timezone.utc))
+        barrier.wait()
+        try:
+            results.append(store.claim(delivery))
+        except BaseException as exc:
+            results.append(exc)
+
+    threads = [
+        threading.Thread(target=first_claim, args=(store, i)) for i, store in enumerate(stores)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for store in stores:
+        store.close()
+    assert results == [ClaimResult.CLAIMED] * len(stores)
+
+
+
+def test_its_own_sqlite_file_uses_write_ahead_logging(make_app: AppFactory, tmp_path: Path) -> None:
+    app = make_app(STORE=sqlite_url(tmp_path))
+    assert app.test_client().post(URL, json=build_callback("complete")).status_code == 200
+    with sa.create_engine(sqlite_url(tmp_path)).connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
