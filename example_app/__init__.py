@@ -130,11 +130,14 @@ def init_command(port: int) -> None:
     folder = media.media_folder(app)
     folder.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{port}"
+    with app.test_request_context(base_url=base):
+        callback_url = music.callback_url()
     click.echo(
         f"""
-  Database  {db.engine.url.render_as_string(hide_password=True)}
-  Media     {folder}
-  Page      {base}/
+  Database      {db.engine.url.render_as_string(hide_password=True)}
+  Media         {folder}
+  Page          {base}/
+  Callback URL  {callback_url}
 
   Send it a simulated task from another terminal, in this folder:
 

@@ -297,6 +297,7 @@ def test_init_creates_the_media_folder_and_says_how_to_send_a_task(
     assert str(tmp_path / "example.db") in result.output
     assert "flask --app example_app musiccallback simulate\n" in result.output
     assert "--url http://127.0.0.1:5123/music-callback" in result.output
+    assert f"http://127.0.0.1:5123/music-callback?token={TOKEN}" in result.output
 
 
 def test_links_that_are_not_urls_are_recorded_as_failures_and_the_page_still_shows(
