@@ -44,7 +44,9 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -54,13 +56,13 @@ extras = st.dictionaries(extra_keys, json_values, max_size=3)
 
 task_ids = st.text(string.ascii_letters + string.digits + "*-_", min_size=1, max_size=40)
 blank = st.sampled_from([None, ""])
-urls = st.builds(lambda path: f"https://cdn.example.invalid/{path}", st.text(string.ascii_letters, max_size=12))
+urls = st.builds(
+    lambda path: f"https://cdn.example.invalid/{path}", st.text(string.ascii_letters, max_size=12)
+)
 moments = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.none()
 )
-epoch_ms = moments.map(
-    lambda moment: int(moment.replace(tzinfo=timezone.utc).timestamp() * 1000)
-)
+epoch_ms = moments.map(lambda moment: int(moment.replace(tzinfo=timezone.utc).timestamp() * 1000))
 create_times = st.one_of(
     epoch_ms,
     epoch_ms.map(str),
@@ -153,14 +155,27 @@ def other_family_callbacks(draw: st.DrawFn) -> dict[str, Any]:
     if family == "midi":
         number = st.floats(0, 600, allow_nan=False) | st.floats(0, 600, allow_nan=False).map(str)
         note = st.fixed_dictionaries(
-            {"pitch": st.integers(0, 127), "start": number, "end": number, "velocity": st.integers(0, 127)}
+            {
+                "pitch": st.integers(0, 127),
+                "start": number,
+                "end": number,
+                "velocity": st.integers(0, 127),
+            }
         )
-        instrument = st.fixed_dictionaries({"name": st.text(max_size=10), "notes": st.lists(note, max_size=5)})
-        data = {"state": "complete", "instruments": draw(st.lists(instrument, max_size=3))} if ok else None
+        instrument = st.fixed_dictionaries(
+            {"name": st.text(max_size=10), "notes": st.lists(note, max_size=5)}
+        )
+        data = (
+            {"state": "complete", "instruments": draw(st.lists(instrument, max_size=3))}
+            if ok
+            else None
+        )
         return _envelope(code, data, task_id=task_id)
     if family == "video":
         return _envelope(code, {"task_id": task_id, "video_url": draw(urls) if ok else None})
-    return _envelope(code, {"taskId": task_id, "images": draw(st.lists(urls, max_size=2)) if ok else None})
+    return _envelope(
+        code, {"taskId": task_id, "images": draw(st.lists(urls, max_size=2)) if ok else None}
+    )
 
 
 @st.composite
