@@ -82,19 +82,23 @@ def _reject(app: Flask, rejected: Rejected) -> Response:
 def read_payload(limit: int) -> dict[str, Any]:
     """The body as a JSON object, read no further than ``limit`` bytes.
 
-    A declared length over the limit is refused before reading; a chunked or lying body is cut off
-    by Werkzeug's limited stream as soon as it passes the limit.
+    A declared length over the limit is refused before reading. A chunked body is read through
+    Werkzeug's limited stream, which stops at its maximum without saying whether more was coming;
+    reading one byte past the limit tells a body at the limit from a longer one, which must be
+    refused rather than parsed cut short.
     """
     length = request.content_length
     if length is not None and length > limit:
         raise Rejected("too_large", 413)
-    request.max_content_length = limit
+    request.max_content_length = limit + 1
     try:
         body = request.get_data(cache=True)
     except RequestEntityTooLarge:
         raise Rejected("too_large", 413) from None
     except ClientDisconnected:
         raise Rejected("invalid_json", 400) from None
+    if len(body) > limit:
+        raise Rejected("too_large", 413)
     return parse_json_object(body)
 
 

@@ -88,7 +88,8 @@ def signed_timestamp(settings: Settings, headers: Headers, now: float) -> str | 
 
 def sign(key: bytes, task_id: str, timestamp: str) -> str:
     """The kie.ai signature: base64 of HMAC-SHA256 over ``task_id + "." + timestamp``."""
-    digest = hmac.new(key, f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    message = f"{task_id}.{timestamp}".encode("utf-8", "surrogatepass")
+    digest = hmac.new(key, message, hashlib.sha256).digest()
     return base64.b64encode(digest).decode("ascii")
 
 

@@ -56,7 +56,7 @@ def client(app: Flask) -> FlaskClient:
 # Hypothesis: bounded example counts and no deadline (CI machines are shared and slow); in CI the
 # examples are derandomized so a run is reproducible. ``HYPOTHESIS_PROFILE=figures`` is the large
 # run whose counts the README's security section reports.
-settings.register_profile("dev", deadline=None, max_examples=100)
+settings.register_profile("dev", deadline=None, max_examples=50)
 settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True, database=None)
 settings.register_profile("figures", deadline=None, max_examples=5000, database=None)
 settings.load_profile(
