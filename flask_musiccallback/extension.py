@@ -60,7 +60,9 @@ class MusicCallback:
                 "init_app may be called once per app."
             )
         settings = Settings.from_config(app.config)
-        store = self._store or store_from_url(settings.store_url, ttl=settings.dedup_ttl)
+        store = self._store
+        if store is None:  # not ``or``: an empty store is falsy (it has a length)
+            store = store_from_url(settings.store_url, ttl=settings.dedup_ttl)
         store.init_app(app)
         app.extensions[EXTENSION_NAME] = MusicCallbackState(
             extension=self,

@@ -24,9 +24,12 @@ TOKEN_PARAM = "token"  # noqa: S105 - the parameter's name, not a secret
 #: Loggers that write request lines, URL and query string included.
 ACCESS_LOGGERS = ("werkzeug", "gunicorn.access")
 
-# One ``name=value`` pair of a query string as it shows in a request line or URL. The name is
-# matched loosely and decided after percent-decoding, so ``%74oken=`` is caught as well.
-_QUERY_PAIR = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;\s\"'?#]{1,32})=(?P<value>[^&;\s\"'#]*)")
+# One ``name=value`` pair of a query string as it shows in a request line, a URL, or alone (a
+# server's query-string field). The name is decided after percent-decoding, so that ``%74oken=``,
+# which Werkzeug reads as ``token``, is caught as well.
+_QUERY_PAIR = re.compile(
+    r"(?P<lead>^|[?&;\s])(?P<name>[^=&;\s\"'?#]{1,32})=(?P<value>[^&;\s\"'#]*)"
+)
 
 
 def _redact_pair(match: re.Match[str]) -> str:

@@ -89,7 +89,9 @@ def _send(target: Target, case: Any) -> Any:
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_documented_bodies_get_documented_answers(target: Target, data: st.DataObject) -> None:
-    case = data.draw(target.operation.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE))
+    case = data.draw(
+        target.operation.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE)
+    )
     response = _send(target, case)
     if target.signed and not find_task_id(case.body):
         assert response.status_code == 401  # a signature needs a task id to be checked against
@@ -102,5 +104,7 @@ def test_documented_bodies_get_documented_answers(target: Target, data: st.DataO
 def test_bodies_that_break_the_document_get_documented_refusals(
     target: Target, data: st.DataObject
 ) -> None:
-    case = data.draw(target.operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE))
+    case = data.draw(
+        target.operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE)
+    )
     _send(target, case)
