@@ -173,3 +173,48 @@ def test_any_bytes_are_answered_without_a_server_error(app: Flask, body: bytes) 
     if status != 200:
         assert signals == REJECTION_ONLY
         assert answer["status"] == "rejected"
+
+
+# --- edges found by the properties above, kept as plain examples ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "loads_as"), [(200, 200), (200.0, 200), ("200", 200), ("501", 501)]
+)
+def test_a_whole_code_is_read_as_a_number_or_a_string(code: Any, loads_as: int) -> None:
+    payload = {"code": code, "data": {"callbackType": "complete", "task_id": "t"}}
+    assert load_callback(payload).code == loads_as
+
+
+@pytest.mark.parametrize("code", [200.5, "200.5", 2**31, -(2**31) - 1, 10**400, True, None])
+def test_a_code_that_is_no_status_is_invalid(code: Any) -> None:
+    with pytest.raises(ValidationError) as raised:
+        load_callback({"code": code, "data": {"callbackType": "complete", "task_id": "t"}})
+    assert "code" in raised.value.messages
+
+
+def test_escaped_surrogate_pairs_are_text(app: Flask) -> None:
+    body = b'{"code":200,"data":{"callbackType":"text","task_id":"emoji-\\ud83c\\udfb5"}}'
+    status, answer, signals = _post(app, body)
+    assert (status, answer["status"]) == (200, "received")
+    assert "text_generated" in signals
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"code":200,"data":{"callbackType":"text","task_id":"\\ud800"}}',
+        '{"code":200,"data":{"callbackType":"text","task_id":"t"}}'.encode("utf-16"),
+        b'{"code":200,"data":{"callbackType":"text","task_id":"\xed\xa0\x80"}}',
+    ],
+    ids=["lone-surrogate-escape", "utf-16", "encoded-surrogate"],
+)
+def test_json_that_is_not_valid_utf8_text_is_invalid_json(app: Flask, body: bytes) -> None:
+    status, answer, signals = _post(app, body)
+    assert (status, answer) == (400, {"status": "rejected", "reason": "invalid_json"})
+    assert signals == REJECTION_ONLY
+
+
+def test_a_utf8_byte_order_mark_is_tolerated(app: Flask) -> None:
+    body = b'\xef\xbb\xbf{"code":200,"data":{"callbackType":"text","task_id":"bom"}}'
+    assert _post(app, body)[0] == 200
