@@ -58,7 +58,7 @@ def client(app: Flask) -> FlaskClient:
 # run whose counts the README's security section reports.
 settings.register_profile("dev", deadline=None, max_examples=50)
 settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True, database=None)
-settings.register_profile("figures", deadline=None, max_examples=5000, database=None)
+settings.register_profile("figures", deadline=None, max_examples=2000, database=None)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 )
