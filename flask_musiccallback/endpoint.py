@@ -102,6 +102,12 @@ def read_payload(limit: int) -> dict[str, Any]:
     return parse_json_object(body)
 
 
+#: How deeply a body may nest. Real callbacks nest six levels at most (MIDI notes); a body that
+#: Python's parser can just read near its recursion limit would fail later, when a store, a task
+#: queue or a receiver serialises it again, deeper in the stack. 128 is serde_json's limit too.
+MAX_DEPTH = 128
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """Parse a body as one JSON object of valid Unicode, or refuse it as ``invalid_json``.
 
@@ -109,8 +115,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     letting :func:`json.loads` guess an encoding and pass surrogates through. An escaped lone
     surrogate (``"\\ud800"``) is still valid JSON syntax but no valid text: it would fail later,
     wherever the task id or a title is encoded (the HMAC, a database, a receiver's log), so it
-    is refused here too (I-JSON, RFC 7493). The check costs a substring search unless the body
-    holds surrogate escapes, which real traffic only uses in pairs for emoji.
+    is refused here too (I-JSON, RFC 7493), as is nesting deeper than :data:`MAX_DEPTH`. Both
+    checks cost a substring search or a count unless the body could fail them: surrogate escapes
+    (real traffic uses them only in pairs, for emoji), or more brackets than the depth limit.
     """
     try:
         text = body.decode("utf-8-sig")
@@ -121,7 +128,22 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise Rejected("invalid_json", 400) from None
     if not isinstance(payload, dict):
         raise Rejected("invalid_json", 400)
+    if text.count("[") + text.count("{") > MAX_DEPTH and _deeper_than(payload, MAX_DEPTH):
+        raise Rejected("invalid_json", 400)
     return payload
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels; iterative, so any depth is safe."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
 
 
 def _messages(exc: ValidationError) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from payloads import (
 )
 
 from flask_musiccallback import CallbackEvent, Stage, Track
+from flask_musiccallback.endpoint import MAX_DEPTH
 from flask_musiccallback.schemas import CALLBACK_TYPES, TrackSchema, load_callback
 from flask_musiccallback.testing import record_signals
 
@@ -218,3 +219,12 @@ def test_json_that_is_not_valid_utf8_text_is_invalid_json(app: Flask, body: byte
 def test_a_utf8_byte_order_mark_is_tolerated(app: Flask) -> None:
     body = b'\xef\xbb\xbf{"code":200,"data":{"callbackType":"text","task_id":"bom"}}'
     assert _post(app, body)[0] == 200
+
+
+@pytest.mark.parametrize(("depth", "status"), [(MAX_DEPTH, 200), (MAX_DEPTH + 1, 400), (5000, 400)])
+def test_nesting_is_limited_so_that_any_reader_can_serialise_it_again(
+    app: Flask, depth: int, status: int
+) -> None:
+    nested = "[" * (depth - 2) + "1" + "]" * (depth - 2)  # inside the envelope and its data
+    body = f'{{"code":200,"data":{{"callbackType":"text","task_id":"deep{depth}","x":{nested}}}}}'
+    assert _post(app, body.encode())[0] == status
