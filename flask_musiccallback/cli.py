@@ -365,3 +365,11 @@ def prune_command(days: float | None) -> None:
     with _store_errors():
         deleted = store.prune(age)
     click.echo(f"Deleted {deleted} deliveries unchanged for {age}.")
+
+
+@musiccallback.command("openapi")
+@click.option("--indent", type=int, default=2, show_default=True, help="JSON indentation.")
+def openapi_command(indent: int) -> None:
+    """Print the OpenAPI document of the callback endpoint, generated from its schemas."""
+    state = get_state(_app())
+    click.echo(json.dumps(state.extension.openapi(), indent=indent or None))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -79,20 +79,23 @@ class ConfigurationError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The configuration of one app, validated and in the form the request path uses."""
+    """The configuration of one app, validated and in the form the request path uses.
+
+    Secrets are left out of its ``repr``, which error reports and debuggers print.
+    """
 
     url_rule: str
     store_url: str
     dedup_ttl: int
-    tokens: tuple[bytes, ...]
-    hmac_keys: tuple[bytes, ...]
+    tokens: tuple[bytes, ...] = field(repr=False)
+    hmac_keys: tuple[bytes, ...] = field(repr=False)
     timestamp_tolerance: int
     allowed_networks: tuple[IPNetwork, ...]
     max_content_length: int
     dispatch: str
     receiver_errors: str
     external_url: str | None
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     api_base_url: str
     thread_pool_size: int
     thread_queue_size: int
@@ -132,7 +135,7 @@ class Settings:
                 RECEIVER_ERROR_POLICIES,
             ),
             external_url=_optional_text(ConfigKeys.EXTERNAL_URL, config[ConfigKeys.EXTERNAL_URL]),
-            api_key=_optional_text(ConfigKeys.API_KEY, config[ConfigKeys.API_KEY]),
+            api_key=_optional_secret(ConfigKeys.API_KEY, config[ConfigKeys.API_KEY]),
             api_base_url=_text(ConfigKeys.API_BASE_URL, config[ConfigKeys.API_BASE_URL]),
             thread_pool_size=_positive_int(
                 ConfigKeys.THREAD_POOL_SIZE, config[ConfigKeys.THREAD_POOL_SIZE]
@@ -170,6 +173,15 @@ def _text(key: str, value: Any) -> str:
 
 def _optional_text(key: str, value: Any) -> str | None:
     return None if value is None else _text(key, value)
+
+
+def _optional_secret(key: str, value: Any) -> str | None:
+    """Like :func:`_optional_text`, but a wrong value is not repeated in the error message."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{key} must be a non-empty string.")
+    return value
 
 
 def _positive_int(key: str, value: Any) -> int:

@@ -17,6 +17,7 @@ from .dispatch import SyncDispatcher, ThreadDispatcher
 from .endpoint import ENDPOINT, make_blueprint
 from .events import CallbackEvent, Stage
 from .families import MUSIC
+from .redact import install_log_filters
 from .state import EXTENSION_NAME, Dispatcher, MusicCallbackState, get_state
 from .stores.base import Store, store_from_url
 
@@ -57,7 +58,9 @@ class MusicCallback:
     def init_app(self, app: Flask) -> None:
         """Register the endpoint, the store and the CLI on ``app``.
 
-        Never contacts the store, so an app starts while its database or Redis is down.
+        Never contacts the store, so an app starts while its database or Redis is down. Also puts
+        a filter on the access loggers of Werkzeug and gunicorn that redacts the token from the
+        request lines they write (see :mod:`flask_musiccallback.redact`).
         """
         if EXTENSION_NAME in app.extensions:
             raise RuntimeError(
@@ -66,7 +69,7 @@ class MusicCallback:
             )
         settings = Settings.from_config(app.config)
         store = self._store
-        if store is None:
+        if store is None:  # not ``or``: an empty store is falsy (it has a length)
             store = store_from_url(settings.store_url, ttl=settings.dedup_ttl)
         store.init_app(app)
         app.extensions[EXTENSION_NAME] = MusicCallbackState(
@@ -79,6 +82,7 @@ class MusicCallback:
         from .cli import musiccallback
 
         app.cli.add_command(musiccallback)
+        install_log_filters()
         self._apps.add(app)
         if not settings.secured and not app.testing:
             warnings.warn(
@@ -146,6 +150,16 @@ class MusicCallback:
         from .poll import poll_task  # the HTTP client is loaded only by apps that poll
 
         return poll_task(self._current_app(), task_id)
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of the endpoint, for the current app (or the only one served).
+
+        Generated from the marshmallow schemas that parse callbacks, so it always says what the
+        endpoint accepts, and from the app's settings: its security schemes, answers and server.
+        """
+        from .openapi import openapi_document
+
+        return openapi_document(self._current_app())
 
     def _current_app(self) -> Flask:
         """The app to act for: the current one if this extension serves it, else its only app."""
