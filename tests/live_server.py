@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flask import Flask
-from werkzeug.serving import make_server
+
+from .servers import serve as serve_port
 
 HOST = "127.0.0.1"
 
@@ -41,16 +41,8 @@ class RawAnswer:
 @contextmanager
 def serve(app: Flask) -> Iterator[LiveServer]:
     """Serve ``app`` on an ephemeral port in a background thread until the block ends."""
-    server = make_server(HOST, 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield LiveServer(server.port)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_port(app) as port:
+        yield LiveServer(port)
 
 
 def request_bytes(
