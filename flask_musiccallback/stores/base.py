@@ -233,7 +233,21 @@ def owner_is_dead(owner: str | None) -> bool:
         return True
     except OSError:
         return False
-    return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits to be reaped: dead, though signals still reach it.
+
+    A killed worker stays a zombie until its parent, or an init process, reaps it; in a container
+    whose first process reaps nothing, that is for ever. Known on Linux (``/proc``) only.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (command) state ...": the command may hold spaces and parentheses.
+            return stat.read().rpartition(b")")[2].split()[:1] == [b"Z"]
+    except OSError:
+        return False
 
 
 class PersistentStore(Store):
