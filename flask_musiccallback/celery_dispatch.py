@@ -10,10 +10,11 @@ that a worker never finishes can be replayed from the store alone.
 
 The task is a ``shared_task``, registered on every Celery app of the process as soon as an app
 using celery dispatch is initialised; the web process only publishes it by name. It is acknowledged
-late, so a worker that dies while running it leaves the message to be delivered again; the message
-is a trigger only, the store decides: a job runs a delivery only while it is ``pending``
-(:meth:`Store.start`), so a message delivered twice, or a delivery a replay took over, never
-reaches the receivers twice.
+late, so a worker that dies while running it leaves the message to be delivered again (unless only
+its pool process died, which Celery reports as a failed task); the delivery itself stays in the
+store for the sweep. The message is a trigger only, the store decides: a job runs a delivery only
+while it is ``pending`` (:meth:`Store.start`), so a message delivered twice, or a delivery a
+replay took over, never reaches the receivers twice.
 
 The sweep (:mod:`.sweep`) runs in the workers: each worker sends itself
 ``flask_musiccallback.sweep_pending`` once when it starts, and a Celery beat schedule may run it

@@ -172,7 +172,8 @@ class KeptDelivery:
     payload: Mapping[str, Any]
     #: The request headers worth keeping, secrets redacted.
     headers: Mapping[str, str]
-    #: How many times the delivery was claimed: the first run, redeliveries, replays.
+    #: Runs of its receivers made or waited for: the first, retries off the request path
+    #: (:meth:`Store.defer`), redeliveries, replays.
     attempts: int
     last_error: str | None
     #: Whether a redelivery by the provider may claim it again (released after a receiver error
