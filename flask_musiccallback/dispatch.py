@@ -5,11 +5,12 @@ subscriber silently starves the others. :func:`send_isolated` calls every receiv
 failure through ``receiver_failed`` and the log, and returns the failures so the caller can apply
 ``MUSICCALLBACK_RECEIVER_ERRORS``.
 
-:func:`deliver` is the one path every source of events takes (the endpoint, polling, replay): claim
-the delivery in the store, hand it to the app's dispatcher, which runs the receivers and then
-completes, releases or fails it: :class:`SyncDispatcher` in the request (:func:`process`),
-:class:`ThreadDispatcher` in a bounded pool and the Celery dispatcher (``celery_dispatch``) in a
-worker, both after the answer (:func:`process_acknowledged`, which retries with back-off).
+:func:`deliver` is the one path new events take (the endpoint, polling): claim the delivery in the
+store, hand it to the app's dispatcher, which runs the receivers and then completes, releases or
+fails it: :class:`SyncDispatcher` in the request (:func:`process`), :class:`ThreadDispatcher` in a
+bounded pool and the Celery dispatcher (``celery_dispatch``) in a worker, both after the answer
+(:func:`process_acknowledged`, which retries with back-off). A replay (``replay``, the sweep) takes
+a kept delivery with ``reclaim`` instead of ``claim`` and hands it to the same dispatcher.
 """
 
 from __future__ import annotations
