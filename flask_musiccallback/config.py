@@ -34,6 +34,7 @@ class ConfigKeys:
     RETRY_ATTEMPTS = "MUSICCALLBACK_RETRY_ATTEMPTS"
     RETRY_BACKOFF = "MUSICCALLBACK_RETRY_BACKOFF"
     CELERY_APP = "MUSICCALLBACK_CELERY_APP"
+    PENDING_SWEEP_AGE = "MUSICCALLBACK_PENDING_SWEEP_AGE"
 
 
 #: The defaults ``init_app`` sets with ``app.config.setdefault``.
@@ -63,6 +64,9 @@ DEFAULTS: Mapping[str, Any] = {
     # the Celery app that sends deliveries to workers: the object, an import string
     # ("pkg.tasks:celery_app"), or None for app.extensions["celery"] (Flask's Celery pattern).
     ConfigKeys.CELERY_APP: None,
+    # seconds after which a delivery accepted and never finished (a process died) is dispatched
+    # again by the sweep, when its claim is free; None or 0 turns the sweep off (docs/dispatch.md).
+    ConfigKeys.PENDING_SWEEP_AGE: 300,
 }
 
 DISPATCH_MODES = ("sync", "thread", "celery")
@@ -104,6 +108,8 @@ class Settings:
     #: A Celery app, an import string naming one, or ``None``; resolved at the first dispatch,
     #: since the host usually builds its Celery app after the extension.
     celery_app: Any
+    #: Seconds before the sweep takes a pending delivery over, or ``None``: no sweep.
+    pending_sweep_age: float | None
 
     @property
     def secured(self) -> bool:
@@ -148,6 +154,10 @@ class Settings:
             ),
             retry_backoff=_seconds(ConfigKeys.RETRY_BACKOFF, config[ConfigKeys.RETRY_BACKOFF]),
             celery_app=_celery_app(config[ConfigKeys.CELERY_APP]),
+            pending_sweep_age=_seconds(
+                ConfigKeys.PENDING_SWEEP_AGE, config[ConfigKeys.PENDING_SWEEP_AGE] or 0
+            )
+            or None,
         )
 
     def retry_delay(self, attempt: int) -> float:

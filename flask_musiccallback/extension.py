@@ -20,6 +20,7 @@ from .families import MUSIC
 from .redact import install_log_filters
 from .state import EXTENSION_NAME, Dispatcher, MusicCallbackState, get_state
 from .stores.base import Store, store_from_url
+from .sweep import Sweeper
 
 if TYPE_CHECKING:
     from .poll import PollResult
@@ -41,8 +42,8 @@ class MusicCallback:
     ``_TIMESTAMP_TOLERANCE``, ``_ALLOWED_IPS``, ``_MAX_CONTENT_LENGTH``, ``_DISPATCH``,
     ``_RECEIVER_ERRORS``, ``_EXTERNAL_URL``, ``_API_KEY`` and ``_API_BASE_URL``; off the request
     path also ``_THREAD_POOL_SIZE``, ``_THREAD_QUEUE_SIZE``, ``_RETRY_ATTEMPTS``,
-    ``_RETRY_BACKOFF`` and ``_CELERY_APP`` (docs/dispatch.md). They are read once, when the app is
-    initialised; set them before.
+    ``_RETRY_BACKOFF``, ``_CELERY_APP`` and ``_PENDING_SWEEP_AGE`` (docs/dispatch.md). They are
+    read once, when the app is initialised; set them before.
 
     One extension object may serve several apps (an app factory called twice, tests); each gets its
     own endpoint, store and settings in ``app.extensions["musiccallback"]``. Receivers added with
@@ -72,12 +73,17 @@ class MusicCallback:
         if store is None:  # not ``or``: an empty store is falsy (it has a length)
             store = store_from_url(settings.store_url, ttl=settings.dedup_ttl)
         store.init_app(app)
-        app.extensions[EXTENSION_NAME] = MusicCallbackState(
+        state = MusicCallbackState(
             extension=self,
             settings=settings,
             store=store,
             dispatcher=_dispatcher(settings, store),
         )
+        app.extensions[EXTENSION_NAME] = state
+        age = settings.pending_sweep_age
+        if age is not None and store.persistent and settings.dispatch != "celery":
+            state.sweeper = Sweeper(app, age)
+            app.before_request(state.sweeper.start)
         app.register_blueprint(make_blueprint(settings.url_rule))
         from .cli import musiccallback
 
