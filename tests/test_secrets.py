@@ -43,9 +43,9 @@ class KeepingStore(MemoryStore):
         super().__init__(ttl=60)
         self.deliveries: list[Delivery] = []
 
-    def claim(self, delivery: Delivery) -> ClaimResult:
+    def claim(self, delivery: Delivery, *, queued: bool = False) -> ClaimResult:
         self.deliveries.append(delivery)
-        return super().claim(delivery)
+        return super().claim(delivery, queued=queued)
 
 
 # --- logs ----------------------------------------------------------------------------------------
