@@ -10,7 +10,15 @@ that a worker never finishes can be replayed from the store alone.
 
 The task is a ``shared_task``, registered on every Celery app of the process as soon as an app
 using celery dispatch is initialised; the web process only publishes it by name. It is acknowledged
-late, so a worker that dies while running it leaves the message to be delivered again.
+late, so a worker that dies while running it leaves the message to be delivered again (unless only
+its pool process died, which Celery reports as a failed task); the delivery itself stays in the
+store for the sweep. The message is a trigger only, the store decides: a job runs a delivery only
+while it is ``pending`` (:meth:`Store.start`), so a message delivered twice, or a delivery a
+replay took over, never reaches the receivers twice.
+
+The sweep (:mod:`.sweep`) runs in the workers: each worker sends itself
+``flask_musiccallback.sweep_pending`` once when it starts, and a Celery beat schedule may run it
+periodically. Recovered deliveries are published to the workers again.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task, shared_task
+from celery.signals import worker_ready
 from flask import current_app, has_app_context
 from marshmallow import ValidationError
 from werkzeug.utils import import_string
@@ -28,6 +37,7 @@ from .config import ConfigKeys, ConfigurationError, Settings
 from .dispatch import Outcome, process_acknowledged
 from .families import family_named
 from .state import get_state
+from .sweep import sweep
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -40,6 +50,13 @@ logger = logging.getLogger("flask_musiccallback")
 
 #: The task's name, the same in every process; route it with Celery's ``task_routes``.
 TASK_NAME = "flask_musiccallback.process_delivery"
+
+#: The sweep's task, for a Celery beat schedule (docs/dispatch.md).
+SWEEP_TASK_NAME = "flask_musiccallback.sweep_pending"
+
+#: Whether an app of this process uses celery dispatch with the sweep on: its workers then sweep
+#: when they start.
+_sweep_at_start = False
 
 #: Publishing runs in the request: when the broker is down, give up within a second or so and
 #: answer 503 (the provider retries) rather than hold the provider past its 15 s timeout.
@@ -58,10 +75,14 @@ class CeleryDispatcher:
     host builds it after the extension, from the same app factory.
     """
 
+    queued = True
+
     def __init__(self, settings: Settings) -> None:
+        global _sweep_at_start
         self._configured: Any = settings.celery_app
         self._celery: Celery | None = None
         self._down = False
+        _sweep_at_start = _sweep_at_start or settings.pending_sweep_age is not None
 
     def celery_app(self, app: Flask) -> Celery:
         """The Celery app deliveries are published with: ``MUSICCALLBACK_CELERY_APP`` or
@@ -87,6 +108,8 @@ class CeleryDispatcher:
         family: Family,
         event: Event,
         delivery: Delivery,
+        *,
+        replay: bool = False,
     ) -> Outcome:
         try:
             self.celery_app(app).send_task(
@@ -96,7 +119,8 @@ class CeleryDispatcher:
                 retry_policy=PUBLISH_RETRY_POLICY,
             )
         except Exception as exc:
-            state.store.release(delivery.task_id, delivery.stage, f"not queued: {exc}")
+            if not replay:  # the provider retries; a replayed delivery stays pending instead
+                state.store.release(delivery.task_id, delivery.stage, f"not queued: {exc}")
             if not self._down:
                 self._down = True
                 logger.error("Cannot queue deliveries with Celery; answering 503: %s", exc)
@@ -125,6 +149,18 @@ def task_kwargs(family: Family, delivery: Delivery) -> dict[str, Any]:
     }
 
 
+def _flask_app() -> Flask:
+    """The app whose context the host's ``FlaskTask`` pushed, or a message saying to push one."""
+    if not has_app_context():
+        raise RuntimeError(
+            "flask-musiccallback's Celery tasks run without a Flask app context: build the "
+            "Celery app with a Task class that pushes one (task_cls=FlaskTask, as in the Flask "
+            "documentation's Celery pattern)."
+        )
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    return app
+
+
 @shared_task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)
 def process_delivery(
     self: Task[Any, Any],
@@ -136,13 +172,7 @@ def process_delivery(
     received_at: str,
 ) -> None:
     """Run one attempt of a delivery in a worker; a failed attempt is retried by Celery."""
-    if not has_app_context():
-        raise RuntimeError(
-            "flask-musiccallback's Celery task runs without a Flask app context: build the "
-            "Celery app with a Task class that pushes one (task_cls=FlaskTask, as in the Flask "
-            "documentation's Celery pattern)."
-        )
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = _flask_app()
     state = get_state(app)
     try:
         kind = family_named(family)
@@ -156,3 +186,20 @@ def process_delivery(
     retry_in = process_acknowledged(app, state, kind, event, delivery, attempt)
     if retry_in is not None:
         raise self.retry(countdown=retry_in, max_retries=None)
+
+
+@shared_task(name=SWEEP_TASK_NAME, ignore_result=True)
+def sweep_pending() -> int:
+    """Publish again the deliveries left pending past ``MUSICCALLBACK_PENDING_SWEEP_AGE``;
+    returns how many were taken."""
+    return len(sweep(_flask_app()))
+
+
+@worker_ready.connect
+def _sweep_when_a_worker_starts(sender: Any = None, **extra: Any) -> None:
+    """A worker that starts (after a crash, a deploy) sweeps once, through its own queue."""
+    if _sweep_at_start and sender is not None:
+        try:
+            sender.app.send_task(SWEEP_TASK_NAME)
+        except Exception as exc:
+            logger.warning("Cannot queue the sweep of pending deliveries: %s", exc)

@@ -329,17 +329,41 @@ def show_command(delivery_id: str) -> None:
     help="Every delivery accepted and never finished whose claim is free (lease run out, or "
     "its process gone).",
 )
+@click.option(
+    "--older-than",
+    "seconds",
+    type=click.FloatRange(min=0),
+    help="With --failed or --pending: only deliveries unchanged for this many seconds (for cron).",
+)
 @click.option("--force", is_flag=True, help="Take finished deliveries and live claims too.")
-def replay_command(delivery_ids: tuple[str, ...], failed: bool, pending: bool, force: bool) -> None:
-    """Dispatch kept deliveries again through the same signals.
+def replay_command(
+    delivery_ids: tuple[str, ...],
+    failed: bool,
+    pending: bool,
+    seconds: float | None,
+    force: bool,
+) -> None:
+    """Dispatch kept deliveries again through the same signals, as the app dispatches callbacks.
 
-    Exits with status 1 when any delivery was not found or failed again.
+    Under sync dispatch the receivers run here; under thread dispatch in this process's pool,
+    with its retries, and the command waits for them; under celery dispatch the deliveries are
+    published to the workers ("queued"). Exits with status 1 when any delivery was not found,
+    could not be dispatched, or failed again.
     """
     if not (delivery_ids or failed or pending):
         raise click.UsageError("Name deliveries by ID, or give --failed or --pending.")
     _persistent_store()
+    older_than = None if seconds is None else timedelta(seconds=seconds)
     with _store_errors():
-        results = replay(_app(), delivery_ids, failed=failed, pending=pending, force=force)
+        results = replay(
+            _app(),
+            delivery_ids,
+            failed=failed,
+            pending=pending,
+            force=force,
+            older_than=older_than,
+            wait=True,
+        )
     if not results:
         click.echo("Nothing to replay.")
     for result in results:
@@ -365,3 +389,11 @@ def prune_command(days: float | None) -> None:
     with _store_errors():
         deleted = store.prune(age)
     click.echo(f"Deleted {deleted} deliveries unchanged for {age}.")
+
+
+@musiccallback.command("openapi")
+@click.option("--indent", type=int, default=2, show_default=True, help="JSON indentation.")
+def openapi_command(indent: int) -> None:
+    """Print the OpenAPI document of the callback endpoint, generated from its schemas."""
+    state = get_state(_app())
+    click.echo(json.dumps(state.extension.openapi(), indent=indent or None))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -34,6 +34,7 @@ class ConfigKeys:
     RETRY_ATTEMPTS = "MUSICCALLBACK_RETRY_ATTEMPTS"
     RETRY_BACKOFF = "MUSICCALLBACK_RETRY_BACKOFF"
     CELERY_APP = "MUSICCALLBACK_CELERY_APP"
+    PENDING_SWEEP_AGE = "MUSICCALLBACK_PENDING_SWEEP_AGE"
 
 
 #: The defaults ``init_app`` sets with ``app.config.setdefault``.
@@ -63,6 +64,9 @@ DEFAULTS: Mapping[str, Any] = {
     # the Celery app that sends deliveries to workers: the object, an import string
     # ("pkg.tasks:celery_app"), or None for app.extensions["celery"] (Flask's Celery pattern).
     ConfigKeys.CELERY_APP: None,
+    # seconds after which a delivery accepted and never finished (a process died) is dispatched
+    # again by the sweep, when its claim is free; None or 0 turns the sweep off (docs/dispatch.md).
+    ConfigKeys.PENDING_SWEEP_AGE: 300,
 }
 
 DISPATCH_MODES = ("sync", "thread", "celery")
@@ -79,20 +83,23 @@ class ConfigurationError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The configuration of one app, validated and in the form the request path uses."""
+    """The configuration of one app, validated and in the form the request path uses.
+
+    Secrets are left out of its ``repr``, which error reports and debuggers print.
+    """
 
     url_rule: str
     store_url: str
     dedup_ttl: int
-    tokens: tuple[bytes, ...]
-    hmac_keys: tuple[bytes, ...]
+    tokens: tuple[bytes, ...] = field(repr=False)
+    hmac_keys: tuple[bytes, ...] = field(repr=False)
     timestamp_tolerance: int
     allowed_networks: tuple[IPNetwork, ...]
     max_content_length: int
     dispatch: str
     receiver_errors: str
     external_url: str | None
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     api_base_url: str
     thread_pool_size: int
     thread_queue_size: int
@@ -101,6 +108,8 @@ class Settings:
     #: A Celery app, an import string naming one, or ``None``; resolved at the first dispatch,
     #: since the host usually builds its Celery app after the extension.
     celery_app: Any
+    #: Seconds before the sweep takes a pending delivery over, or ``None``: no sweep.
+    pending_sweep_age: float | None
 
     @property
     def secured(self) -> bool:
@@ -132,7 +141,7 @@ class Settings:
                 RECEIVER_ERROR_POLICIES,
             ),
             external_url=_optional_text(ConfigKeys.EXTERNAL_URL, config[ConfigKeys.EXTERNAL_URL]),
-            api_key=_optional_text(ConfigKeys.API_KEY, config[ConfigKeys.API_KEY]),
+            api_key=_optional_secret(ConfigKeys.API_KEY, config[ConfigKeys.API_KEY]),
             api_base_url=_text(ConfigKeys.API_BASE_URL, config[ConfigKeys.API_BASE_URL]),
             thread_pool_size=_positive_int(
                 ConfigKeys.THREAD_POOL_SIZE, config[ConfigKeys.THREAD_POOL_SIZE]
@@ -145,6 +154,10 @@ class Settings:
             ),
             retry_backoff=_seconds(ConfigKeys.RETRY_BACKOFF, config[ConfigKeys.RETRY_BACKOFF]),
             celery_app=_celery_app(config[ConfigKeys.CELERY_APP]),
+            pending_sweep_age=_seconds(
+                ConfigKeys.PENDING_SWEEP_AGE, config[ConfigKeys.PENDING_SWEEP_AGE] or 0
+            )
+            or None,
         )
 
     def retry_delay(self, attempt: int) -> float:
@@ -170,6 +183,15 @@ def _text(key: str, value: Any) -> str:
 
 def _optional_text(key: str, value: Any) -> str | None:
     return None if value is None else _text(key, value)
+
+
+def _optional_secret(key: str, value: Any) -> str | None:
+    """Like :func:`_optional_text`, but a wrong value is not repeated in the error message."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{key} must be a non-empty string.")
+    return value
 
 
 def _positive_int(key: str, value: Any) -> int:

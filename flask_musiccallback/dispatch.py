@@ -5,11 +5,12 @@ subscriber silently starves the others. :func:`send_isolated` calls every receiv
 failure through ``receiver_failed`` and the log, and returns the failures so the caller can apply
 ``MUSICCALLBACK_RECEIVER_ERRORS``.
 
-:func:`deliver` is the one path every source of events takes (the endpoint, polling, replay): claim
-the delivery in the store, hand it to the app's dispatcher, which runs the receivers and then
-completes, releases or fails it: :class:`SyncDispatcher` in the request (:func:`process`),
-:class:`ThreadDispatcher` in a bounded pool and the Celery dispatcher (``celery_dispatch``) in a
-worker, both after the answer (:func:`process_acknowledged`, which retries with back-off).
+:func:`deliver` is the one path new events take (the endpoint, polling): claim the delivery in the
+store, hand it to the app's dispatcher, which runs the receivers and then completes, releases or
+fails it: :class:`SyncDispatcher` in the request (:func:`process`), :class:`ThreadDispatcher` in a
+bounded pool and the Celery dispatcher (``celery_dispatch``) in a worker, both after the answer
+(:func:`process_acknowledged`, which retries with back-off). A replay (``replay``, the sweep) takes
+a kept delivery with ``reclaim`` instead of ``claim`` and hands it to the same dispatcher.
 """
 
 from __future__ import annotations
@@ -107,12 +108,18 @@ def describe(failures: list[Exception]) -> str:
 def deliver(
     app: Flask, state: MusicCallbackState, family: Family, event: Event, delivery: Delivery
 ) -> Outcome:
-    """Claim a delivery and process it once; raises ``StoreUnavailable`` when the store is down."""
-    claim = state.store.claim(delivery)
+    """Claim a delivery and process it once; raises ``StoreUnavailable`` when the store is down.
+
+    A dispatcher that answers before the receivers run claims the delivery as ``pending``: with a
+    persistent store it is then durably recorded before the answer, and stays pending, for
+    ``replay --pending`` and the sweep, if the process dies before a worker finishes it.
+    """
+    dispatcher = state.dispatcher
+    claim = state.store.claim(delivery, queued=dispatcher.queued)
     if claim is not ClaimResult.CLAIMED:
         send_isolated(callback_duplicate, app, event=event, reason=claim.value)
         return Outcome.DUPLICATE
-    return state.dispatcher.dispatch(app, state, family, event, delivery)
+    return dispatcher.dispatch(app, state, family, event, delivery)
 
 
 def settle(
@@ -172,12 +179,25 @@ def process_acknowledged(
 ) -> float | None:
     """Run attempt number ``attempt`` of a delivery already answered 200 (``thread``, ``celery``).
 
+    The job first takes the delivery from ``pending`` to ``processing`` (:meth:`Store.start`);
+    when it is not pending any more, another job or a replay has it, and this one runs nothing.
+
     The provider will not retry it, so a receiver error is retried here: the result is the delay
-    before the next attempt, during which the claim stays held (a redelivery is ``in_progress``),
-    or ``None`` once the delivery is settled: completed, or after ``MUSICCALLBACK_RETRY_ATTEMPTS``
-    attempts kept as failed for ``replay``.
+    before the next attempt, or ``None`` once the delivery is settled (completed, or after
+    ``MUSICCALLBACK_RETRY_ATTEMPTS`` attempts kept as failed for ``replay``) or not this job's.
+    A failed attempt is recorded (:meth:`Store.defer`: the attempt, its error, ``pending`` again)
+    and the claim stays held through the back-off, however long, so a redelivery meanwhile is
+    ``in_progress``.
     """
     settings = state.settings
+    store = state.store
+    if not store.start(delivery.task_id, delivery.stage):
+        logger.info(
+            "Task %s stage %s is no longer waiting (a replay or another job has it); skipped.",
+            delivery.task_id,
+            delivery.stage,
+        )
+        return None
     retry_in: float | None = None
 
     def on_failure(error: str) -> Outcome:
@@ -193,6 +213,7 @@ def process_acknowledged(
                 retry_in,
                 error,
             )
+            store.defer(delivery.task_id, delivery.stage, error, retry_in)
         else:
             logger.error(
                 "Giving up on task %s stage %s after %d attempts; kept as failed: %s",
@@ -201,7 +222,7 @@ def process_acknowledged(
                 attempt,
                 error,
             )
-            state.store.fail(delivery.task_id, delivery.stage, error)
+            store.fail(delivery.task_id, delivery.stage, error)
         return Outcome.RECEIVED
 
     settle(app, state, family, event, delivery, on_failure)
@@ -215,6 +236,8 @@ class SyncDispatcher:
     whether they succeeded, so under ``retry`` the provider's own retries re-run a failed delivery.
     """
 
+    queued = False
+
     def dispatch(
         self,
         app: Flask,
@@ -222,6 +245,8 @@ class SyncDispatcher:
         family: Family,
         event: Event,
         delivery: Delivery,
+        *,
+        replay: bool = False,
     ) -> Outcome:
         return process(app, state, family, event, delivery)
 
@@ -241,7 +266,11 @@ class ThreadDispatcher:
     ``MUSICCALLBACK_THREAD_QUEUE_SIZE`` deliveries already wait, the claim is released and the
     endpoint answers 503, so the provider retries later instead of the process growing without
     bound. A failed attempt is queued again after its back-off, holding no thread meanwhile.
+    A replayed delivery (``replay=True``) was accepted once already: like a retry, it does not
+    count against the queue size, and is refused only once the pool has stopped.
     """
+
+    queued = True
 
     def __init__(self, settings: Settings) -> None:
         self.pool = Pool(settings.thread_pool_size, settings.thread_queue_size)
@@ -254,8 +283,14 @@ class ThreadDispatcher:
         family: Family,
         event: Event,
         delivery: Delivery,
+        *,
+        replay: bool = False,
     ) -> Outcome:
-        if self.pool.submit(partial(self._attempt, app, state, family, event, delivery, 1)):
+        job = partial(self._attempt, app, state, family, event, delivery, 1)
+        if replay:
+            # Refused only by a stopped pool: the delivery stays pending, held for a lease.
+            return Outcome.RECEIVED if self.pool.submit_later(0.0, job) else Outcome.RETRY
+        if self.pool.submit(job):
             self._full = False
             return Outcome.RECEIVED
         state.store.release(delivery.task_id, delivery.stage, "the dispatch queue was full")
@@ -284,7 +319,8 @@ class ThreadDispatcher:
         retry = partial(self._attempt, app, state, family, event, delivery, attempt + 1)
         if not self.pool.submit_later(retry_in, retry):
             logger.warning(
-                "The dispatch pool has stopped; task %s stage %s will not be retried here.",
+                "The dispatch pool has stopped; task %s stage %s is not retried here (a "
+                "persistent store keeps it pending, for replay --pending or the sweep).",
                 delivery.task_id,
                 delivery.stage,
             )

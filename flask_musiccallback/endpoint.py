@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .dispatch import Outcome, deliver, send_isolated
 from .families import family_for, find_task_id
+from .redact import REDACTED
 from .signals import callback_rejected
 from .state import EXTENSION_NAME, MusicCallbackState
 from .stores.base import StoreUnavailable
@@ -45,7 +47,9 @@ ENDPOINT = "receive"
 
 #: Headers a persistent store keeps with a delivery; the signature is kept redacted.
 KEPT_HEADERS = ("Content-Type", "User-Agent", TIMESTAMP_HEADER, SIGNATURE_HEADER, "X-Forwarded-For")
-REDACTED = "[redacted]"
+
+# A ``\uD800``-``\uDFFF`` escape: the only way a lone surrogate gets into decoded JSON text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _body(payload: Mapping[str, Any]) -> bytes:
@@ -78,8 +82,10 @@ def _reject(app: Flask, rejected: Rejected) -> Response:
 def read_payload(limit: int) -> dict[str, Any]:
     """The body as a JSON object, read no further than ``limit`` bytes.
 
-    A declared length over the limit is refused before reading; a chunked or lying body is cut off
-    by Werkzeug's limited stream as soon as it passes the limit.
+    A declared length over the limit is refused before reading. A chunked body is read through
+    Werkzeug's limited stream, which stops at its maximum without saying whether more was coming;
+    reading one byte past the limit tells a body at the limit from a longer one, which must be
+    refused rather than parsed cut short.
     """
     length = request.content_length
     if length is not None and length > limit:
@@ -95,13 +101,51 @@ def read_payload(limit: int) -> dict[str, Any]:
         raise Rejected("invalid_json", 400) from None
     if len(body) > limit:
         raise Rejected("too_large", 413)
+    return parse_json_object(body)
+
+
+#: How deeply a body may nest. Real callbacks nest six levels at most (MIDI notes); a body that
+#: Python's parser can just read near its recursion limit would fail later, when a store, a task
+#: queue or a receiver serialises it again, deeper in the stack. 128 is serde_json's limit too.
+MAX_DEPTH = 128
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a body as one JSON object of valid Unicode, or refuse it as ``invalid_json``.
+
+    JSON on the network is UTF-8 (RFC 8259), so the body is decoded strictly here instead of
+    letting :func:`json.loads` guess an encoding and pass surrogates through. An escaped lone
+    surrogate (``"\\ud800"``) is still valid JSON syntax but no valid text: it would fail later,
+    wherever the task id or a title is encoded (the HMAC, a database, a receiver's log), so it
+    is refused here too (I-JSON, RFC 7493), as is nesting deeper than :data:`MAX_DEPTH`. Both
+    checks cost a substring search or a count unless the body could fail them: surrogate escapes
+    (real traffic uses them only in pairs, for emoji), or more brackets than the depth limit.
+    """
     try:
-        payload = json.loads(body)
+        text = body.decode("utf-8-sig")
+        payload = json.loads(text)
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+            json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):
         raise Rejected("invalid_json", 400) from None
     if not isinstance(payload, dict):
         raise Rejected("invalid_json", 400)
+    if text.count("[") + text.count("{") > MAX_DEPTH and _deeper_than(payload, MAX_DEPTH):
+        raise Rejected("invalid_json", 400)
     return payload
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels; iterative, so any depth is safe."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
 
 
 def _messages(exc: ValidationError) -> dict[str, Any]:

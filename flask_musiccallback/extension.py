@@ -17,8 +17,10 @@ from .dispatch import SyncDispatcher, ThreadDispatcher
 from .endpoint import ENDPOINT, make_blueprint
 from .events import CallbackEvent, Stage
 from .families import MUSIC
+from .redact import install_log_filters
 from .state import EXTENSION_NAME, Dispatcher, MusicCallbackState, get_state
 from .stores.base import Store, store_from_url
+from .sweep import Sweeper
 
 if TYPE_CHECKING:
     from .poll import PollResult
@@ -40,8 +42,8 @@ class MusicCallback:
     ``_TIMESTAMP_TOLERANCE``, ``_ALLOWED_IPS``, ``_MAX_CONTENT_LENGTH``, ``_DISPATCH``,
     ``_RECEIVER_ERRORS``, ``_EXTERNAL_URL``, ``_API_KEY`` and ``_API_BASE_URL``; off the request
     path also ``_THREAD_POOL_SIZE``, ``_THREAD_QUEUE_SIZE``, ``_RETRY_ATTEMPTS``,
-    ``_RETRY_BACKOFF`` and ``_CELERY_APP`` (docs/dispatch.md). They are read once, when the app is
-    initialised; set them before.
+    ``_RETRY_BACKOFF``, ``_CELERY_APP`` and ``_PENDING_SWEEP_AGE`` (docs/dispatch.md). They are
+    read once, when the app is initialised; set them before.
 
     One extension object may serve several apps (an app factory called twice, tests); each gets its
     own endpoint, store and settings in ``app.extensions["musiccallback"]``. Receivers added with
@@ -57,7 +59,9 @@ class MusicCallback:
     def init_app(self, app: Flask) -> None:
         """Register the endpoint, the store and the CLI on ``app``.
 
-        Never contacts the store, so an app starts while its database or Redis is down.
+        Never contacts the store, so an app starts while its database or Redis is down. Also puts
+        a filter on the access loggers of Werkzeug and gunicorn that redacts the token from the
+        request lines they write (see :mod:`flask_musiccallback.redact`).
         """
         if EXTENSION_NAME in app.extensions:
             raise RuntimeError(
@@ -66,19 +70,25 @@ class MusicCallback:
             )
         settings = Settings.from_config(app.config)
         store = self._store
-        if store is None:
+        if store is None:  # not ``or``: an empty store is falsy (it has a length)
             store = store_from_url(settings.store_url, ttl=settings.dedup_ttl)
         store.init_app(app)
-        app.extensions[EXTENSION_NAME] = MusicCallbackState(
+        state = MusicCallbackState(
             extension=self,
             settings=settings,
             store=store,
             dispatcher=_dispatcher(settings, store),
         )
+        app.extensions[EXTENSION_NAME] = state
+        age = settings.pending_sweep_age
+        if age is not None and store.persistent and settings.dispatch != "celery":
+            state.sweeper = Sweeper(app, age)
+            app.before_request(state.sweeper.start)
         app.register_blueprint(make_blueprint(settings.url_rule))
         from .cli import musiccallback
 
         app.cli.add_command(musiccallback)
+        install_log_filters()
         self._apps.add(app)
         if not settings.secured and not app.testing:
             warnings.warn(
@@ -146,6 +156,16 @@ class MusicCallback:
         from .poll import poll_task  # the HTTP client is loaded only by apps that poll
 
         return poll_task(self._current_app(), task_id)
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of the endpoint, for the current app (or the only one served).
+
+        Generated from the marshmallow schemas that parse callbacks, so it always says what the
+        endpoint accepts, and from the app's settings: its security schemes, answers and server.
+        """
+        from .openapi import openapi_document
+
+        return openapi_document(self._current_app())
 
     def _current_app(self) -> Flask:
         """The app to act for: the current one if this extension serves it, else its only app."""

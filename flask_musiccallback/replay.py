@@ -1,29 +1,41 @@
-"""Dispatching kept deliveries again: ``flask musiccallback replay`` and any code that needs it.
+"""Dispatching kept deliveries again: ``flask musiccallback replay``, the sweep, and any code.
 
 A replay goes through the same path as a callback: the kept payload is loaded by its family, and
-:func:`~.dispatch.process` runs the receivers and settles the delivery by the receiver
-error policy. Only the claim differs: instead of :meth:`~.stores.base.Store.claim`, which would
-call a kept delivery a duplicate, :meth:`~.stores.base.PersistentStore.reclaim` takes it, which
-is just as atomic, so two replays of one delivery never both run it.
+the app's dispatcher runs the receivers as it would for a new delivery: in this process under
+``sync`` (:func:`~.dispatch.process`, the receiver error policy deciding), in this process's pool
+under ``thread``, and by the Celery workers under ``celery`` (the delivery is published again),
+both with back-off retries. Only the claim differs: instead of
+:meth:`~.stores.base.Store.claim`, which would call a kept delivery a duplicate,
+:meth:`~.stores.base.PersistentStore.reclaim` takes it, which is just as atomic, so two replays
+of one delivery never both run it, and a job that finds its delivery taken runs nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError
 
-from .dispatch import Outcome, process
+from .dispatch import Outcome
 from .families import family_for
 from .state import get_state
-from .stores.base import KeptDelivery, PersistentStore, owner_is_dead, require_persistent
+from .stores.base import (
+    DeliveryState,
+    KeptDelivery,
+    PersistentStore,
+    owner_is_dead,
+    require_persistent,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from flask import Flask
+
+    from .state import MusicCallbackState
 
 
 class Replayed(str, enum.Enum):
@@ -33,6 +45,8 @@ class Replayed(str, enum.Enum):
     DONE = "done"
     #: A receiver failed again; the delivery is failed, with the new error.
     FAILED = "failed"
+    #: Handed to the dispatcher (the thread pool, the Celery workers), not settled yet.
+    QUEUED = "queued"
     #: Not taken: finished already, or claimed by a process that is still alive.
     SKIPPED = "skipped"
     #: The store keeps no delivery by that id.
@@ -58,30 +72,52 @@ def replay(
     failed: bool = False,
     pending: bool = False,
     force: bool = False,
+    older_than: timedelta | None = None,
+    limit: int | None = None,
+    wait: bool = False,
 ) -> list[ReplayResult]:
     """Replay the deliveries named by ``ids``, every failed one, and/or every pending one.
 
     ``pending`` takes deliveries accepted and never finished whose claim is free: its lease ran
-    out, or its owner was a process of this machine that no longer runs. ``force`` also takes
-    finished deliveries and live claims (use it when you know better than the lease). Deliveries
-    run oldest first, so a task's stages replay in the order they came.
+    out, or its owner was a process of this machine that no longer runs (taken at once). Those
+    selected by ``failed`` and ``pending`` may be narrowed to the ones unchanged for
+    ``older_than``, and to the ``limit`` oldest. ``force`` also takes finished deliveries and live
+    claims (use it when you know better than the lease). Deliveries are dispatched oldest first,
+    so a task's stages replay in the order they came.
+
+    Under ``thread`` and ``celery`` dispatch the results are :attr:`Replayed.QUEUED`; ``wait``
+    waits until this process's pool is idle (every job of it, not only these) and reports how the
+    deliveries it ran ended. Celery's workers are not waited for.
     """
     state = get_state(app)
     store = require_persistent(state.store)
     chosen: dict[str, KeptDelivery | None] = dict.fromkeys(ids)
+    cutoff = None if older_than is None else utcnow() - older_than
+    selected = 0
     for status, wanted in (("failed", failed), ("pending", pending)):
         if wanted:
             for listed in reversed(store.list(status=status, limit=None)):
-                chosen.setdefault(listed.id, listed)
-    results = []
+                if cutoff is not None and listed.updated_at > cutoff:
+                    continue
+                if limit is not None and selected >= limit:
+                    break
+                if listed.id not in chosen:
+                    chosen[listed.id] = listed
+                    selected += 1
     with app.app_context():
-        for delivery_id, kept in chosen.items():
-            results.append(_replay_one(app, store, delivery_id, kept, force))
+        results = [
+            _replay_one(app, state, store, delivery_id, kept, force)
+            for delivery_id, kept in chosen.items()
+        ]
+    if wait and any(result.result is Replayed.QUEUED for result in results):
+        state.dispatcher.wait_idle()
+        results = [_settled(store, result) for result in results]
     return results
 
 
 def _replay_one(
     app: Flask,
+    state: MusicCallbackState,
     store: PersistentStore,
     delivery_id: str,
     kept: KeptDelivery | None,
@@ -90,28 +126,42 @@ def _replay_one(
     kept = kept if kept is not None else store.get(delivery_id)
     if kept is None:
         return ReplayResult(delivery_id, Replayed.NOT_FOUND, "no such delivery")
-    taken = store.reclaim(delivery_id, force=force or owner_is_dead(kept.owner))
+    dispatcher = state.dispatcher
+    dead = kept.owner if kept.in_flight and owner_is_dead(kept.owner) else None
+    taken = store.reclaim(delivery_id, force=force, abandoned_by=dead, queued=dispatcher.queued)
     if taken is None:
         current = store.get(delivery_id) or kept
         why = f"{current.state}" + (f", held by {current.owner}" if current.in_flight else "")
         return ReplayResult(delivery_id, Replayed.SKIPPED, why + "; --force takes it", current)
     family = family_for(taken.payload)
     try:
-        event = family.load(taken.payload)
+        event = family.reload(taken.payload, taken.received_at)
     except ValidationError as exc:
         error = f"the kept payload no longer loads: {exc.messages}"
         store.fail(taken.task_id, taken.stage, error)
         return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
-    if dataclasses.is_dataclass(event) and not isinstance(event, type):
-        event = dataclasses.replace(event, received_at=taken.received_at)
     delivery = family.delivery(event, taken.payload, taken.headers)
     if (delivery.task_id, delivery.stage) != (taken.task_id, taken.stage):
         error = f"the kept payload is now read as {delivery.task_id}/{delivery.stage}"
         store.fail(taken.task_id, taken.stage, error)
         return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
-    state = get_state(app)
-    outcome = process(app, state, family, event, delivery)
-    after = store.get(delivery_id) or taken
-    if outcome is Outcome.RECEIVED and after.state == "done":
-        return ReplayResult(delivery_id, Replayed.DONE, f"attempt {taken.attempts}", after)
-    return ReplayResult(delivery_id, Replayed.FAILED, after.last_error or "receiver failed", after)
+    outcome = dispatcher.dispatch(app, state, family, event, delivery, replay=True)
+    if not dispatcher.queued:
+        return _settled(store, ReplayResult(delivery_id, Replayed.QUEUED, "", taken))
+    if outcome is Outcome.RECEIVED:
+        return ReplayResult(delivery_id, Replayed.QUEUED, f"attempt {taken.attempts}", taken)
+    detail = "not dispatched (see the log); it stays pending, held for a lease"
+    return ReplayResult(delivery_id, Replayed.FAILED, detail, taken)
+
+
+def _settled(store: PersistentStore, result: ReplayResult) -> ReplayResult:
+    """A queued replay's result as the store now sees it: done, failed, or still queued."""
+    if result.result is not Replayed.QUEUED or result.delivery is None:
+        return result
+    after = store.get(result.delivery_id) or result.delivery
+    if after.state is DeliveryState.DONE:
+        return ReplayResult(result.delivery_id, Replayed.DONE, f"attempt {after.attempts}", after)
+    if after.state is DeliveryState.FAILED:
+        detail = after.last_error or "receiver failed"
+        return ReplayResult(result.delivery_id, Replayed.FAILED, detail, after)
+    return ReplayResult(result.delivery_id, Replayed.QUEUED, f"attempt {after.attempts}", after)

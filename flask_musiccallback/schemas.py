@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load, validate
 
 from .events import CallbackEvent, Stage, Track
 
@@ -94,8 +94,29 @@ class Timestamp(fields.Field):  # type: ignore[type-arg]
         return moment.astimezone(timezone.utc)
 
 
-def _text() -> fields.String:
-    return fields.String(load_default=None, allow_none=True)
+class StatusCode(fields.Integer):
+    """The envelope's ``code``: a whole number in a 32-bit range, sent as a number or a string.
+
+    ``200.5`` must not become a success by truncation, and a code of four hundred digits is no
+    status a store or a host could keep.
+    """
+
+    #: The range every SQL integer column and every host's ``int`` holds.
+    BOUNDS = validate.Range(min=-(2**31), max=2**31 - 1)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=self.BOUNDS, **kwargs)
+
+    def _validated(self, value: Any) -> int:
+        code = super()._validated(value)
+        if isinstance(value, float) and value != code:
+            raise self.make_error("invalid", input=value)
+        return code
+
+
+def _text(description: str | None = None) -> fields.String:
+    metadata = {"description": description} if description else {}
+    return fields.String(load_default=None, allow_none=True, metadata=metadata)
 
 
 class TrackSchema(Schema):
@@ -104,19 +125,28 @@ class TrackSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = _text()
-    audio_url = _text()
-    source_audio_url = _text()
-    stream_audio_url = _text()
-    source_stream_audio_url = _text()
-    image_url = _text()
-    source_image_url = _text()
-    prompt = _text()
-    model_name = _text()
+    id = _text("Audio id.")
+    audio_url = _text("MP3 download link; empty until the track is finished.")
+    source_audio_url = _text("Upstream audio link.")
+    stream_audio_url = _text("Streaming link, available before `audio_url`.")
+    source_stream_audio_url = _text("Upstream streaming link.")
+    image_url = _text("Cover image link.")
+    source_image_url = _text("Upstream cover image link.")
+    prompt = _text("Prompt or lyrics used.")
+    model_name = _text("Model, e.g. `chirp-v4`.")
     title = _text()
-    tags = _text()
-    created_at = Timestamp(data_key="createTime", load_default=None, allow_none=True)
-    duration = fields.Float(load_default=None, allow_none=True)
+    tags = _text("Comma-separated style tags.")
+    created_at = Timestamp(
+        data_key="createTime",
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "Epoch milliseconds, or a date-time string (UTC if no zone)."},
+    )
+    duration = fields.Float(
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "Seconds; numeric strings are accepted too."},
+    )
 
     @pre_load
     def normalise(self, data: Any, **kwargs: Any) -> Any:
@@ -149,11 +179,19 @@ class TaskDataSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    callbackType = fields.String(load_default=None, allow_none=True)  # noqa: N815
-    task_id = fields.String(load_default=None, allow_none=True)
-    taskId = fields.String(load_default=None, allow_none=True)  # noqa: N815
-    data = fields.List(fields.Nested(TrackSchema), load_default=None, allow_none=True)
-    error = fields.String(load_default=None, allow_none=True)
+    callbackType = _text(  # noqa: N815
+        "`text`, `first`, `complete`, or `error`/`failed` (any case). Required with code 200; "
+        "with any other code the callback is a failure whatever it says."
+    )
+    task_id = _text("The task id returned at submission.")
+    taskId = _text("The task id, as some payloads spell it.")  # noqa: N815
+    data = fields.List(
+        fields.Nested(TrackSchema),
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "The tracks; `[]`, `null` or absent at the text stage."},
+    )
+    error = _text("Why the task failed, on some failures.")
 
 
 class CallbackSchema(Schema):
@@ -162,11 +200,14 @@ class CallbackSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    code = fields.Integer(required=True)
-    msg = fields.String(load_default="", allow_none=True)
+    code = StatusCode(
+        required=True,
+        metadata={"description": "200 is success; any other code is a failure."},
+    )
+    msg = fields.String(load_default="", allow_none=True, metadata={"description": "Status text."})
     data = fields.Nested(TaskDataSchema, load_default=None, allow_none=True)
-    task_id = fields.String(load_default=None, allow_none=True)
-    taskId = fields.String(load_default=None, allow_none=True)  # noqa: N815
+    task_id = _text("The task id, where the MIDI family puts it.")
+    taskId = _text("The task id, top-level spelling.")  # noqa: N815
 
     @post_load(pass_original=True)
     def make_event(
@@ -247,6 +288,9 @@ _WIRE_FIELDS = _wire_fields()
 TRACK_WIRE_KEYS = tuple(field.data_key or name for name, field in TrackSchema().fields.items())
 
 
+_CODE_MIN, _CODE_MAX = StatusCode.BOUNDS.min, StatusCode.BOUNDS.max
+
+
 def _optional_text(value: Any) -> bool:
     return value is None or type(value) is str
 
@@ -256,7 +300,9 @@ def _fast_envelope(payload: Mapping[str, Any]) -> dict[str, Any] | None:
     code = payload.get("code")
     msg = payload.get("msg")
     data = payload.get("data")
-    if type(code) is not int or not _optional_text(msg) or type(data) is not dict:
+    if type(code) is not int or not _CODE_MIN <= code <= _CODE_MAX:
+        return None
+    if not _optional_text(msg) or type(data) is not dict:
         return None
     top_task_id = payload.get("task_id")
     top_task_id_camel = payload.get("taskId")

@@ -14,12 +14,17 @@ if TYPE_CHECKING:
     from .dispatch import Outcome
     from .extension import MusicCallback
     from .families import Event, Family
+    from .sweep import Sweeper
 
 EXTENSION_NAME = "musiccallback"
 
 
 class Dispatcher(Protocol):
     """Runs the receivers of a claimed delivery: in the request, in a pool, or in a worker."""
+
+    #: Whether deliveries are claimed as waiting (``pending``) for a job that runs them later,
+    #: rather than as being processed right now by the caller.
+    queued: bool
 
     def dispatch(
         self,
@@ -28,7 +33,11 @@ class Dispatcher(Protocol):
         family: Family,
         event: Event,
         delivery: Delivery,
-    ) -> Outcome: ...
+        *,
+        replay: bool = False,
+    ) -> Outcome:
+        """Run or queue the receivers; ``replay`` marks a delivery acknowledged before."""
+        ...
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the deliveries dispatched in this process are settled (tests, the CLI).
@@ -51,6 +60,9 @@ class MusicCallbackState:
     settings: Settings
     store: Store
     dispatcher: Dispatcher
+    #: The sweep of pending deliveries in this app's web processes, or ``None`` (off, the memory
+    #: store, or ``celery`` dispatch, where workers sweep).
+    sweeper: Sweeper | None = field(default=None)
     #: Whether the store's last call failed, so that an outage is logged once, not per request.
     store_down: bool = field(default=False)
 

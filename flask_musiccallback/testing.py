@@ -42,12 +42,16 @@ _MESSAGES = {
     "failed": "Audio generation failed.",
 }
 
+#: The host of the media links in simulated callbacks: a reserved name (RFC 2606) that never
+#: resolves, so that nothing simulated is mistaken for, or fetched from, a real server.
+SIMULATED_MEDIA_HOST = "cdn.example.invalid"
+
 _TITLES = ("Neon Harbor", "Paper Satellites", "Slow Tide", "Copper Morning", "Glass Orchard")
 
 
 def _track(task_id: str, index: int, stage: str, created_ms: int) -> dict[str, Any]:
     audio_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{task_id}/{index}"))
-    cdn = "https://cdn.example.invalid"
+    cdn = f"https://{SIMULATED_MEDIA_HOST}"
     finished = stage == "complete" or (stage == "first" and index == 0)
     return {
         "id": audio_id,

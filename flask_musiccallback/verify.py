@@ -3,7 +3,8 @@
 Each check is a small function that raises :class:`Rejected` and otherwise returns nothing, so the
 endpoint composes them in the order that leaks least: the cheap ones before the body is read, and a
 request that fails one learns nothing else. Secrets are compared with :func:`hmac.compare_digest`
-against every configured value (rotation) without stopping at the first match.
+against every configured value (rotation) without stopping at the first match, and as SHA-256
+digests of equal length, so that the time taken tells neither a secret's bytes nor its length.
 """
 
 from __future__ import annotations
@@ -49,10 +50,15 @@ def check_address(settings: Settings, remote_addr: str | None) -> None:
         raise Rejected("forbidden", 403)
 
 
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
 def _matches_any(candidate: bytes, secrets: tuple[bytes, ...]) -> bool:
+    given = _digest(candidate)
     matched = False
     for secret in secrets:
-        matched |= hmac.compare_digest(candidate, secret)
+        matched |= hmac.compare_digest(given, _digest(secret))
     return matched
 
 
@@ -82,7 +88,8 @@ def signed_timestamp(settings: Settings, headers: Headers, now: float) -> str | 
 
 def sign(key: bytes, task_id: str, timestamp: str) -> str:
     """The kie.ai signature: base64 of HMAC-SHA256 over ``task_id + "." + timestamp``."""
-    digest = hmac.new(key, f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    message = f"{task_id}.{timestamp}".encode("utf-8", "surrogatepass")
+    digest = hmac.new(key, message, hashlib.sha256).digest()
     return base64.b64encode(digest).decode("ascii")
 
 

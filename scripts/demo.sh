@@ -1,15 +1,10 @@
 #!/usr/bin/env bash
-# Installs the project and starts the example app on http://127.0.0.1:5000 (PORT to change it).
+# Sets up and starts the example app on http://127.0.0.1:5000 (PORT to change it): installs the
+# project, creates the app's SQLite database, media folder and callback token in ./instance, and
+# says how to send it a simulated task.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check -e .
+python3 -m pip install --quiet --disable-pip-version-check -e ".[sqlalchemy]"
 port="${PORT:-5000}"
-cat <<EOT
-
-  The example app is starting on http://127.0.0.1:${port}/
-  Send it a simulated task from another terminal, in this folder:
-
-      flask --app example_app musiccallback simulate
-
-EOT
+python3 -m flask --app example_app init --port "$port"
 exec python3 -m flask --app example_app run --port "$port"

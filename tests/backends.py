@@ -2,11 +2,17 @@
 
 ``store_app(**config)`` builds an app (``make_app`` of conftest) on the backend of the running
 parameter; ``backend`` says which one it is. ``persistent_app`` does the same over the persistent
-stores only.
+stores only. ``shared_store_url`` is a URL of the stores several processes can share (SQLite,
+PostgreSQL, Redis), and :func:`claim_in_a_process_that_dies` leaves a claim of a dead process in
+one.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +21,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+import flask_musiccallback
 from flask_musiccallback.state import get_state
 from flask_musiccallback.stores.base import PersistentStore
 
@@ -121,3 +128,40 @@ def persistent_store(app: Flask) -> PersistentStore:
     store = get_state(app).store
     assert isinstance(store, PersistentStore)
     return store
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "redis"])
+def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL of the running parameter, on a backend nobody has used yet."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    fixture = {"postgresql": "postgresql_url", "redis": "redis_url"}[request.param]
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process that imports this checkout of the package."""
+    package_root = str(Path(flask_musiccallback.__file__).parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, *sys.path]), **extra}
+
+
+CLAIM_AND_DIE = """
+import json, os, sys
+from flask_musiccallback.families import MUSIC
+from flask_musiccallback.stores.base import store_from_url
+
+payload = json.loads(sys.argv[2])
+store = store_from_url(sys.argv[1], ttl=3600)
+store.claim(MUSIC.delivery(MUSIC.load(payload), payload))
+os._exit(0)  # dies holding the claim, as a worker killed mid-request would
+"""
+
+
+def claim_in_a_process_that_dies(store_url: str, payload: dict[str, Any]) -> None:
+    subprocess.run(
+        [sys.executable, "-c", CLAIM_AND_DIE, store_url, json.dumps(payload)],
+        check=True,
+        env=child_env(),
+        timeout=60,
+    )

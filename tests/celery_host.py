@@ -2,13 +2,16 @@
 
 The tests build its web side with :func:`create_app`; the worker they start runs
 ``celery -A tests.celery_host:celery_app worker`` with ``CELERY_HOST_BROKER`` and
-``CELERY_HOST_RECORDS`` set, which builds the same app at import, as a host's ``make_celery.py``
+``CELERY_HOST_RECORDS`` set (and ``CELERY_HOST_CONFIG``, JSON of more configuration, such as the
+store web and workers share), which builds the same app at import, as a host's ``make_celery.py``
 does. The receivers run in the worker's processes, so they record what they saw in Redis, where the
-tests read it. What a receiver does depends on the task id's first word:
+tests read it: ``attempts:<task id>`` when a receiver starts, ``finished:<task id>`` when it
+returns. What a receiver does depends on the task id's first word:
 
 - ``flaky-N-...`` fails its first ``N`` attempts;
 - ``broken-...`` always fails;
 - ``slow-...`` sleeps a second;
+- ``stuck-...`` hangs on its first attempt (until the worker is killed);
 - anything else just records.
 """
 
@@ -24,6 +27,8 @@ from celery import Celery, Task
 from flask import Flask, current_app, has_app_context, has_request_context
 
 from flask_musiccallback import CallbackEvent, MusicCallback, all_tracks_generated, task_failed
+from flask_musiccallback.state import get_state
+from flask_musiccallback.stores.base import KeptDelivery, PersistentStore
 
 TOKEN = "celery-host-token"
 URL = f"/music-callback?token={TOKEN}"
@@ -67,6 +72,30 @@ def records(app: Flask) -> redis.Redis:
     return redis.Redis.from_url(app.config["RECORDS_URL"])
 
 
+def host_env(broker: str, **config: Any) -> dict[str, str]:
+    """The environment of a worker building this app on ``broker``'s server: the broker in
+    database 0, the records in 1, and the store web and workers share in 2."""
+    config.setdefault("MUSICCALLBACK_STORE", f"{broker}/2")
+    return {
+        "CELERY_HOST_BROKER": f"{broker}/0",
+        "CELERY_HOST_RECORDS": f"{broker}/1",
+        "CELERY_HOST_CONFIG": json.dumps(config),
+    }
+
+
+def kept(app: Flask, task_id: str, state: str, timeout: float = 20) -> KeptDelivery:
+    """The delivery of ``task_id`` in the shared store, once it is in ``state``."""
+    store = get_state(app).store
+    assert isinstance(store, PersistentStore)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = store.list(task_id=task_id)
+        if found and found[0].state == state:
+            return found[0]
+        assert time.monotonic() < deadline, f"not {state}: {found}"
+        time.sleep(0.05)
+
+
 def record(sender: Flask, event: CallbackEvent, **extra: Any) -> None:
     """Note this attempt in Redis, then behave as the task id says."""
     attempt = {
@@ -89,8 +118,15 @@ def record(sender: Flask, event: CallbackEvent, **extra: Any) -> None:
         failures = int(rest.partition("-")[0])
         if records(sender).llen(f"attempts:{event.task_id}") <= failures:
             raise RuntimeError("flaky receiver")
+    elif kind == "stuck" and records(sender).llen(f"attempts:{event.task_id}") == 1:
+        time.sleep(600)
+    records(sender).rpush(f"finished:{event.task_id}", os.getpid())
 
 
 if "CELERY_HOST_BROKER" in os.environ:
-    flask_app = create_app(os.environ["CELERY_HOST_BROKER"], os.environ["CELERY_HOST_RECORDS"])
+    flask_app = create_app(
+        os.environ["CELERY_HOST_BROKER"],
+        os.environ["CELERY_HOST_RECORDS"],
+        **json.loads(os.environ.get("CELERY_HOST_CONFIG", "{}")),
+    )
     celery_app = flask_app.extensions["celery"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import settings
 
 from flask_musiccallback import MusicCallback
 
@@ -30,6 +32,20 @@ URL = f"/music-callback?token={TOKEN}"
 AppFactory = Callable[..., Flask]
 
 
+def build_app(*, _testing: bool = True, _store: Any = None, **config: Any) -> Flask:
+    """A fresh app with the extension and the test token; keywords become ``MUSICCALLBACK_*``.
+
+    For fixtures of a wider scope than ``make_app`` (a live server shared by a module).
+    """
+    app = Flask(__name__)
+    app.testing = _testing
+    app.config["MUSICCALLBACK_TOKEN"] = TOKEN
+    for key, value in config.items():
+        app.config[f"MUSICCALLBACK_{key}"] = value
+    MusicCallback(app, store=_store)
+    return app
+
+
 @pytest.fixture
 def make_app() -> AppFactory:
     """Build a fresh app with the extension; keyword arguments become ``MUSICCALLBACK_*`` config.
@@ -37,19 +53,7 @@ def make_app() -> AppFactory:
     ``make_app(TOKEN=None)`` builds an app with no token; ``make_app(_testing=False)`` one that is
     not in testing mode; ``make_app(_store=...)`` passes a store in code.
     """
-
-    def factory(
-        *, _testing: bool = True, _store: Any = None, **config: Any
-    ) -> Flask:
-        app = Flask(__name__)
-        app.testing = _testing
-        app.config["MUSICCALLBACK_TOKEN"] = TOKEN
-        for key, value in config.items():
-            app.config[f"MUSICCALLBACK_{key}"] = value
-        MusicCallback(app, store=_store)
-        return app
-
-    return factory
+    return build_app
 
 
 @pytest.fixture
@@ -69,3 +73,14 @@ def provider() -> Iterator[FakeProvider]:
 
     with FakeProvider().running() as fake:
         yield fake
+
+
+# Hypothesis: bounded example counts and no deadline (CI machines are shared and slow); in CI the
+# examples are derandomized so a run is reproducible. ``HYPOTHESIS_PROFILE=figures`` is the large
+# run whose counts the README's security section reports.
+settings.register_profile("dev", deadline=None, max_examples=50)
+settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True, database=None)
+settings.register_profile("figures", deadline=None, max_examples=2000, database=None)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)

@@ -7,7 +7,9 @@ how to install it; with ``CI=true`` they fail instead, so that CI never passes b
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,7 +41,8 @@ def celery_worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``celery -A app worker`` (prefork, as deployed) until it reports ready; stop it after.
 
-    ``env`` is added to this process's environment; the worker imports this checkout.
+    ``env`` is added to this process's environment; the worker imports this checkout. The worker
+    leads a process group of its own, so that ``os.killpg`` reaches its pool's processes too.
     """
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     command = [
@@ -51,7 +54,12 @@ def celery_worker(
     ]  # fmt: skip
     with log.open("wb") as output:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=environ, stdout=output, stderr=subprocess.STDOUT
+            command,
+            cwd=ROOT,
+            env=environ,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 60
@@ -65,5 +73,6 @@ def celery_worker(
         try:
             process.wait(20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()

@@ -2,7 +2,8 @@
 
 The worker is a separate process (``celery -A tests.celery_host:celery_app worker``, prefork) that
 builds the host app of :mod:`tests.celery_host`; the tests post to the same app built here, as a
-web process would, and read in Redis what the worker's receivers recorded.
+web process would, and read in Redis what the worker's receivers recorded. Web and worker share a
+Redis store (database 2 of the broker's server), as docs/dispatch.md tells hosts to.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flask import Flask
 
 from flask_musiccallback.testing import build_callback
 
-from .celery_host import URL, create_app, records
+from .celery_host import URL, create_app, host_env, kept, records
 from .conftest import URL as PLAIN_URL
 from .conftest import AppFactory
 from .servers import free_port
@@ -40,15 +41,14 @@ def broker() -> Iterator[str]:
 def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One worker for the module; yields its log."""
     log = tmp_path_factory.mktemp("celery") / "worker.log"
-    env = {"CELERY_HOST_BROKER": f"{broker}/0", "CELERY_HOST_RECORDS": f"{broker}/1"}
-    with celery_worker("tests.celery_host:celery_app", env, log=log):
+    with celery_worker("tests.celery_host:celery_app", host_env(broker), log=log):
         yield log
 
 
 @pytest.fixture
 def web(broker: str, worker: Path) -> Iterator[Flask]:
     """The host app on the web side: it publishes, the worker runs the receivers."""
-    app = create_app(f"{broker}/0", f"{broker}/1")
+    app = create_app(f"{broker}/0", f"{broker}/1", MUSICCALLBACK_STORE=f"{broker}/2")
     yield app
     app.extensions["celery"].close()
 
@@ -128,9 +128,43 @@ def test_after_the_last_attempt_the_worker_keeps_it_as_failed(web: Flask, worker
     assert len(attempts(web, task_id, 3)) == 3
 
 
+def test_the_worker_settles_the_delivery_in_the_shared_store(web: Flask) -> None:
+    task_id = task("ok")
+    post(web, build_callback("complete", task_id=task_id))
+    done = kept(web, task_id, "done")
+    assert (done.attempts, done.last_error, done.owner) == (1, None, None)
+
+
+def test_the_worker_records_every_failed_attempt_and_keeps_the_last_as_failed(
+    web: Flask,
+) -> None:
+    task_id = task("broken")
+    post(web, build_callback("complete", task_id=task_id))
+    failed = kept(web, task_id, "failed")
+    assert (failed.attempts, failed.last_error) == (3, "RuntimeError: broken receiver")
+    assert not failed.released
+
+
+def test_replay_publishes_to_the_workers_again(web: Flask) -> None:
+    task_id = task("flaky-3")
+    post(web, build_callback("complete", task_id=task_id))
+    failed = kept(web, task_id, "failed")
+    result = web.test_cli_runner().invoke(args=["musiccallback", "replay", failed.id])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{failed.id}: queued (attempt 4)\n"
+    done = kept(web, task_id, "done")
+    assert done.attempts == 4
+    assert len(attempts(web, task_id, 4)) == 4
+
+
 def test_celery_app_setting_names_the_app_to_publish_with(broker: str, worker: Path) -> None:
     celery = Celery("elsewhere", broker=f"{broker}/0")
-    app = create_app(f"{broker}/0", f"{broker}/1", MUSICCALLBACK_CELERY_APP=celery)
+    app = create_app(
+        f"{broker}/0",
+        f"{broker}/1",
+        MUSICCALLBACK_CELERY_APP=celery,
+        MUSICCALLBACK_STORE=f"{broker}/2",
+    )
     del app.extensions["celery"]
     task_id = task("ok")
     try:

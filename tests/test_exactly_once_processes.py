@@ -11,23 +11,19 @@ import http.client
 import json
 import multiprocessing
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 
-import flask_musiccallback
 from flask_musiccallback import MusicCallback, all_tracks_generated
-from flask_musiccallback.stores.base import DeliveryState
+from flask_musiccallback.stores.base import DeliveryState, owner_is_dead
 from flask_musiccallback.testing import build_callback, record_signals
 
-from .backends import sqlite_url
+from .backends import claim_in_a_process_that_dies
 from .conftest import TOKEN, URL, AppFactory
 
 WORKERS = 4
@@ -52,16 +48,6 @@ def serve(store_url: str, ports: Any, runs: Any, stop: Any) -> None:
     ports.put(server.server_port)
     stop.wait(120)
     server.shutdown()
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "redis"])
-def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A store URL of the running parameter, on a backend nobody has used yet."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path)
-    fixture = {"postgresql": "postgresql_url", "redis": "redis_url"}[request.param]
-    url: str = request.getfixturevalue(fixture)
-    return url
 
 
 @pytest.fixture
@@ -132,29 +118,6 @@ def test_the_same_callback_to_four_processes_at_once_runs_its_receivers_once(
     assert sorted(task for _, task in reported) == [f"task-{n}" for n in range(ROUNDS)]
 
 
-CLAIM_AND_DIE = """
-import json, os, sys
-from flask_musiccallback.families import MUSIC
-from flask_musiccallback.stores.base import store_from_url
-
-payload = json.loads(sys.argv[2])
-store = store_from_url(sys.argv[1], ttl=3600)
-store.claim(MUSIC.delivery(MUSIC.load(payload), payload))
-os._exit(0)  # dies holding the claim, as a worker killed mid-request would
-"""
-
-
-def claim_in_a_process_that_dies(store_url: str, payload: dict[str, Any]) -> None:
-    package_root = str(Path(flask_musiccallback.__file__).parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, *sys.path])}
-    subprocess.run(
-        [sys.executable, "-c", CLAIM_AND_DIE, store_url, json.dumps(payload)],
-        check=True,
-        env=env,
-        timeout=60,
-    )
-
-
 def test_replay_pending_takes_over_the_claim_of_a_process_that_died(
     make_app: AppFactory, shared_store_url: str
 ) -> None:
@@ -171,3 +134,20 @@ def test_replay_pending_takes_over_the_claim_of_a_process_that_died(
     assert [name for name, _ in recorded] == ["callback_received", "all_tracks_generated"]
     [kept] = app.extensions["musiccallback"].store.list()
     assert kept.state is DeliveryState.DONE
+
+
+def test_reclaim_takes_a_claim_at_once_only_while_its_dead_owner_still_holds_it(
+    make_app: AppFactory, shared_store_url: str
+) -> None:
+    store = make_app(STORE=shared_store_url).extensions["musiccallback"].store
+    claim_in_a_process_that_dies(shared_store_url, build_callback("complete"))
+    [kept] = store.list()
+    assert owner_is_dead(kept.owner)
+    assert store.reclaim(kept.id) is None, "the lease has not run out"
+    assert store.reclaim(kept.id, abandoned_by="elsewhere:1") is None, "held by another owner"
+
+    taken = store.reclaim(kept.id, abandoned_by=kept.owner, queued=True)
+    assert taken is not None
+    assert (taken.state, taken.attempts) == (DeliveryState.PENDING, 2)
+    assert taken.owner != kept.owner
+    assert store.reclaim(kept.id, abandoned_by=kept.owner) is None, "held by a live process now"

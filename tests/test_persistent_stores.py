@@ -215,11 +215,56 @@ def test_a_queued_claim_is_pending_until_a_worker_starts_it(persistent_app: Stor
     assert kept.state is DeliveryState.PENDING
     assert store.claim(delivery) is ClaimResult.IN_PROGRESS
 
-    store.start(delivery.task_id, delivery.stage)
+    assert store.start(delivery.task_id, delivery.stage) is True
     [kept] = store.list(status="pending")
     assert kept.state is DeliveryState.PROCESSING
+    assert kept.attempts == 1
+    assert store.start(delivery.task_id, delivery.stage) is False, "one job starts it"
     store.complete(delivery.task_id, delivery.stage)
     assert store.claim(delivery) is ClaimResult.DUPLICATE
+    assert store.start(delivery.task_id, delivery.stage) is False
+
+
+def test_a_job_does_not_start_a_delivery_a_replay_took_over(persistent_app: StoreApp) -> None:
+    store = persistent_store(persistent_app())
+    delivery = delivery_of(build_callback("complete"))
+    store.claim(delivery, queued=True)
+    [kept] = store.list()
+    assert store.reclaim(kept.id, force=True) is not None
+    assert store.start(delivery.task_id, delivery.stage) is False
+    assert store.start("no-such-task", "complete") is False
+
+
+def test_a_deferred_attempt_is_counted_and_holds_the_claim_past_the_lease(
+    persistent_app: StoreApp, persistent_backend: Backend
+) -> None:
+    app = persistent_app(STORE=with_option(persistent_backend.url, "lease=1"))
+    store = persistent_store(app)
+    delivery = delivery_of(build_callback("complete"))
+    store.claim(delivery, queued=True)
+    assert store.start(delivery.task_id, delivery.stage)
+    store.defer(delivery.task_id, delivery.stage, "RuntimeError: down", 1.5)
+
+    [kept] = store.list(status="pending")
+    assert (kept.state, kept.attempts, kept.last_error) == (
+        DeliveryState.PENDING,
+        2,
+        "RuntimeError: down",
+    )
+    assert kept.lease_expires_at is not None
+    assert kept.lease_expires_at - kept.updated_at >= timedelta(seconds=2.4)
+    time.sleep(1.1)  # past the lease, inside the back-off and a lease
+    assert store.claim(delivery) is ClaimResult.IN_PROGRESS
+    assert store.reclaim(kept.id) is None
+    assert store.start(delivery.task_id, delivery.stage), "the retry starts it"
+    store.fail(delivery.task_id, delivery.stage, "RuntimeError: still down")
+    failed = store.get(kept.id)
+    assert failed is not None
+    assert (failed.state, failed.attempts, failed.last_error) == (
+        DeliveryState.FAILED,
+        2,
+        "RuntimeError: still down",
+    )
 
 
 @pytest.mark.parametrize("lease", ["0", "soon"])

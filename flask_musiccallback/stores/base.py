@@ -97,8 +97,26 @@ class Store(ABC):
         :meth:`start` when a worker picks the delivery up.
         """
 
-    def start(self, task_id: str, stage: str) -> None:  # noqa: B027 - optional hook
-        """A queued delivery is being processed now; persistent stores renew its lease."""
+    def start(self, task_id: str, stage: str) -> bool:
+        """Take a queued delivery for processing now; ``False`` when it is no longer waiting.
+
+        Persistent stores turn a ``pending`` delivery into ``processing``, owned by this process
+        with a fresh lease, in one atomic step. A job whose delivery is not pending any more (a
+        replay took it over, or another job for it started first) must not run it: this is what
+        keeps a delivery queued twice, by a redelivery after the lease or by a replay, from
+        reaching its receivers twice. A store that records no states has nothing to check.
+        """
+        return True
+
+    def defer(  # noqa: B027 - optional hook, empty by design
+        self, task_id: str, stage: str, error: str, delay: float
+    ) -> None:
+        """Record a failed attempt of an acknowledged delivery that runs again in ``delay`` s.
+
+        Persistent stores count the attempt, keep the error, mark the delivery ``pending`` again
+        and hold its claim for ``delay`` seconds plus a lease: a back-off longer than the lease
+        never lets a redelivery or a replay take the delivery over while its retry waits.
+        """
 
     @abstractmethod
     def complete(self, task_id: str, stage: str) -> None:
@@ -154,7 +172,8 @@ class KeptDelivery:
     payload: Mapping[str, Any]
     #: The request headers worth keeping, secrets redacted.
     headers: Mapping[str, str]
-    #: How many times the delivery was claimed: the first run, redeliveries, replays.
+    #: Runs of its receivers made or waited for: the first, retries off the request path
+    #: (:meth:`Store.defer`), redeliveries, replays.
     attempts: int
     last_error: str | None
     #: Whether a redelivery by the provider may claim it again (released after a receiver error
@@ -215,7 +234,21 @@ def owner_is_dead(owner: str | None) -> bool:
         return True
     except OSError:
         return False
-    return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits to be reaped: dead, though signals still reach it.
+
+    A killed worker stays a zombie until its parent, or an init process, reaps it; in a container
+    whose first process reaps nothing, that is for ever. Known on Linux (``/proc``) only.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (command) state ...": the command may hold spaces and parentheses.
+            return stat.read().rpartition(b")")[2].split()[:1] == [b"Z"]
+    except OSError:
+        return False
 
 
 class PersistentStore(Store):
@@ -261,13 +294,23 @@ class PersistentStore(Store):
         """
 
     @abstractmethod
-    def reclaim(self, delivery_id: str, *, force: bool = False) -> KeptDelivery | None:
+    def reclaim(
+        self,
+        delivery_id: str,
+        *,
+        force: bool = False,
+        abandoned_by: str | None = None,
+        queued: bool = False,
+    ) -> KeptDelivery | None:
         """Claim a kept delivery again for a replay, atomically; ``None`` if it cannot be taken.
 
-        A failed delivery can always be taken, an in-flight one once its lease ran out; ``force``
-        takes any, done ones and live claims included. The delivery is then processing, owned by
-        this process, with one more attempt, and is settled with ``complete``, ``release`` or
-        ``fail`` as after :meth:`claim`.
+        A failed delivery can always be taken, an in-flight one once its lease ran out, or at once
+        while its claim is still held by ``abandoned_by``, an owner known to be dead
+        (:func:`owner_is_dead`): the condition is checked in the same atomic step, so a claim that
+        a live process took meanwhile is left alone. ``force`` takes any, done ones and live
+        claims included. The delivery is then processing (``pending`` with ``queued``, as after
+        ``claim(queued=True)``), owned by this process, with one more attempt, and is settled
+        with ``complete``, ``release`` or ``fail`` as after :meth:`claim`.
         """
 
 

@@ -113,25 +113,58 @@ return 1
 )
 
 # KEYS: claim, delivery, index
-# ARGV: owner, lease ms, ttl s, id, force ('1' | '0'), count an attempt ('1' | '0')
-# Takes the claim for this owner: a replay (counting an attempt), or a queued delivery starting
-# (forced: the claim is the worker's own).
+# ARGV: owner, lease ms, ttl s, id, force ('1' | '0'), dead owner (or ''), state
+# Takes the claim for this owner, counting an attempt: a replay.
 _TAKE = (
     _NOW
     + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return false end
 if ARGV[5] ~= '1' then
   local held = redis.call('GET', KEYS[1])
-  local live = held and held ~= 'done' and held ~= 'failed'
+  local live = held and held ~= 'done' and held ~= 'failed' and held ~= ARGV[6]
   if live or redis.call('HGET', KEYS[2], 'state') == 'done' then return false end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('HSET', KEYS[2], 'state', 'processing', 'released', '0', 'owner', ARGV[1],
+redis.call('HSET', KEYS[2], 'state', ARGV[7], 'released', '0', 'owner', ARGV[1],
   'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', stamp(now))
-if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[2], 'attempts', 1) end
+redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
 return redis.call('HGETALL', KEYS[2])
+"""
+)
+
+# KEYS: claim, delivery, index
+# ARGV: owner, lease ms, ttl s, id
+# A queued delivery starts: only if it is still pending, so that two jobs never both run it.
+_START = (
+    _NOW
+    + """
+if redis.call('HGET', KEYS[2], 'state') ~= 'pending' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'state', 'processing', 'owner', ARGV[1],
+  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', stamp(now))
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
+return 1
+"""
+)
+
+# KEYS: claim, delivery, index
+# ARGV: owner, hold ms (the back-off and a lease), ttl s, id, error
+# A failed attempt whose retry waits: counted, pending again, the claim held through the wait.
+_DEFER = (
+    _NOW
+    + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'state', 'pending', 'released', '0', 'owner', ARGV[1],
+  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'last_error', ARGV[5],
+  'updated_at', stamp(now))
+redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
+return 1
 """
 )
 
@@ -187,6 +220,8 @@ class RedisStore(PersistentStore):
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
         self._take = client.register_script(_TAKE)
+        self._start = client.register_script(_START)
+        self._defer = client.register_script(_DEFER)
         self._prune = client.register_script(_PRUNE)
 
     @classmethod
@@ -259,8 +294,21 @@ class RedisStore(PersistentStore):
         )
         return ClaimResult(_text(answer))
 
-    def start(self, task_id: str, stage: str) -> None:
-        self._take_claim(delivery_id(task_id, stage), force=True, attempt=False)
+    def start(self, task_id: str, stage: str) -> bool:
+        key_id = delivery_id(task_id, stage)
+        started = self._call(
+            self._start, self._keys(key_id), [process_owner(), self.lease * 1000, self.ttl, key_id]
+        )
+        return bool(int(started))
+
+    def defer(self, task_id: str, stage: str, error: str, delay: float) -> None:
+        key_id = delivery_id(task_id, stage)
+        hold = round((delay + self.lease) * 1000)
+        self._call(
+            self._defer,
+            self._keys(key_id),
+            [process_owner(), hold, self.ttl, key_id, error[:MAX_ERROR_LENGTH]],
+        )
 
     def complete(self, task_id: str, stage: str) -> None:
         self._settle_as("done", task_id, stage, "")
@@ -278,24 +326,6 @@ class RedisStore(PersistentStore):
             self._keys(key_id),
             [outcome, process_owner(), self.ttl, error[:MAX_ERROR_LENGTH], key_id],
         )
-
-    def _take_claim(self, key_id: str, *, force: bool, attempt: bool) -> KeptDelivery | None:
-        fields = self._call(
-            self._take,
-            self._keys(key_id),
-            [
-                process_owner(),
-                self.lease * 1000,
-                self.ttl,
-                key_id,
-                "1" if force else "0",
-                "1" if attempt else "0",
-            ],
-        )
-        if not fields:
-            return None
-        flat = [_text(item) for item in fields]
-        return _kept(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     # -- what the command line and replay use --------------------------------------------------
 
@@ -359,8 +389,32 @@ class RedisStore(PersistentStore):
         except RedisError as exc:
             raise StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
 
-    def reclaim(self, delivery_id: str, *, force: bool = False) -> KeptDelivery | None:
-        return self._take_claim(delivery_id, force=force, attempt=True)
+    def reclaim(
+        self,
+        delivery_id: str,
+        *,
+        force: bool = False,
+        abandoned_by: str | None = None,
+        queued: bool = False,
+    ) -> KeptDelivery | None:
+        state = DeliveryState.PENDING if queued else DeliveryState.PROCESSING
+        fields = self._call(
+            self._take,
+            self._keys(delivery_id),
+            [
+                process_owner(),
+                self.lease * 1000,
+                self.ttl,
+                delivery_id,
+                "1" if force else "0",
+                abandoned_by or "",
+                state.value,
+            ],
+        )
+        if not fields:
+            return None
+        flat = [_text(item) for item in fields]
+        return _kept(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 def _text(value: Any) -> str:

@@ -405,14 +405,30 @@ class SQLAlchemyStore(PersistentStore):
 
     # -- settling ------------------------------------------------------------------------------
 
-    def start(self, task_id: str, stage: str) -> None:
+    def start(self, task_id: str, stage: str) -> bool:
+        now = _now()
+        table = self.table
+        return self._set(
+            task_id,
+            stage,
+            table.c.state == DeliveryState.PENDING.value,
+            state=DeliveryState.PROCESSING.value,
+            owner=process_owner(),
+            lease_expires_at=now + timedelta(seconds=self.lease),
+            updated_at=now,
+        )
+
+    def defer(self, task_id: str, stage: str, error: str, delay: float) -> None:
         now = _now()
         self._set(
             task_id,
             stage,
-            state=DeliveryState.PROCESSING.value,
+            state=DeliveryState.PENDING.value,
+            released=False,
+            attempts=self.table.c.attempts + 1,
+            last_error=error[:MAX_ERROR_LENGTH],
             owner=process_owner(),
-            lease_expires_at=now + timedelta(seconds=self.lease),
+            lease_expires_at=now + timedelta(seconds=delay + self.lease),
             updated_at=now,
         )
 
@@ -463,14 +479,18 @@ class SQLAlchemyStore(PersistentStore):
 
         self._run(settle, autocommit=True)
 
-    def _set(self, task_id: str, stage: str, **values: Any) -> None:
+    def _set(
+        self, task_id: str, stage: str, *conditions: sa.ColumnElement[bool], **values: Any
+    ) -> bool:
+        """Update the delivery's row if ``conditions`` hold; whether it did."""
         table = self.table
         statement = (
             sa.update(table)
-            .where(table.c.task_id == task_id, table.c.stage == stage)
+            .where(table.c.task_id == task_id, table.c.stage == stage, *conditions)
             .values(**values)
         )
-        self._run(lambda c: c.execute(statement))
+        rowcount: int = self._run(lambda c: c.execute(statement).rowcount)
+        return rowcount == 1
 
     # -- what the command line and replay use --------------------------------------------------
 
@@ -510,24 +530,32 @@ class SQLAlchemyStore(PersistentStore):
         deleted: int = self._run(lambda c: c.execute(statement).rowcount)
         return deleted
 
-    def reclaim(self, delivery_id: str, *, force: bool = False) -> KeptDelivery | None:
+    def reclaim(
+        self,
+        delivery_id: str,
+        *,
+        force: bool = False,
+        abandoned_by: str | None = None,
+        queued: bool = False,
+    ) -> KeptDelivery | None:
         if not delivery_id.isdigit():
             return None
         table = self.table
         now = _now()
         key = table.c.id == int(delivery_id)
+        free = sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now)
+        if abandoned_by is not None:
+            free = sa.or_(free, table.c.owner == abandoned_by)
         takeable: sa.ColumnElement[bool] = sa.or_(
             table.c.state == DeliveryState.FAILED.value,
-            sa.and_(
-                table.c.state.in_(_IN_FLIGHT),
-                sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
-            ),
+            sa.and_(table.c.state.in_(_IN_FLIGHT), free),
         )
+        state = DeliveryState.PENDING if queued else DeliveryState.PROCESSING
         statement = (
             sa.update(table)
             .where(key, sa.true() if force else takeable)
             .values(
-                state=DeliveryState.PROCESSING.value,
+                state=state.value,
                 released=False,
                 attempts=table.c.attempts + 1,
                 owner=process_owner(),

@@ -1,0 +1,159 @@
+"""The example app's tables: tasks, the stages each went through, and their tracks.
+
+Times are stored as naive UTC (SQLite keeps no zone) and made aware again where they are shown.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+#: How far along each stage is; a task's status is the furthest stage it reached.
+STAGE_RANK = {"text": 1, "first": 2, "complete": 3, "failed": 4}
+
+#: ``media_status`` of a track: ``none`` before the task completes; ``pending`` while its audio
+#: and cover are being copied; ``saved`` once both are local; ``failed`` when a copy could not be
+#: made (the page then uses the provider's links, which expire after about two weeks).
+MEDIA_STATUSES = ("none", "pending", "saved", "failed")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc)
+
+
+class Task(db.Model):  # type: ignore[name-defined,misc]
+    """A music generation task, known from its first callback on."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    #: When its earliest callback was received.
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    #: Changed by every write to the task, its stages or its tracks: what the page compares to
+    #: know whether to redraw it.
+    updated_at: Mapped[datetime] = mapped_column(index=True)
+
+    stages: Mapped[list[TaskStage]] = relationship(
+        order_by="TaskStage.received_at", cascade="all, delete-orphan", lazy="selectin"
+    )
+    tracks: Mapped[list[Track]] = relationship(
+        order_by="Track.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def status(self) -> str:
+        """``text``, ``first``, ``complete`` or ``failed``: the furthest stage received."""
+        return max(
+            (stage.stage for stage in self.stages), key=STAGE_RANK.__getitem__, default="text"
+        )
+
+    @property
+    def failure(self) -> TaskStage | None:
+        return next((stage for stage in self.stages if stage.stage == "failed"), None)
+
+    @property
+    def media_pending(self) -> bool:
+        return any(track.media_status == "pending" for track in self.tracks)
+
+    @property
+    def in_progress(self) -> bool:
+        """Whether the page should keep watching this task for changes."""
+        return self.status not in ("complete", "failed") or self.media_pending
+
+    @property
+    def version(self) -> str:
+        return self.updated_at.isoformat()
+
+
+class TaskStage(db.Model):  # type: ignore[name-defined,misc]
+    """One stage a task went through, as its callback reported it: the task's timeline."""
+
+    __tablename__ = "task_stages"
+    __table_args__ = (sa.UniqueConstraint("task_id", "stage"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[str] = mapped_column(sa.ForeignKey("tasks.id", ondelete="CASCADE"))
+    stage: Mapped[str] = mapped_column(sa.String(16))
+    code: Mapped[int]
+    msg: Mapped[str] = mapped_column(sa.Text)
+    #: A failure's ``data.error``, when the provider sent one.
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    received_at: Mapped[datetime]
+
+
+class Track(db.Model):  # type: ignore[name-defined,misc]
+    """One track of a task, filled in as the stages arrive, with its local media once saved.
+
+    Keyed by its position in the task's list, since the provider may leave its ``id`` out.
+    """
+
+    __tablename__ = "tracks"
+    __table_args__ = (sa.UniqueConstraint("task_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[str] = mapped_column(sa.ForeignKey("tasks.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    #: The stage whose callback last filled the track in; an earlier stage never overwrites it.
+    stage: Mapped[str] = mapped_column(sa.String(16))
+    audio_id: Mapped[str | None] = mapped_column(sa.String(255))
+    title: Mapped[str | None] = mapped_column(sa.Text)
+    tags: Mapped[str | None] = mapped_column(sa.Text)
+    prompt: Mapped[str | None] = mapped_column(sa.Text)
+    model_name: Mapped[str | None] = mapped_column(sa.String(64))
+    duration: Mapped[float | None]
+    generated_at: Mapped[datetime | None]
+    audio_url: Mapped[str | None] = mapped_column(sa.Text)
+    stream_audio_url: Mapped[str | None] = mapped_column(sa.Text)
+    image_url: Mapped[str | None] = mapped_column(sa.Text)
+    #: Paths inside the media folder of the local copies.
+    audio_file: Mapped[str | None] = mapped_column(sa.Text)
+    image_file: Mapped[str | None] = mapped_column(sa.Text)
+    media_status: Mapped[str] = mapped_column(sa.String(16), default="none")
+    media_error: Mapped[str | None] = mapped_column(sa.Text)
+
+    @property
+    def tag_list(self) -> list[str]:
+        return [tag.strip() for tag in (self.tags or "").split(",") if tag.strip()]
+
+
+def insert_missing(model: Any, values: dict[str, Any]) -> None:
+    """Insert a row unless one with the same unique key exists, without a race between threads.
+
+    Receivers of several stages of one task run at once under thread dispatch; a check before the
+    insert would let two of them insert the same task.
+    """
+    table = model.__table__
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        db.session.execute(pg_insert(table).values(values).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        db.session.execute(sqlite_insert(table).values(values).on_conflict_do_nothing())
+    else:
+        try:
+            with db.session.begin_nested():
+                db.session.execute(sa.insert(table).values(values))
+        except sa.exc.IntegrityError:
+            pass

@@ -1,0 +1,111 @@
+"""Stand-in media for simulated tasks, made in code.
+
+``flask musiccallback simulate`` sends callbacks whose links point at a host that does not exist
+(:data:`~flask_musiccallback.testing.SIMULATED_MEDIA_HOST`), so that nothing simulated is ever
+fetched from a real server. The example app answers that one host (``MEDIA_SAMPLE_HOST``) itself,
+as the provider's CDN would: a short tune for an audio link, a cover for an image link, each
+different per track. Its downloader routes the host to :func:`wsgi_app`, so everything else about
+a download (HTTP, retries, saving, serving the copy) is the same as for real links; and the page
+plays such links from ``/samples/`` until the copy is saved.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import io
+import math
+import wave
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any
+
+RATE = 16000
+#: A major pentatonic scale over two octaves, in semitones above the root.
+_SCALE = (0, 2, 4, 7, 9, 12, 14, 16, 19, 21)
+_NOTE_SECONDS = 0.3
+_NOTES = 16
+
+
+def _seed(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()
+
+
+@lru_cache(maxsize=32)
+def tune(name: str) -> bytes:
+    """A WAV file of a few seconds: a little pentatonic melody over a drone, seeded by ``name``."""
+    seed = _seed(name)
+    root = 220.0 * 2 ** ((seed[0] % 7) / 12)
+    notes = [root * 2 ** (_SCALE[byte % len(_SCALE)] / 12) for byte in seed[1 : _NOTES + 1]]
+    per_note = int(RATE * _NOTE_SECONDS)
+    total = per_note * len(notes)
+    samples = array.array("h", bytes(2 * total))
+    two_pi = 2 * math.pi
+    for index, frequency in enumerate(notes):
+        start = index * per_note
+        for offset in range(per_note):
+            t = offset / RATE
+            envelope = math.exp(-5 * t) * min(1.0, offset / 80)
+            value = 0.45 * envelope * math.sin(two_pi * frequency * t)
+            value += 0.12 * math.sin(two_pi * root / 2 * (start + offset) / RATE)
+            samples[start + offset] = int(32767 * value)
+    fade = RATE // 4
+    for offset in range(fade):
+        samples[total - 1 - offset] = int(samples[total - 1 - offset] * offset / fade)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(RATE)
+        file.writeframes(samples.tobytes())
+    return out.getvalue()
+
+
+def cover(name: str) -> bytes:
+    """An SVG cover: a two-colour gradient, a sun and a few waves, seeded by ``name``."""
+    seed = _seed(name)
+    hue = seed[0] * 360 // 256
+    other = (hue + 40 + seed[1] % 80) % 360
+    sun_x, sun_y, sun_r = 120 + seed[2] % 160, 90 + seed[3] % 80, 40 + seed[4] % 40
+    waves = "".join(
+        f'<path d="M0 {y} Q 100 {y - 26 + seed[6 + i] % 20} 200 {y} T 400 {y} V 400 H 0 Z" '
+        f'fill="hsl({(other + 20 * i) % 360} 55% {30 - 5 * i}%)" fill-opacity="0.55"/>'
+        for i, y in enumerate((250, 290, 330))
+    )
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 400 400" width="400" height="400">'
+        '<defs><linearGradient id="sky" x1="0" y1="0" x2="0" y2="1">'
+        f'<stop offset="0" stop-color="hsl({hue} 70% 62%)"/>'
+        f'<stop offset="1" stop-color="hsl({other} 65% 40%)"/>'
+        "</linearGradient></defs>"
+        '<rect width="400" height="400" fill="url(#sky)"/>'
+        f'<circle cx="{sun_x}" cy="{sun_y}" r="{sun_r}" fill="hsl({(hue + 180) % 360} 90% 85%)" '
+        'fill-opacity="0.9"/>'
+        f"{waves}</svg>"
+    )
+    return svg.encode()
+
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def render(path: str) -> tuple[bytes, str] | None:
+    """The sample for a simulated link's path and its media type: ``image_<id>...`` is a cover,
+    any other name is audio; ``None`` for a path with no name."""
+    name = path.rsplit("/", 1)[-1]
+    if not name:
+        return None
+    if name.startswith("image_"):
+        return cover(name.removeprefix("image_").rsplit(".", 1)[0]), "image/svg+xml"
+    return tune(name.rsplit(".", 1)[0]), "audio/wav"
+
+
+def wsgi_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Answer simulated links as the provider's CDN would."""
+    sample = render(environ.get("PATH_INFO", ""))
+    if sample is None:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"no such sample"]
+    body, media_type = sample
+    start_response("200 OK", [("Content-Type", media_type), ("Content-Length", str(len(body)))])
+    return [body]

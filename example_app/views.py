@@ -1,0 +1,147 @@
+"""The page: tasks newest first, and what it asks for while it watches them."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    render_template,
+    request,
+    send_from_directory,
+    url_for,
+)
+from sqlalchemy import func
+
+from . import samples
+from .media import media_folder
+from .models import Task, aware, db
+from .receivers import music
+
+bp = Blueprint("pages", __name__)
+
+#: For files served from the app's own origin: shown, never run (an SVG may hold a script).
+INERT = "default-src 'none'; style-src 'unsafe-inline'"
+
+
+def recent_tasks() -> list[Task]:
+    limit = int(current_app.config["PAGE_TASKS"])
+    return list(
+        db.session.scalars(db.select(Task).order_by(Task.created_at.desc()).limit(limit)).all()
+    )
+
+
+def _version() -> str:
+    """Changes whenever any task does: the tag the page's refreshes are compared with."""
+    latest, count = db.session.execute(
+        db.select(func.max(Task.updated_at), func.count(Task.id))
+    ).one()
+    return hashlib.sha256(f"{latest}|{count}".encode()).hexdigest()[:20]
+
+
+def _masked_callback_url() -> str:
+    """The callback URL for the page, its token hidden: the page is not the place for a secret."""
+    url = music.callback_url()
+    base, _, query = url.partition("?")
+    if not query:
+        return url
+    params = [
+        f"{name}=…" if name == "token" else f"{name}={value}"
+        for name, _, value in (pair.partition("=") for pair in query.split("&"))
+    ]
+    return f"{base}?{'&'.join(params)}"
+
+
+@bp.app_context_processor
+def helpers() -> dict[str, object]:
+    return {"is_sample": is_sample}
+
+
+@bp.get("/")
+def index() -> str:
+    tasks = recent_tasks()
+    return render_template(
+        "index.html",
+        tasks=tasks,
+        active=any(task.in_progress for task in tasks),
+        version=_version(),
+        callback_url=_masked_callback_url(),
+        refresh_seconds=current_app.config["PAGE_REFRESH_SECONDS"],
+    )
+
+
+@bp.get("/tasks")
+def task_list() -> Response:
+    """The list alone, for the page's refreshes; ``304`` when nothing changed since its tag."""
+    version = _version()
+    if request.if_none_match.contains(version):
+        return Response(status=304, headers={"ETag": f'"{version}"'})
+    tasks = recent_tasks()
+    html = render_template(
+        "_tasks.html", tasks=tasks, active=any(task.in_progress for task in tasks)
+    )
+    response = Response(html, mimetype="text/html")
+    response.set_etag(version)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@bp.get("/media/<path:path>")
+def media(path: str) -> Response:
+    """A saved copy. Served as inert data: a stored SVG must not run as a page of this site."""
+    response = send_from_directory(media_folder(current_app), path, max_age=86400)
+    response.headers["Content-Security-Policy"] = INERT
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.get("/samples/<path:path>")
+def sample(path: str) -> Response:
+    """What a simulated link stands for (see samples.py), for the browser."""
+    rendered = samples.render(path) if current_app.config["MEDIA_SAMPLE_HOST"] else None
+    if rendered is None:
+        abort(404)
+    body, media_type = rendered
+    response = Response(body, mimetype=media_type)
+    response.headers["Content-Security-Policy"] = INERT
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.make_conditional(request)
+    return response
+
+
+def is_sample(url: str | None) -> bool:
+    """Whether ``url`` is a simulated link that the app answers with a sample."""
+    host: str | None = current_app.config["MEDIA_SAMPLE_HOST"]
+    if not (url and host):
+        return False
+    try:
+        return urlsplit(url).hostname == host
+    except ValueError:  # not a URL at all: the provider's problem, not a reason to fail the page
+        return False
+
+
+@bp.app_template_filter("playable")
+def playable_filter(url: str | None) -> str | None:
+    """A link the browser can load: a simulated one becomes the app's own sample."""
+    if url and is_sample(url):
+        return url_for("pages.sample", path=urlsplit(url).path.lstrip("/"))
+    return url
+
+
+@bp.app_template_filter("duration")
+def duration_filter(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    whole = round(seconds)
+    return f"{whole // 60}:{whole % 60:02d}"
+
+
+@bp.app_template_filter("utc")
+def utc_filter(moment: datetime) -> str:
+    """ISO 8601 with the zone, for ``<time datetime>``, which the page shows in local time."""
+    return aware(moment).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,171 @@
+"""The example app's page in a real browser: Debian's headless Chromium, driven by Selenium.
+
+The app runs on a real server on 127.0.0.1; the task is simulated over HTTP while the page is
+open, so the page must show it by itself, with working players. Without ``chromium`` and
+``chromedriver`` the test skips, or fails under ``CI=true`` (``scripts/test.sh`` installs them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ..servers import missing, serve_url
+from .conftest import ExampleFactory, settle
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+HOW = "apt-get install chromium chromium-driver (scripts/test.sh does)"
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,1600",
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        missing("chromium and chromedriver", HOW)
+    if importlib.util.find_spec("selenium") is None:
+        missing("selenium", "pip install -e '.[dev]'")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in FLAGS:
+        options.add_argument(flag)
+    with tempfile.TemporaryDirectory(prefix="example-chromium-") as profile:
+        options.add_argument(f"--user-data-dir={profile}")
+        driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+PLAYERS = """
+return [...document.querySelectorAll('audio')].map(audio => ({
+  src: audio.currentSrc, ready: audio.readyState, duration: audio.duration,
+  title: audio.closest('.track').querySelector('.track__title').textContent,
+}));
+"""
+
+COVERS = """
+return [...document.querySelectorAll('img.track__cover')]
+  .map(image => image.complete && image.naturalWidth > 0 && !image.src.endsWith('/cover.svg'));
+"""
+
+
+def test_a_simulated_task_appears_on_the_open_page_with_tracks_and_players(
+    make_example: ExampleFactory, browser: WebDriver
+) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app = make_example(PAGE_REFRESH_SECONDS=0.2)
+    with serve_url(app) as base:
+        browser.get(f"{base}/")
+        assert "No task yet" in browser.page_source
+        browser.execute_script("window.notReloaded = true;")
+
+        result = app.test_cli_runner().invoke(
+            args=[
+                "musiccallback",
+                "simulate",
+                "--task-id",
+                "browser-1",
+                "--url",
+                f"{base}/music-callback",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        settle(app)
+
+        def players_ready(driver: Any) -> list[dict[str, Any]] | None:
+            players: list[dict[str, Any]] = driver.execute_script(PLAYERS)
+            local = [p for p in players if "/media/" in p["src"] and p["ready"] >= 1]
+            return players if len(players) == 2 and len(local) == 2 else None
+
+        players = WebDriverWait(browser, 20, poll_frequency=0.1).until(players_ready)
+        covers = WebDriverWait(browser, 10, poll_frequency=0.1).until(
+            lambda driver: (c := driver.execute_script(COVERS)) and all(c) and c
+        )
+
+        assert [player["title"] for player in players] == ["Neon Harbor", "Paper Satellites"]
+        assert all(player["duration"] > 1 for player in players)
+        assert len(covers) == 2
+        status = browser.find_element("css selector", "[data-task='browser-1'] .status")
+        assert status.text == "Complete"
+        steps = browser.find_elements("css selector", "[data-task='browser-1'] .step__name")
+        assert [step.text for step in steps] == ["Text", "First track", "Complete"]
+        assert browser.execute_script("return window.notReloaded") is True
+
+
+def test_the_page_redraws_only_the_tasks_that_change(
+    make_example: ExampleFactory, browser: WebDriver
+) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app = make_example(PAGE_REFRESH_SECONDS=0.2)
+    runner = app.test_cli_runner()
+    with serve_url(app) as base:
+        url = f"{base}/music-callback"
+        runner.invoke(args=["musiccallback", "simulate", "--task-id", "done", "--url", url])
+        settle(app)
+        browser.get(f"{base}/")
+        browser.execute_script(
+            "document.querySelector(\"[data-task='done']\").dataset.untouched = 'yes';"
+        )
+
+        for stage in ("text", "first"):
+            runner.invoke(
+                args=[
+                    "musiccallback",
+                    "simulate",
+                    "--stage",
+                    stage,
+                    "--task-id",
+                    "new",
+                    "--url",
+                    url,
+                ]
+            )
+            settle(app)
+            WebDriverWait(browser, 10, poll_frequency=0.1).until(
+                lambda driver, stage=stage: (
+                    driver.execute_script(
+                        "const s = document.querySelectorAll(\"[data-task='new'] "
+                        '.step:not(.step--waiting) .step__name");'
+                        "return s.length && s[s.length - 1].textContent;"
+                    )
+                    == {"text": "Text", "first": "First track"}[stage]
+                )
+            )
+
+        order = browser.execute_script(
+            "return [...document.querySelectorAll('article.task')].map(a => a.dataset.task);"
+        )
+        assert order == ["new", "done"]
+        assert (
+            browser.execute_script(
+                "return document.querySelector(\"[data-task='done']\").dataset.untouched;"
+            )
+            == "yes"
+        )
+        assert browser.find_element("css selector", "[data-task='new'] .status").text == (
+            "First track ready"
+        )
