@@ -21,6 +21,7 @@ import redis
 import sqlalchemy as sa
 from flask import Flask
 
+from flask_musiccallback.state import get_state
 from flask_musiccallback.stores.base import ClaimResult, Delivery
 from flask_musiccallback.stores.sqlalchemy import SQLAlchemyStore
 from flask_musiccallback.testing import build_callback
@@ -211,3 +212,24 @@ def test_the_hosts_engine_gets_its_connections_back_as_they_were(
         with db.engine.connect() as connection:
             assert not autocommits(connection.connection.driver_connection)
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_off_the_request_path_a_delivery_is_three_autocommitted_statements(
+    request: pytest.FixtureRequest, make_app: AppFactory, tmp_path: Path, backend: str
+) -> None:
+    """The queued claim, the start by the worker, the completion."""
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgresql_url")
+    app = make_app(STORE=url, DISPATCH="thread")
+    dispatcher = get_state(app).dispatcher
+    post(app, build_callback("complete"))
+    assert dispatcher.wait_idle(10)
+    with statements_run(url) as seen:
+        assert post(app, build_callback("complete")) == RECEIVED
+        assert dispatcher.wait_idle(10)
+    dispatcher.close(10)
+    assert [(s.sql, s.autocommit) for s in seen] == [
+        ("INSERT", True),
+        ("UPDATE", True),
+        ("UPDATE", True),
+    ]

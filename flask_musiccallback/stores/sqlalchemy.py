@@ -482,14 +482,14 @@ class SQLAlchemyStore(PersistentStore):
     def _set(
         self, task_id: str, stage: str, *conditions: sa.ColumnElement[bool], **values: Any
     ) -> bool:
-        """Update the delivery's row if ``conditions`` hold; whether it did."""
+        """Update the delivery's row if ``conditions`` hold, in one round trip; whether it did."""
         table = self.table
         statement = (
             sa.update(table)
             .where(table.c.task_id == task_id, table.c.stage == stage, *conditions)
             .values(**values)
         )
-        rowcount: int = self._run(lambda c: c.execute(statement).rowcount)
+        rowcount: int = self._run(lambda c: c.execute(statement).rowcount, autocommit=True)
         return rowcount == 1
 
     # -- what the command line and replay use --------------------------------------------------
