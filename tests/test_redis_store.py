@@ -64,3 +64,23 @@ def test_redis_py_options_in_the_url_still_reach_the_client(
     assert (store.prefix, store.lease) == ("x:", 60)
     assert store.client.connection_pool.connection_kwargs["health_check_interval"] == 10
     assert app.test_client().post(URL, json=build_callback("text")).status_code == 200
+
+
+def test_only_deliveries_in_flight_are_in_the_in_flight_index(redis_url: str) -> None:
+    store = store_from_url(redis_url + "?prefix=flight:", ttl=600)
+    assert isinstance(store, RedisStore)
+    for index in range(5):
+        store.claim(delivery(f"done-{index}"))
+        store.complete(f"done-{index}", "complete")
+    store.claim(delivery("failed"))
+    store.fail("failed", "complete", "receiver raised")
+    store.claim(delivery("running"))
+    store.claim(delivery("waiting"), queued=True)
+    client = redis.Redis.from_url(redis_url)
+    in_flight = {member.decode() for member in client.zrange("flight:index:inflight", 0, -1)}
+    assert in_flight == {"running/complete", "waiting/complete"}
+    assert client.zcard("flight:index") == 8
+    pending = store.list(status="pending", limit=None)
+    assert {kept.task_id for kept in pending} == {"running", "waiting"}
+    store.complete("running", "complete")
+    assert [kept.task_id for kept in store.list(status="pending")] == ["waiting"]

@@ -61,10 +61,13 @@ _FINISHED_MARKS = ("done", "failed")
 
 # Redis time in microseconds, shared by every script below: fine enough that two changes never
 # share a time, so listing by last change keeps their order. ``stamp`` formats a time exactly.
+# ``inflight`` indexes the deliveries pending or processing, beside the index of all of them
+# (KEYS[3]); it is derived from that key, which keeps every key of a store under one prefix.
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function stamp(moment) return string.format('%.0f', moment) end
+local inflight = KEYS[3] .. ':inflight'
 """
 
 # KEYS: claim, delivery, index, claim of the superseding stage (or the claim again)
@@ -87,6 +90,8 @@ redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], stamp(now), ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', stamp(now - ARGV[3] * 1000000))
+redis.call('ZADD', inflight, stamp(now), ARGV[5])
+redis.call('ZREMRANGEBYSCORE', inflight, '-inf', stamp(now - ARGV[3] * 1000000))
 return 'claimed'
 """
 )
@@ -108,6 +113,7 @@ redis.call('HSET', KEYS[2], 'state', state, 'released', ARGV[1] == 'released' an
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[4]) end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], stamp(now), ARGV[5])
+redis.call('ZREM', inflight, ARGV[5])
 return 1
 """
 )
@@ -130,6 +136,7 @@ redis.call('HSET', KEYS[2], 'state', ARGV[7], 'released', '0', 'owner', ARGV[1],
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
+redis.call('ZADD', inflight, stamp(now), ARGV[4])
 return redis.call('HGETALL', KEYS[2])
 """
 )
@@ -146,6 +153,7 @@ redis.call('HSET', KEYS[2], 'state', 'processing', 'owner', ARGV[1],
   'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', stamp(now))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
+redis.call('ZADD', inflight, stamp(now), ARGV[4])
 return 1
 """
 )
@@ -164,6 +172,7 @@ redis.call('HSET', KEYS[2], 'state', 'pending', 'released', '0', 'owner', ARGV[1
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
+redis.call('ZADD', inflight, stamp(now), ARGV[4])
 return 1
 """
 )
@@ -177,6 +186,7 @@ local held = redis.call('GET', KEYS[1])
 if held and held ~= 'done' and held ~= 'failed' then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[3] .. ':inflight', ARGV[1])
 return redis.call('DEL', KEYS[2])
 """
 
@@ -333,7 +343,9 @@ class RedisStore(PersistentStore):
         self, *, status: str | None = None, task_id: str | None = None, limit: int | None = 50
     ) -> Sequence[KeptDelivery]:
         states = None if status is None else STATUS_STATES[status]
-        index = f"{self.prefix}index"
+        # Pending deliveries have an index of their own, kept by the scripts, so that the sweep
+        # reads what is in flight, not every delivery kept for the TTL.
+        index = f"{self.prefix}index" + (":inflight" if status == "pending" else "")
         page = 200
         found: list[KeptDelivery] = []
         gone: list[str] = []
