@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -44,6 +45,27 @@ def build_app(*, _testing: bool = True, _store: Any = None, **config: Any) -> Fl
         app.config[f"MUSICCALLBACK_{key}"] = value
     MusicCallback(app, store=_store)
     return app
+
+
+@contextmanager
+def thread_apps(base: AppFactory) -> Iterator[AppFactory]:
+    """Apps built by ``base`` with thread dispatch and a short back-off; pools closed after."""
+    from flask_musiccallback.state import get_state
+
+    apps: list[Flask] = []
+
+    def factory(**config: Any) -> Flask:
+        config.setdefault("DISPATCH", "thread")
+        config.setdefault("RETRY_BACKOFF", 0.05)
+        app = base(**config)
+        apps.append(app)
+        return app
+
+    try:
+        yield factory
+    finally:
+        for app in apps:
+            get_state(app).dispatcher.close(timeout=5)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from flask_musiccallback.config import MAX_RETRY_DELAY, Settings
 from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import build_callback
 
-from .conftest import URL, AppFactory
+from .conftest import URL, AppFactory, thread_apps
 from .servers import serve
 from .test_dispatch import post_json
 
@@ -38,18 +38,8 @@ ThreadAppFactory = Callable[..., Flask]
 @pytest.fixture
 def thread_app(make_app: AppFactory) -> Iterator[ThreadAppFactory]:
     """Apps with thread dispatch and a short back-off; their pools are shut down afterwards."""
-    apps: list[Flask] = []
-
-    def factory(**config: Any) -> Flask:
-        config.setdefault("DISPATCH", "thread")
-        config.setdefault("RETRY_BACKOFF", 0.05)
-        app = make_app(**config)
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        get_state(app).dispatcher.close(timeout=5)
+    with thread_apps(make_app) as factory:
+        yield factory
 
 
 def wait_idle(app: Flask) -> None:

@@ -29,25 +29,15 @@ from .backends import (
     persistent_store,
     sqlite_url,
 )
-from .conftest import URL, AppFactory
+from .conftest import URL, AppFactory, thread_apps
 from .test_persistent_stores import delivery_of, with_option
 
 
 @pytest.fixture
 def thread_app(persistent_app: StoreApp) -> Iterator[StoreApp]:
-    """Apps with thread dispatch on the persistent store of the parameter; pools closed after."""
-    apps: list[Flask] = []
-
-    def factory(**config: Any) -> Flask:
-        config.setdefault("DISPATCH", "thread")
-        config.setdefault("RETRY_BACKOFF", 0.05)
-        app = persistent_app(**config)
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        get_state(app).dispatcher.close(timeout=5)
+    """Apps with thread dispatch and a short back-off; their pools are shut down afterwards."""
+    with thread_apps(persistent_app) as factory:
+        yield factory
 
 
 def post(app: Flask, payload: dict[str, Any]) -> tuple[int, Any]:
