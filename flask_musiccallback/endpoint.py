@@ -90,8 +90,6 @@ def read_payload(limit: int) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > limit:
         raise Rejected("too_large", 413)
-    # Werkzeug's limited stream stops quietly at exactly its maximum, so allow one byte more:
-    # a body that reaches it is over the limit, and no more than that byte is ever read.
     request.max_content_length = limit + 1
     try:
         body = request.get_data(cache=True)

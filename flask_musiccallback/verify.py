@@ -10,6 +10,7 @@ digests of equal length, so that the time taken tells neither a secret's bytes n
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -54,11 +55,17 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
-def _matches_any(candidate: bytes, secrets: tuple[bytes, ...]) -> bool:
+@functools.lru_cache(maxsize=32)
+def _digests(secrets: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """The digests of configured secrets, computed once per configuration, not per request."""
+    return tuple(_digest(secret) for secret in secrets)
+
+
+def _matches_any(candidate: bytes, digests: tuple[bytes, ...]) -> bool:
     given = _digest(candidate)
     matched = False
-    for secret in secrets:
-        matched |= hmac.compare_digest(given, _digest(secret))
+    for digest in digests:
+        matched |= hmac.compare_digest(given, digest)
     return matched
 
 
@@ -66,7 +73,7 @@ def check_token(settings: Settings, token: str | None) -> None:
     """Refuse a missing or wrong ``token`` query parameter (401), when tokens are set."""
     if not settings.tokens:
         return
-    if not token or not _matches_any(token.encode(), settings.tokens):
+    if not token or not _matches_any(token.encode(), _digests(settings.tokens)):
         raise unauthorized()
 
 
@@ -100,7 +107,9 @@ def check_signature(
     if not task_id:
         raise unauthorized()  # nothing to verify against: the request cannot be authentic
     given = headers.get(SIGNATURE_HEADER, "").strip().encode("ascii", "replace")
-    expected = tuple(sign(key, task_id, timestamp).encode("ascii") for key in settings.hmac_keys)
+    expected = tuple(
+        _digest(sign(key, task_id, timestamp).encode("ascii")) for key in settings.hmac_keys
+    )
     if not _matches_any(given, expected):
         raise unauthorized()
 

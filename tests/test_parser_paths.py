@@ -21,6 +21,8 @@ from flask_musiccallback.schemas import (
     load_callback,
 )
 
+from .payloads import music_callbacks, mutated_callbacks
+
 TRACK_KEYS = [*TRACK_WIRE_KEYS, *TRACK_ALIASES, "unknown_key"]
 
 scalars = st.one_of(
@@ -80,18 +82,8 @@ def test_both_paths_agree_on_any_payload(payload: dict[str, Any]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        tracks.map(lambda t: {k: v for k, v in t.items() if not isinstance(v, (list, dict))}),
-        max_size=3,
-    )
-)
-def test_both_paths_agree_on_well_typed_music_callbacks(items: list[dict[str, Any]]) -> None:
-    payload = {
-        "code": 200,
-        "msg": "ok",
-        "data": {"callbackType": "complete", "task_id": "t", "data": items},
-    }
+@given(music_callbacks() | mutated_callbacks())
+def test_both_paths_agree_on_provider_shaped_callbacks(payload: dict[str, Any]) -> None:
     assert outcome(load_callback, payload) == outcome(callback_schema.load, payload)
 
 
