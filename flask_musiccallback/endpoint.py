@@ -79,8 +79,8 @@ def _reject(app: Flask, rejected: Rejected) -> Response:
     return _answer(_body(body), rejected.status)
 
 
-def read_payload(limit: int) -> dict[str, Any]:
-    """The body as a JSON object, read no further than ``limit`` bytes.
+def read_payload(limit: int) -> tuple[dict[str, Any], str]:
+    """The body as a JSON object, and as text, read no further than ``limit`` bytes.
 
     A declared length over the limit is refused before reading. A chunked body is read through
     Werkzeug's limited stream, which stops at its maximum without saying whether more was coming;
@@ -108,8 +108,10 @@ def read_payload(limit: int) -> dict[str, Any]:
 MAX_DEPTH = 128
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_json_object(body: bytes) -> tuple[dict[str, Any], str]:
     """Parse a body as one JSON object of valid Unicode, or refuse it as ``invalid_json``.
+
+    Returns the object and the text it was parsed from, which a persistent store keeps as it is.
 
     JSON on the network is UTF-8 (RFC 8259), so the body is decoded strictly here instead of
     letting :func:`json.loads` guess an encoding and pass surrogates through. An escaped lone
@@ -130,7 +132,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise Rejected("invalid_json", 400)
     if text.count("[") + text.count("{") > MAX_DEPTH and _deeper_than(payload, MAX_DEPTH):
         raise Rejected("invalid_json", 400)
-    return payload
+    return payload, text
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -171,7 +173,7 @@ def receive() -> Response:
         check_token(settings, request.args.get("token"))
         timestamp = signed_timestamp(settings, request.headers, time.time())
         try:
-            payload = read_payload(settings.max_content_length)
+            payload, body = read_payload(settings.max_content_length)
         except Rejected as rejected:
             # Before the signature is checked, a malformed body tells nothing to an unsigned caller.
             if timestamp is not None and rejected.status == 400:
@@ -187,8 +189,9 @@ def receive() -> Response:
     except Rejected as rejected:
         return _reject(app, rejected)
 
+    persistent = state.store.persistent
     delivery = family.delivery(
-        event, payload, kept_headers() if state.store.persistent else None
+        event, payload, kept_headers() if persistent else None, body=body if persistent else None
     )
     try:
         outcome = deliver(app, state, family, event, delivery)

@@ -57,9 +57,14 @@ class Family:
     superseded_by: Mapping[str, str] = field(default_factory=dict)
 
     def delivery(
-        self, event: Event, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+        self,
+        event: Event,
+        payload: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+        *,
+        body: str | None = None,
     ) -> Delivery:
-        """What the store is handed for an event of this family.
+        """What the store is handed for an event of this family; ``body`` is the payload's text.
 
         Music stages are keyed bare (``complete``), other families' as ``family:stage``, so that a
         lyrics ``complete`` never deduplicates a music ``complete`` of the same task id.
@@ -72,6 +77,7 @@ class Family:
             received_at=event.received_at,
             headers=headers or {},
             superseded_by=None if later is None else self._store_stage(later),
+            body=body,
         )
 
     def reload(self, payload: Mapping[str, Any], received_at: datetime) -> Event:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import json
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -54,6 +55,18 @@ class Delivery:
     #: The stage of the same task whose processing makes this delivery stale (``complete`` for
     #: ``text`` and ``first``), or ``None``.
     superseded_by: str | None = None
+    #: The JSON text ``payload`` was parsed from, when the caller has it (the request body).
+    body: str | None = None
+
+    def payload_json(self) -> str:
+        """The payload as JSON text, for a store that keeps it.
+
+        The body as received when there is one: it is the payload, word for word, and writing it
+        as it is spares serialising the payload again on the request path.
+        """
+        if self.body is not None:
+            return self.body
+        return json.dumps(self.payload, separators=(",", ":"))
 
 
 class StoreError(Exception):

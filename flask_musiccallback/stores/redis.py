@@ -296,7 +296,7 @@ class RedisStore(PersistentStore):
                 key_id,
                 delivery.task_id,
                 delivery.stage,
-                json.dumps(delivery.payload, separators=(",", ":")),
+                delivery.payload_json(),
                 json.dumps(dict(delivery.headers), separators=(",", ":")),
                 _micros(delivery.received_at),
                 "0" if later is None else "1",
