@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import datetime, timezone
 
 import redis
@@ -84,3 +86,47 @@ def test_only_deliveries_in_flight_are_in_the_in_flight_index(redis_url: str) ->
     assert {kept.task_id for kept in pending} == {"running", "waiting"}
     store.complete("running", "complete")
     assert [kept.task_id for kept in store.list(status="pending")] == ["waiting"]
+
+
+def test_a_server_that_lost_the_scripts_is_sent_them_again(redis_url: str) -> None:
+    store = store_from_url(redis_url + "?prefix=flush:", ttl=60)
+    assert store.claim(delivery("before")) is ClaimResult.CLAIMED
+    redis.Redis.from_url(redis_url).script_flush()
+    assert store.claim(delivery("after")) is ClaimResult.CLAIMED
+    store.complete("after", "complete")
+    assert store.claim(delivery("after")) is ClaimResult.DUPLICATE
+
+
+def test_a_connection_the_server_dropped_is_replaced_without_an_error(redis_url: str) -> None:
+    name = f"dropped-{time.monotonic_ns()}"
+    store = store_from_url(f"{redis_url}?prefix=drop:&client_name={name}", ttl=60)
+    assert store.claim(delivery("before")) is ClaimResult.CLAIMED
+    client = redis.Redis.from_url(redis_url)
+    (held,) = [c for c in client.client_list() if c["name"] == name]
+    client.client_kill_filter(_id=held["id"])
+    assert store.claim(delivery("after")) is ClaimResult.CLAIMED
+    store.complete("after", "complete")
+    assert store.claim(delivery("after")) is ClaimResult.DUPLICATE
+
+
+def test_a_client_with_a_single_connection_of_its_own_works_too(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, single_connection_client=True)
+    store = RedisStore(client, ttl=60, prefix="single:")
+    assert store.claim(delivery("t1")) is ClaimResult.CLAIMED
+    store.complete("t1", "complete")
+    assert store.claim(delivery("t1")) is ClaimResult.DUPLICATE
+
+
+def test_the_body_is_kept_as_it_was_received(redis_url: str, make_app: AppFactory) -> None:
+    app = make_app(STORE=redis_url + "?prefix=body:")
+    payload = build_callback("complete", task_id="kept-as-sent")
+    payload["data"]["data"][0]["title"] = "Ünïcode ☃ 🎵"
+    body = json.dumps(payload, indent=2, ensure_ascii=False)
+    answer = app.test_client().post(URL, data=body.encode(), content_type="application/json")
+    assert answer.status_code == 200
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.hget("body:delivery:kept-as-sent/complete", "payload") == body
+    store = app.extensions["musiccallback"].store
+    kept = store.get("kept-as-sent/complete")
+    assert kept is not None
+    assert kept.payload == payload

@@ -30,8 +30,10 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis import exceptions as errors
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from .base import (
@@ -67,11 +69,13 @@ _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function stamp(moment) return string.format('%.0f', moment) end
+local nowstamp = stamp(now)
 local inflight = KEYS[3] .. ':inflight'
 """
 
 # KEYS: claim, delivery, index, claim of the superseding stage (or the claim again)
 # ARGV: owner, lease ms, ttl s, state, id, task id, stage, payload, headers, received µs, stale?
+# A first claim writes the whole hash in one HSET; a takeover keeps created_at and counts up.
 _CLAIM = (
     _NOW
     + """
@@ -81,17 +85,21 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if held == 'done' or held == 'failed' then return 'duplicate' end
   return 'in_progress'
 end
-redis.call('HSETNX', KEYS[2], 'created_at', stamp(now))
-redis.call('HSET', KEYS[2], 'id', ARGV[5], 'task_id', ARGV[6], 'stage', ARGV[7],
-  'state', ARGV[4], 'released', '0', 'owner', ARGV[1],
-  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'payload', ARGV[8], 'headers', ARGV[9],
-  'received_at', ARGV[10], 'updated_at', stamp(now))
-redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+local fields = {'id', ARGV[5], 'task_id', ARGV[6], 'stage', ARGV[7], 'state', ARGV[4],
+  'released', '0', 'owner', ARGV[1], 'lease_expires_at', stamp(now + ARGV[2] * 1000),
+  'payload', ARGV[8], 'headers', ARGV[9], 'received_at', ARGV[10], 'updated_at', nowstamp}
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[2], 'created_at', nowstamp, 'attempts', '1', unpack(fields))
+else
+  redis.call('HSET', KEYS[2], unpack(fields))
+  redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], stamp(now), ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', stamp(now - ARGV[3] * 1000000))
-redis.call('ZADD', inflight, stamp(now), ARGV[5])
-redis.call('ZREMRANGEBYSCORE', inflight, '-inf', stamp(now - ARGV[3] * 1000000))
+local forgotten = stamp(now - ARGV[3] * 1000000)
+redis.call('ZADD', KEYS[3], nowstamp, ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', forgotten)
+redis.call('ZADD', inflight, nowstamp, ARGV[5])
+redis.call('ZREMRANGEBYSCORE', inflight, '-inf', forgotten)
 return 'claimed'
 """
 )
@@ -109,10 +117,10 @@ end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local state = ARGV[1] == 'done' and 'done' or 'failed'
 redis.call('HSET', KEYS[2], 'state', state, 'released', ARGV[1] == 'released' and '1' or '0',
-  'owner', '', 'lease_expires_at', '', 'updated_at', stamp(now))
+  'owner', '', 'lease_expires_at', '', 'updated_at', nowstamp)
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[4]) end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], stamp(now), ARGV[5])
+redis.call('ZADD', KEYS[3], nowstamp, ARGV[5])
 redis.call('ZREM', inflight, ARGV[5])
 return 1
 """
@@ -132,11 +140,11 @@ if ARGV[5] ~= '1' then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'state', ARGV[7], 'released', '0', 'owner', ARGV[1],
-  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', stamp(now))
+  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', nowstamp)
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
-redis.call('ZADD', inflight, stamp(now), ARGV[4])
+redis.call('ZADD', KEYS[3], nowstamp, ARGV[4])
+redis.call('ZADD', inflight, nowstamp, ARGV[4])
 return redis.call('HGETALL', KEYS[2])
 """
 )
@@ -150,10 +158,10 @@ _START = (
 if redis.call('HGET', KEYS[2], 'state') ~= 'pending' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'state', 'processing', 'owner', ARGV[1],
-  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', stamp(now))
+  'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', nowstamp)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
-redis.call('ZADD', inflight, stamp(now), ARGV[4])
+redis.call('ZADD', KEYS[3], nowstamp, ARGV[4])
+redis.call('ZADD', inflight, nowstamp, ARGV[4])
 return 1
 """
 )
@@ -168,11 +176,11 @@ if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'state', 'pending', 'released', '0', 'owner', ARGV[1],
   'lease_expires_at', stamp(now + ARGV[2] * 1000), 'last_error', ARGV[5],
-  'updated_at', stamp(now))
+  'updated_at', nowstamp)
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], stamp(now), ARGV[4])
-redis.call('ZADD', inflight, stamp(now), ARGV[4])
+redis.call('ZADD', KEYS[3], nowstamp, ARGV[4])
+redis.call('ZADD', inflight, nowstamp, ARGV[4])
 return 1
 """
 )
@@ -270,11 +278,39 @@ class RedisStore(PersistentStore):
             f"{self.prefix}index",
         ]
 
-    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def _call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run one of the store's scripts in one round trip; failures become StoreUnavailable.
+
+        Every delivery runs two scripts on the request path, so they are sent as ``EVALSHA`` on a
+        pooled connection rather than through the client's generic command path, whose retry
+        wrapper and metrics hooks cost more per call than this store's own Python does (see
+        docs/benchmarks.md). What that path gave is kept: the pool hands out a connection checked
+        to be open (one the server dropped while idle is replaced); one that breaks during the call
+        is dropped, and the caller answers 503 so that the provider retries; a server that lost
+        the scripts (restarted, ``SCRIPT FLUSH``) is sent the script and asked again. A client with
+        a single connection of its own keeps the generic path.
+        """
         try:
-            return script(keys=keys, args=args)
+            if self.client.connection is not None:
+                return script(keys=keys, args=args)
+            try:
+                return self._evalsha(script.sha, keys, args)
+            except NoScriptError:
+                return script(keys=keys, args=args)
         except RedisError as exc:
             raise StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
+
+    def _evalsha(self, sha: str, keys: list[str], args: list[Any]) -> Any:
+        pool = self.client.connection_pool
+        connection: Any = pool.get_connection()  # redis-py's Connection is not typed throughout
+        try:
+            connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
+            return connection.read_response()
+        except (errors.ConnectionError, errors.TimeoutError):
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
 
     # -- the claim and its settling ------------------------------------------------------------
 
