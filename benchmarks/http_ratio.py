@@ -7,6 +7,11 @@ two trivial round trips to it (the least a claim and then a completion can cost)
 
     python -m benchmarks.http_ratio                      # memory store
     python -m benchmarks.http_ratio --store memory:// --store redis://127.0.0.1:6379/0
+    python -m benchmarks.http_ratio --store redis://127.0.0.1:6379/0 --cpu
+
+``--cpu`` also says where each route's CPU goes, per request: the gunicorn workers, the store's
+server (the ``redis-server`` or ``postgres`` processes of this machine) and wrk. On a machine whose
+cores are all busy, requests per second follow the sum.
 
 Needs gunicorn (the ``bench`` extra) and wrk (Debian's ``wrk``).
 """
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -64,6 +70,41 @@ def wait_for(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"gunicorn did not listen on {port}")
 
 
+#: The processes of a store's server, by the name they run under.
+SERVER_PROCESSES = {"redis": "redis-server", "rediss": "redis-server", "postgresql": "postgres"}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU the processes used so far, from ``/proc`` (Linux)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def processes(named: str | None = None, parent: int | None = None) -> list[int]:
+    """Pids of this machine's processes with that command name, or that parent."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        command = text[text.index("(") + 1 : text.rindex(")")]
+        ppid = int(text.rpartition(")")[2].split()[1])
+        if (named is not None and command == named) or (parent is not None and ppid == parent):
+            found.append(int(entry))
+    return found
+
+
 def wrk(port: int, script: Path, seconds: int, connections: int) -> float:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script),
@@ -89,8 +130,12 @@ def routes(store: str) -> list[tuple[str, str]]:
 
 def measure(
     store: str, rounds: int, seconds: int, connections: int, tracks: int
-) -> dict[str, float]:
-    """Median requests per second of each route of :func:`routes`."""
+) -> tuple[dict[str, float], dict[str, tuple[float, float, float]]]:
+    """Median requests per second of each route of :func:`routes`, and its CPU per request.
+
+    The CPU is the median over the rounds, in microseconds per request: the gunicorn workers,
+    the store's server, wrk.
+    """
     payload = json.dumps(build_callback("complete", task_id="TASK-ID", tracks=tracks))
     port = free_port()
     env = {**os.environ, "BENCH_STORE": store}
@@ -108,14 +153,40 @@ def measure(
                 scripts[name].write_text(LUA % (payload, path))
             for name in scripts:  # warm-up
                 wrk(port, scripts[name], 2, connections)
+            workers = processes(parent=server.pid)
+            command = SERVER_PROCESSES.get(store.partition("://")[0].partition("+")[0])
+            servers = [] if command is None else processes(named=command)
             results: dict[str, list[float]] = {name: [] for name in scripts}
+            cpu: dict[str, list[tuple[float, float, float]]] = {name: [] for name in scripts}
             for _ in range(rounds):
                 for name in scripts:
-                    results[name].append(wrk(port, scripts[name], seconds, connections))
+                    before = (cpu_seconds(workers), cpu_seconds(servers), _children_cpu())
+                    rate = wrk(port, scripts[name], seconds, connections)
+                    after = (cpu_seconds(workers), cpu_seconds(servers), _children_cpu())
+                    served = rate * seconds
+                    results[name].append(rate)
+                    workers_cpu, server_cpu, wrk_cpu = (
+                        (b - a) / served * 1e6 for a, b in zip(before, after, strict=True)
+                    )
+                    cpu[name].append((workers_cpu, server_cpu, wrk_cpu))
     finally:
         server.terminate()
         server.wait(timeout=20)
-    return {name: statistics.median(values) for name, values in results.items()}
+    return (
+        {name: statistics.median(values) for name, values in results.items()},
+        {name: _median_each(values) for name, values in cpu.items()},
+    )
+
+
+def _children_cpu() -> float:
+    """CPU of the finished child processes: the wrk runs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _median_each(values: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    workers, server, load = zip(*values, strict=True)
+    return statistics.median(workers), statistics.median(server), statistics.median(load)
 
 
 def main() -> None:
@@ -125,6 +196,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--tracks", type=int, default=2)
+    parser.add_argument("--cpu", action="store_true", help="also CPU per request, per process")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -133,15 +205,26 @@ def main() -> None:
         "| ratio | two round trips' ratio |"
     )
     print("|---|---|---|---|---|---|")
+    spent: list[str] = []
     for store in args.store or ["memory://"]:
-        row = measure(store, args.rounds, args.seconds, args.connections, args.tracks)
+        row, cpu = measure(store, args.rounds, args.seconds, args.connections, args.tracks)
         label = re.sub(r"//[^@/]*@", "//", store)
+        for name, (workers, server, load) in cpu.items():
+            spent.append(
+                f"| `{label}` | {name} | {workers:.0f} | {server:.0f} | {load:.0f} "
+                f"| {workers + server + load:.0f} | {row[name]:.0f} |"
+            )
         bare, ext, trips = row["bare"], row["extension"], row.get("round-trips")
         floor = ("-", "-") if trips is None else (f"{trips:.0f}", f"{trips / bare:.2f}")
         print(
             f"| `{label}` | {bare:.0f} | {floor[0]} | {ext:.0f} | {ext / bare:.2f} | {floor[1]} |",
             flush=True,
         )
+    if args.cpu:
+        print("\nCPU per request, µs (median of the rounds):\n")
+        print("| store | route | gunicorn workers | store's server | wrk | total | req/s |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(spent))
 
 
 if __name__ == "__main__":

@@ -153,9 +153,23 @@ def _messages(exc: ValidationError) -> dict[str, Any]:
     return messages if isinstance(messages, dict) else {"_schema": messages}
 
 
+def _environ_key(header: str) -> str:
+    key = header.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+
+#: Each kept header with the WSGI environ key it arrives under, looked up once.
+_KEPT_ENVIRON = tuple((name, _environ_key(name)) for name in KEPT_HEADERS)
+
+
 def kept_headers() -> dict[str, str]:
-    """The request headers a persistent store records, with secrets redacted."""
-    headers = {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
+    """The request headers a persistent store records, with secrets redacted.
+
+    Read from the WSGI environ by precomputed keys, as ``request.headers`` would find them: this
+    runs on every request to a persistent store, and the headers object normalises each name anew.
+    """
+    environ = request.environ
+    headers = {name: environ[key] for name, key in _KEPT_ENVIRON if key in environ}
     if SIGNATURE_HEADER in headers:
         headers[SIGNATURE_HEADER] = REDACTED
     if request.remote_addr:

@@ -8,12 +8,12 @@ import logging
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request
 from hypothesis import given
 from hypothesis import strategies as st
 
 from flask_musiccallback import ConfigurationError, Delivery, MemoryStore
-from flask_musiccallback.endpoint import kept_headers
+from flask_musiccallback.endpoint import KEPT_HEADERS, kept_headers
 from flask_musiccallback.families import find_task_id
 from flask_musiccallback.redact import (
     REDACTED,
@@ -140,6 +140,21 @@ def test_kept_headers_redact_the_signature(app: Flask) -> None:
     assert kept[SIGNATURE_HEADER] == REDACTED
     assert "Authorization" not in kept
     assert TOKEN not in json.dumps(kept)
+
+
+def test_kept_headers_are_the_request_headers_of_those_names(app: Flask) -> None:
+    sent = {name: f"value of {name}" for name in KEPT_HEADERS if name != SIGNATURE_HEADER}
+    with app.test_request_context(
+        URL,
+        method="POST",
+        headers={**sent, "X-Other": "not kept"},
+        data=b"{}",
+        environ_base={"REMOTE_ADDR": "127.0.0.1"},
+    ):
+        expected = {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
+        kept = kept_headers()
+    assert kept == {**expected, "Remote-Addr": "127.0.0.1"}
+    assert set(expected) == set(sent)
 
 
 # --- answers -------------------------------------------------------------------------------------
