@@ -40,7 +40,7 @@ def receiver(sender: Flask, event: object, **extra: object) -> None:
 def pinger(store: str) -> Callable[[], Any]:
     """One trivial round trip to the server behind ``store``, on a connection kept open."""
     scheme = store.partition("://")[0].partition("+")[0]
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "unix"):
         import redis
 
         return redis.Redis.from_url(store.partition("?")[0]).ping

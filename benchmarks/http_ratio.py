@@ -71,7 +71,12 @@ def wait_for(port: int, timeout: float = 20) -> None:
 
 
 #: The processes of a store's server, by the name they run under.
-SERVER_PROCESSES = {"redis": "redis-server", "rediss": "redis-server", "postgresql": "postgres"}
+SERVER_PROCESSES = {
+    "redis": "redis-server",
+    "rediss": "redis-server",
+    "unix": "redis-server",
+    "postgresql": "postgres",
+}
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -123,7 +128,7 @@ def wrk(port: int, script: Path, seconds: int, connections: int) -> float:
 def routes(store: str) -> list[tuple[str, str]]:
     """The routes measured for ``store``: the round-trip reference only where there is a server."""
     measured = [("bare", "/bare"), ("extension", f"/music-callback?token={TOKEN}")]
-    if store.partition("://")[0].partition("+")[0] in ("postgresql", "redis", "rediss"):
+    if store.partition("://")[0].partition("+")[0] in ("postgresql", "redis", "rediss", "unix"):
         measured.insert(1, ("round-trips", "/round-trips"))
     return measured
 

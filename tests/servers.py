@@ -228,10 +228,15 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         return f"redis://{self.host}:{self.port}/{db}"
 
+    def socket_url(self, db: int = 0) -> str:
+        """The same server through its Unix socket."""
+        return f"unix://{self.directory / 'redis.sock'}?db={db}"
+
     def start(self) -> None:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", self.host, "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--databases", "64"],
+             "--appendonly", "no", "--dir", str(self.directory), "--databases", "64",
+             "--unixsocket", str(self.directory / "redis.sock"), "--unixsocketperm", "700"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

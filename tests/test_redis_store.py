@@ -13,6 +13,7 @@ from flask_musiccallback.stores.redis import RedisStore
 from flask_musiccallback.testing import build_callback
 
 from .conftest import URL, AppFactory
+from .servers import RedisServer
 
 
 def delivery(task_id: str, stage: str = "complete") -> Delivery:
@@ -130,3 +131,21 @@ def test_the_body_is_kept_as_it_was_received(redis_url: str, make_app: AppFactor
     kept = store.get("kept-as-sent/complete")
     assert kept is not None
     assert kept.payload == payload
+
+
+def test_a_server_on_this_machine_is_reached_through_its_unix_socket(
+    redis_server: RedisServer, make_app: AppFactory
+) -> None:
+    redis_server.flush(9)
+    url = redis_server.socket_url(9) + "&prefix=socket:&lease=60"
+    app = make_app(STORE=url)
+    store = app.extensions["musiccallback"].store
+    assert isinstance(store, RedisStore)
+    assert (store.prefix, store.lease) == ("socket:", 60)
+    assert store.describe() == f"Redis at {redis_server.directory / 'redis.sock'}/9"
+    payload = build_callback("complete", task_id="over-the-socket")
+    client = app.test_client()
+    assert client.post(URL, json=payload).get_json() == {"status": "received"}
+    assert client.post(URL, json=payload).get_json() == {"status": "duplicate"}
+    over_tcp = redis.Redis.from_url(redis_server.url(9), decode_responses=True)
+    assert over_tcp.get("socket:claim:over-the-socket/complete") == "done"

@@ -360,6 +360,7 @@ _registry: dict[str, str | type[Store]] = {
     "mariadb": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
     "redis": "flask_musiccallback.stores.redis:RedisStore",
     "rediss": "flask_musiccallback.stores.redis:RedisStore",
+    "unix": "flask_musiccallback.stores.redis:RedisStore",
 }
 
 

@@ -1,4 +1,5 @@
-"""The Redis store: ``redis://host:6379/0`` (``rediss://`` for TLS).
+"""The Redis store: ``redis://host:6379/0`` (``rediss://`` for TLS, ``unix:///path/redis.sock?db=0``
+for a server on this machine).
 
 Options in the URL's query, beside redis-py's own: ``prefix`` (of every key, default
 ``musiccallback:``) and ``lease`` (seconds).
@@ -27,7 +28,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode
 
 import redis
 from redis import exceptions as errors
@@ -245,11 +246,12 @@ class RedisStore(PersistentStore):
     @classmethod
     def from_url(cls, url: str, *, ttl: int) -> RedisStore:
         lease = lease_from_url(url)
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
+        base, _, query_text = url.partition("?")
+        query = parse_qsl(query_text, keep_blank_values=True)
         prefix = dict(query).get("prefix", DEFAULT_PREFIX)
         rest = [(key, value) for key, value in query if key not in ("prefix", "lease")]
-        client_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        # Rebuilt by hand: urlunsplit would drop the empty host of unix:///path/to/redis.sock.
+        client_url = f"{base}?{urlencode(rest)}" if rest else base
         try:
             client = redis.Redis.from_url(
                 client_url,
