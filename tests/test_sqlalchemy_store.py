@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import threading
 from datetime import datetime, timezone
@@ -214,3 +216,71 @@ def test_its_own_sqlite_file_uses_write_ahead_logging(make_app: AppFactory, tmp_
     assert app.test_client().post(URL, json=build_callback("complete")).status_code == 200
     with sa.create_engine(sqlite_url(tmp_path)).connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+@pytest.mark.parametrize(
+    "received_at",
+    [
+        datetime(2026, 11, 24, 9, 30, 15, 123456, tzinfo=timezone.utc),
+        datetime(2026, 11, 24, 9, 30, 15, tzinfo=timezone.utc),
+    ],
+    ids=["microseconds", "whole-seconds"],
+)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_row_written_on_the_driver_reads_back_as_one_written_through_sqlalchemy(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, received_at: datetime
+) -> None:
+    """On its own engine the store runs the request path on the driver; on an engine it is
+    given, through SQLAlchemy. Both write the same values, byte for byte."""
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgresql_url")
+    engine = sa.create_engine(url)
+    on_driver = SQLAlchemyStore(url, ttl=3600, table_name="on_driver")
+    through_sqlalchemy = SQLAlchemyStore(engine=engine, ttl=3600, table_name="through_sqlalchemy")
+    task_id = "task-ü-🎵"
+    payload = build_callback("complete", task_id=task_id, msg="Zoë's song 🎶 is done")
+    # As a provider sends it: UTF-8, nothing escaped, not as json.dumps would write it.
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    headers = {"User-Agent": "Çlient/1 🎧"}
+    delivery = Delivery(task_id, "complete", payload, received_at, headers, body=body)
+    kept = []
+    try:
+        for store in (on_driver, through_sqlalchemy):
+            assert store.claim(delivery) is ClaimResult.CLAIMED
+            store.release(task_id, "complete", "Fehler im Empfänger ⚡")
+            assert store.claim(delivery) is ClaimResult.CLAIMED  # taken over: written again
+            store.complete(task_id, "complete")
+            [row] = store.list()
+            kept.append(row)
+        stored = {
+            table: _stored(engine, table) for table in ("on_driver", "through_sqlalchemy")
+        }
+    finally:
+        on_driver.close()
+        engine.dispose()
+    written, expected = kept
+    assert written.payload == payload
+    assert written.headers == headers
+    assert written.received_at == received_at
+    assert written.last_error == "Fehler im Empfänger ⚡"
+    assert (written.attempts, written.released) == (2, False)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert dataclasses.replace(written, created_at=epoch, updated_at=epoch) == dataclasses.replace(
+        expected, created_at=epoch, updated_at=epoch
+    )
+    assert stored["on_driver"] == stored["through_sqlalchemy"]
+    assert json.loads(stored["on_driver"][1]) == payload
+
+
+def _stored(engine: sa.Engine, table: str) -> tuple[Any, ...]:
+    """A row's values as the database holds them; on SQLite, the types it keeps them as, and
+    the length of the times it writes (the microseconds always)."""
+    columns = "received_at, payload, headers, released, attempts, last_error"
+    shapes = (
+        ", typeof(received_at), typeof(released), typeof(payload), length(created_at), "
+        "length(updated_at)"
+        if engine.dialect.name == "sqlite"
+        else ""
+    )
+    texts = ", ".join(f"CAST({column} AS TEXT)" for column in columns.split(", "))
+    with engine.connect() as connection:
+        return tuple(connection.exec_driver_sql(f"SELECT {texts}{shapes} FROM {table}").one())

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 from flask_musiccallback import all_tracks_generated, callback_received
+from flask_musiccallback.stores.base import DeliveryState
+from flask_musiccallback.stores.sqlalchemy import DEFAULT_TABLE
 from flask_musiccallback.testing import build_callback
 
-from .backends import sqlite_url, with_flask_sqlalchemy
+from .backends import persistent_store, sqlite_url, with_flask_sqlalchemy
 from .conftest import URL, AppFactory
 from .servers import free_port, start_postgresql, start_redis
 
@@ -124,16 +128,27 @@ def test_redis_coming_back_is_noticed_and_served(
         server.remove()
 
 
-@pytest.mark.parametrize("flask_sqlalchemy", [False, True], ids=["own-engine", "flask-sqlalchemy"])
+def sql_app(make_app: AppFactory, url: str, flask_sqlalchemy: bool) -> Flask:
+    """An app on the database of ``url``: through an engine of the store's own, which runs the
+    request path on the driver, or the host's Flask-SQLAlchemy one, which runs it through
+    SQLAlchemy."""
+    if not flask_sqlalchemy:
+        return make_app(STORE=url)
+    app = make_app(STORE="sqlalchemy://")
+    with_flask_sqlalchemy(url)(app)
+    return app
+
+
+ENGINES = pytest.mark.parametrize(
+    "flask_sqlalchemy", [False, True], ids=["own-engine", "flask-sqlalchemy"]
+)
+
+
+@ENGINES
 def test_a_database_restart_costs_no_503(make_app: AppFactory, flask_sqlalchemy: bool) -> None:
     server = start_postgresql()
     try:
-        url = server.url(server.create_database())
-        if flask_sqlalchemy:
-            app = make_app(STORE="sqlalchemy://")
-            with_flask_sqlalchemy(url)(app)
-        else:
-            app = make_app(STORE=url)
+        app = sql_app(make_app, server.url(server.create_database()), flask_sqlalchemy)
         assert post(app, build_callback("complete")) == RECEIVED
         server.stop()
         server.start()
@@ -141,6 +156,116 @@ def test_a_database_restart_costs_no_503(make_app: AppFactory, flask_sqlalchemy:
         assert post(app, build_callback("complete")) == RECEIVED
     finally:
         server.remove()
+
+
+@ENGINES
+def test_a_database_gone_after_use_answers_503_until_it_is_back(
+    make_app: AppFactory, flask_sqlalchemy: bool
+) -> None:
+    server = start_postgresql()
+    try:
+        app = sql_app(make_app, server.url(server.create_database()), flask_sqlalchemy)
+        assert post(app, build_callback("complete")) == RECEIVED
+        server.stop()
+        assert post(app, build_callback("complete")) == RETRY
+        server.start()
+        assert post(app, build_callback("complete")) == RECEIVED
+    finally:
+        server.remove()
+
+
+def end_connections(url: str) -> int:
+    """End every other connection to the database of ``url``, as a restart does; how many."""
+    observer = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with observer.connect() as connection:
+            others = connection.exec_driver_sql(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).scalars()
+            ended = [
+                connection.execute(sa.select(sa.func.pg_terminate_backend(pid, 10000))).scalar()
+                for pid in others.all()
+            ]
+            return ended.count(True)
+    finally:
+        observer.dispose()
+
+
+def deliver_two_at_once(app: Flask) -> None:
+    """Two deliveries whose statements take their connections at the same moment, so that the
+    store's pool keeps two."""
+    together = threading.Barrier(2, timeout=10)
+    answers: list[tuple[int, Any]] = []
+
+    def meet(*args: Any) -> None:
+        together.wait()
+
+    def deliver() -> None:
+        answers.append(post(app, build_callback("complete")))
+
+    sa.event.listen(sa.pool.Pool, "checkout", meet)
+    try:
+        threads = [threading.Thread(target=deliver) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        sa.event.remove(sa.pool.Pool, "checkout", meet)
+    assert answers == [RECEIVED, RECEIVED]
+
+
+@ENGINES
+def test_pooled_connections_the_server_ended_cost_no_503(
+    make_app: AppFactory, postgresql_url: str, flask_sqlalchemy: bool
+) -> None:
+    """Each pooled connection is dead; the retry must not draw the next dead one."""
+    app = sql_app(make_app, postgresql_url, flask_sqlalchemy)
+    assert post(app, build_callback("complete")) == RECEIVED  # the table is there
+    deliver_two_at_once(app)
+    assert end_connections(postgresql_url) >= 2
+    assert post(app, build_callback("complete")) == RECEIVED
+
+
+@ENGINES
+def test_a_connection_ended_while_receivers_run_costs_the_completion_nothing(
+    make_app: AppFactory, postgresql_url: str, flask_sqlalchemy: bool
+) -> None:
+    app = sql_app(make_app, postgresql_url, flask_sqlalchemy)
+    payload = build_callback("complete")
+
+    def end(sender: Flask, **extra: Any) -> None:
+        assert end_connections(postgresql_url) >= 1
+
+    with all_tracks_generated.connected_to(end, sender=app):
+        assert post(app, payload) == RECEIVED
+    [kept] = persistent_store(app).list(task_id=payload["data"]["task_id"])
+    assert kept.state is DeliveryState.DONE
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_error_answers_503_and_logs_no_statement_or_payload(
+    request: pytest.FixtureRequest,
+    make_app: AppFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    backend: str,
+) -> None:
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgresql_url")
+    app = make_app(STORE=url)
+    assert post(app, build_callback("complete")) == RECEIVED
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP TABLE {DEFAULT_TABLE}")
+    payload = build_callback("complete")
+    with caplog.at_level(logging.WARNING, "flask_musiccallback"):
+        assert post(app, payload) == RETRY
+    [record] = caplog.records
+    message = record.getMessage()
+    assert DEFAULT_TABLE in message, "the driver's own words"
+    assert "INSERT" not in message
+    assert payload["data"]["task_id"] not in message
 
 
 def test_a_redis_restart_costs_no_503(make_app: AppFactory) -> None:

@@ -4,18 +4,24 @@ A new delivery is one statement (one round trip, no ``BEGIN`` or ``COMMIT`` arou
 stale check included, and one to complete. The claim's commit waits for the disk; the
 completion's does not, and leaves no connection behind that skips the wait for a later claim
 (``SQLAlchemyStore._settle`` says why losing a completion in a crash loses no delivery).
+
+Statements are counted in the drivers (sqlite3, psycopg), where both ways the SQL store runs them
+are seen: through SQLAlchemy on a host's engine, on a DBAPI cursor on its own.
 """
 
 from __future__ import annotations
 
+import re
+import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 import sqlalchemy as sa
@@ -28,20 +34,49 @@ from flask_musiccallback.testing import build_callback
 
 from .backends import sqlite_url, with_flask_sqlalchemy
 from .conftest import URL, AppFactory
-from .servers import start_postgresql
+from .servers import PostgresServer, start_postgresql
 
 RECEIVED = {"status": "received"}
 
 
 @dataclass
 class Statement:
-    #: The database the statement ran on (a SQLite file, a PostgreSQL database name).
-    database: str | None
+    #: The statement's first word: ``INSERT``, ``UPDATE``, ``BEGIN``...
     sql: str
     #: Whether the connection ran it in autocommit: one round trip, no BEGIN and COMMIT.
     autocommit: bool
     #: SQLite's ``PRAGMA synchronous`` on the connection as the statement ran (2 is FULL).
     synchronous: int | None
+
+
+def database_of(dbapi_connection: Any) -> str | None:
+    """The SQLite file or PostgreSQL database a DBAPI connection is on."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        return str(dbapi_connection.execute("PRAGMA database_list").fetchone()[2])
+    return str(dbapi_connection.info.dbname)
+
+
+@contextmanager
+def checkouts(
+    url: str, watch: Callable[[Any], None] = lambda connection: None
+) -> Iterator[list[Any]]:
+    """The DBAPI connections to the database of ``url`` taken from any pool meanwhile, each
+    handed to ``watch`` on its first checkout."""
+    database = sa.make_url(url).database
+    taken: list[Any] = []
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if any(known is dbapi_connection for known in taken):
+            return
+        if database_of(dbapi_connection) == database:
+            taken.append(dbapi_connection)
+            watch(dbapi_connection)
+
+    sa.event.listen(sa.pool.Pool, "checkout", checkout)
+    try:
+        yield taken
+    finally:
+        sa.event.remove(sa.pool.Pool, "checkout", checkout)
 
 
 def autocommits(dbapi_connection: Any) -> bool:
@@ -51,32 +86,59 @@ def autocommits(dbapi_connection: Any) -> bool:
     return getattr(dbapi_connection, "isolation_level", "") is None
 
 
+#: SQLite's names of the ``synchronous`` levels.
+SYNCHRONOUS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
+
+
 @contextmanager
 def statements_run(url: str) -> Iterator[list[Statement]]:
-    """Every statement run meanwhile on the database of ``url``, as its driver receives it."""
-    database = sa.make_url(url).database
+    """Every statement run meanwhile on the database of ``url``, as its driver runs it.
+
+    Counted in the driver, so that SQLAlchemy's executions and the store's own DBAPI cursors
+    are seen alike: sqlite3 traces each statement it runs, its own ``BEGIN`` and ``COMMIT``
+    included; psycopg's connections make their cursors from a recording class. SQLite's
+    ``PRAGMA`` statements run no round trip: they are followed for the ``synchronous`` level
+    they set, and not listed.
+    """
     seen: list[Statement] = []
+    undo: list[Callable[[], None]] = []
 
-    def record(connection: sa.Connection, cursor: Any, sql: str, *args: Any) -> None:
-        dbapi_connection = connection.connection.driver_connection
-        synchronous = None
-        if connection.dialect.name == "sqlite":
-            synchronous = dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]
-        seen.append(
-            Statement(
-                connection.engine.url.database,
-                sql.split()[0].upper(),
-                autocommits(dbapi_connection),
-                synchronous,
-            )
-        )
+    def watch_sqlite(connection: sqlite3.Connection) -> None:
+        level = [int(connection.execute("PRAGMA synchronous").fetchone()[0])]
 
-    sa.event.listen(sa.Engine, "before_cursor_execute", record)
+        def trace(sql: str) -> None:
+            setting = re.fullmatch(r"PRAGMA synchronous\s*=\s*(\w+)", sql.strip(), re.IGNORECASE)
+            if setting is not None:
+                value = setting[1].upper()
+                level[0] = int(value) if value.isdigit() else SYNCHRONOUS[value]
+            elif not sql.upper().startswith("PRAGMA"):
+                seen.append(Statement(sql.split()[0].upper(), autocommits(connection), level[0]))
+
+        connection.set_trace_callback(trace)
+        undo.append(lambda: connection.set_trace_callback(None))
+
+    def watch_psycopg(connection: psycopg.Connection[Any]) -> None:
+        class Recording(psycopg.Cursor[Any]):
+            def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+                seen.append(Statement(str(query).split()[0].upper(), connection.autocommit, None))
+                return super().execute(query, *args, **kwargs)
+
+        factory = connection.cursor_factory
+        connection.cursor_factory = Recording
+        undo.append(lambda: setattr(connection, "cursor_factory", factory))
+
+    def watch(connection: Any) -> None:
+        if isinstance(connection, sqlite3.Connection):
+            watch_sqlite(connection)
+        else:
+            watch_psycopg(connection)
+
     try:
-        yield seen
+        with checkouts(url, watch):
+            yield seen
     finally:
-        sa.event.remove(sa.Engine, "before_cursor_execute", record)
-        seen[:] = [statement for statement in seen if statement.database == database]
+        for restore in undo:
+            restore()
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "flask-sqlalchemy"])
@@ -141,17 +203,29 @@ def test_on_its_own_sqlite_file_only_the_completion_skips_the_sync(
     ]
 
 
-def test_on_postgresql_a_claim_syncs_the_log_and_a_completion_does_not() -> None:
+@pytest.fixture(scope="module")
+def durable_postgresql() -> Iterator[PostgresServer]:
+    """A PostgreSQL server whose commits wait for the disk, as in production."""
     server = start_postgresql(durable=True)
-    url = server.url(server.create_database())
-    # One connection, so that its backend's counters can be published on demand.
-    engine = sa.create_engine(url, poolclass=sa.pool.StaticPool)
-    store = SQLAlchemyStore(engine=engine, ttl=3600)
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.mark.parametrize("own_engine", [True, False], ids=["own-engine", "hosts-engine"])
+def test_on_postgresql_a_claim_syncs_the_log_and_a_completion_does_not(
+    durable_postgresql: PostgresServer, own_engine: bool
+) -> None:
+    url = durable_postgresql.url(durable_postgresql.create_database())
+    # A URL gives the store an engine of its own; an engine given is the host's.
+    engine = None if own_engine else sa.create_engine(url)
+    store = SQLAlchemyStore(None if engine else url, engine=engine, ttl=3600)
     observer = sa.create_engine(url, isolation_level="AUTOCOMMIT")
 
-    def syncs() -> int:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+    def syncs(connections: list[Any]) -> int:
+        for connection in connections:  # the store's: their backends publish their counters
+            connection.execute("SELECT pg_stat_force_next_flush()")
             connection.commit()
         with observer.connect() as connection:
             return int(connection.exec_driver_sql("SELECT wal_sync FROM pg_stat_wal").scalar_one())
@@ -160,22 +234,36 @@ def test_on_postgresql_a_claim_syncs_the_log_and_a_completion_does_not() -> None
     task_ids = [f"wal-{n}" for n in range(deliveries)]
     now = datetime.now(timezone.utc)
     try:
-        store.claim(Delivery("warm-up", "complete", {}, now))
-        before = syncs()
-        for task_id in task_ids:
-            assert store.claim(Delivery(task_id, "complete", {}, now)) is ClaimResult.CLAIMED
-        claimed = syncs()
-        for task_id in task_ids:
-            store.complete(task_id, "complete")
-        completed = syncs()
+        with checkouts(url) as connections:
+            store.claim(Delivery("warm-up", "complete", {}, now))
+            before = syncs(connections)
+            for task_id in task_ids:
+                assert store.claim(Delivery(task_id, "complete", {}, now)) is ClaimResult.CLAIMED
+            claimed = syncs(connections)
+            for task_id in task_ids:
+                store.complete(task_id, "complete")
+            completed = syncs(connections)
     finally:
         store.close()
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
         observer.dispose()
-        server.remove()
     assert claimed - before >= deliveries
     # The WAL writer syncs what completions wrote, in the background, a few times a second.
     assert completed - claimed <= deliveries // 4
+
+
+def test_on_postgresql_the_request_paths_statements_are_prepared_by_the_server(
+    make_app: AppFactory, postgresql_url: str
+) -> None:
+    """psycopg prepares a statement it runs often; the store's text never changes, so it does."""
+    app = make_app(STORE=postgresql_url)
+    with checkouts(postgresql_url) as connections:
+        for _ in range(8):
+            post(app, build_callback("complete"))
+    [connection] = connections
+    prepared = connection.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+    assert sorted(statement.split()[0] for (statement,) in prepared) == ["INSERT", "UPDATE"]
 
 
 def test_on_redis_a_new_delivery_is_two_round_trips(make_app: AppFactory, redis_url: str) -> None:
