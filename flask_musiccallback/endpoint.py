@@ -108,6 +108,14 @@ def read_payload(limit: int) -> tuple[dict[str, Any], str]:
 MAX_DEPTH = 128
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+#: ``json.loads`` without ``NaN`` and ``Infinity``; built once, as ``json.loads`` builds its own.
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+
+
 def parse_json_object(body: bytes) -> tuple[dict[str, Any], str]:
     """Parse a body as one JSON object of valid Unicode, or refuse it as ``invalid_json``.
 
@@ -117,13 +125,15 @@ def parse_json_object(body: bytes) -> tuple[dict[str, Any], str]:
     letting :func:`json.loads` guess an encoding and pass surrogates through. An escaped lone
     surrogate (``"\\ud800"``) is still valid JSON syntax but no valid text: it would fail later,
     wherever the task id or a title is encoded (the HMAC, a database, a receiver's log), so it
-    is refused here too (I-JSON, RFC 7493), as is nesting deeper than :data:`MAX_DEPTH`. Both
+    is refused here too (I-JSON, RFC 7493), as is nesting deeper than :data:`MAX_DEPTH`, and
+    ``NaN`` and ``Infinity``, which Python's parser reads but JSON has not (a database's JSON
+    column refuses them, so a store could never keep such a delivery). The surrogate and depth
     checks cost a substring search or a count unless the body could fail them: surrogate escapes
     (real traffic uses them only in pairs, for emoji), or more brackets than the depth limit.
     """
     try:
         text = body.decode("utf-8-sig")
-        payload = json.loads(text)
+        payload = _DECODER.decode(text)
         if "\\u" in text and _SURROGATE_ESCAPE.search(text):
             json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):

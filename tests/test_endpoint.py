@@ -44,6 +44,16 @@ def test_body_that_is_not_a_json_object_is_invalid_json(client: FlaskClient, bod
     assert answer.get_json() == {"status": "rejected", "reason": "invalid_json"}
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_numbers_json_has_not_are_invalid_json(client: FlaskClient, constant: str) -> None:
+    """Python's parser reads them; no JSON column would keep them, so no store could."""
+    body = json.dumps(build_callback("complete"))
+    body = body.replace('"duration": ', f'"bpm": {constant}, "duration": ', 1)
+    answer = client.post(URL, data=body.encode(), content_type="application/json")
+    assert answer.status_code == 400
+    assert answer.get_json() == {"status": "rejected", "reason": "invalid_json"}
+
+
 def test_json_that_is_not_a_callback_is_invalid_payload_with_errors(client: FlaskClient) -> None:
     answer = client.post(URL, json={"code": 200, "data": {"callbackType": "complete"}})
     assert answer.status_code == 422
