@@ -29,7 +29,7 @@ from .families import family_for, find_task_id
 from .redact import REDACTED
 from .signals import callback_rejected
 from .state import EXTENSION_NAME, MusicCallbackState
-from .stores.base import StoreUnavailable
+from .stores.base import MAX_TASK_ID_LENGTH, StoreUnavailable
 from .verify import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -172,6 +172,17 @@ def _environ_key(header: str) -> str:
 _KEPT_ENVIRON = tuple((name, _environ_key(name)) for name in KEPT_HEADERS)
 
 
+def check_task_id(task_id: str) -> None:
+    """Refuse a task id no store can key a delivery by (422), whatever the family.
+
+    Real ones are short printable ids. A longer one, or one with control characters (a NUL), would
+    fail in a SQL store on every redelivery: a 503 for ever instead of an answer.
+    """
+    if len(task_id) > MAX_TASK_ID_LENGTH or not task_id.isprintable():
+        message = f"A task id is at most {MAX_TASK_ID_LENGTH} printable characters."
+        raise Rejected("invalid_payload", 422, {"task_id": [message]})
+
+
 def kept_headers() -> dict[str, str]:
     """The request headers a persistent store records, with secrets redacted.
 
@@ -210,6 +221,7 @@ def receive() -> Response:
             event = family.load(payload)
         except ValidationError as exc:
             raise Rejected("invalid_payload", 422, _messages(exc)) from None
+        check_task_id(event.task_id)
     except Rejected as rejected:
         return _reject(app, rejected)
 

@@ -11,7 +11,7 @@ from flask import Flask
 
 from flask_musiccallback import Delivery, all_tracks_generated
 from flask_musiccallback.families import MUSIC
-from flask_musiccallback.stores.base import ClaimResult, DeliveryState
+from flask_musiccallback.stores.base import MAX_TASK_ID_LENGTH, ClaimResult, DeliveryState
 from flask_musiccallback.testing import build_callback, signature_headers
 
 from .backends import Backend, StoreApp, persistent_store
@@ -275,3 +275,17 @@ def test_a_bad_lease_fails_at_start_up(
 
     with pytest.raises(StoreError, match="lease"):
         make_app(STORE=with_option(persistent_backend.url, f"lease={lease}"))
+
+
+def test_the_longest_task_id_is_kept_and_a_longer_one_refused(persistent_app: StoreApp) -> None:
+    """A task id every store can key is accepted; one no store could is a 422, never a 503."""
+    app = persistent_app()
+    longest = "é-" * 127 + "x"
+    assert len(longest) == MAX_TASK_ID_LENGTH
+    assert post(app, build_callback("complete", task_id=longest)) == (200, {"status": "received"})
+    assert [kept.task_id for kept in persistent_store(app).list()] == [longest]
+    for unusable in (longest + "x", "task\x00id", "task\nid"):
+        status, answer = post(app, build_callback("complete", task_id=unusable))
+        assert (status, answer["reason"]) == (422, "invalid_payload")
+        assert list(answer["errors"]) == ["task_id"]
+    assert len(persistent_store(app).list()) == 1

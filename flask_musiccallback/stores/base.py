@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 #: Seconds a processing claim is held before another process may take it over (persistent stores).
 DEFAULT_LEASE = 300
 
+#: The longest task id every store can key a delivery by (the SQL store's column holds 255).
+MAX_TASK_ID_LENGTH = 255
+
 
 class ClaimResult(str, enum.Enum):
     """What :meth:`Store.claim` decided; the non-claimed values are the ``reason`` of

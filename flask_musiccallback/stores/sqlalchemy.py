@@ -51,6 +51,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from .base import (
     DEFAULT_LEASE,
+    MAX_TASK_ID_LENGTH,
     STATUS_STATES,
     ClaimResult,
     Delivery,
@@ -87,7 +88,7 @@ def table_items(name: str) -> list[sa.schema.SchemaItem]:
     """The columns, key and indexes of the deliveries table called ``name``."""
     return [
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-        sa.Column("task_id", sa.String(255), nullable=False),
+        sa.Column("task_id", sa.String(MAX_TASK_ID_LENGTH), nullable=False),
         sa.Column("stage", sa.String(64), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("released", sa.Boolean(), nullable=False, default=False),
