@@ -289,3 +289,19 @@ def test_the_longest_task_id_is_kept_and_a_longer_one_refused(persistent_app: St
         assert (status, answer["reason"]) == (422, "invalid_payload")
         assert list(answer["errors"]) == ["task_id"]
     assert len(persistent_store(app).list()) == 1
+
+
+def test_any_error_text_of_a_receiver_is_kept(persistent_app: StoreApp) -> None:
+    """Even one a text column would refuse as it is (a NUL): the failure is recorded, and 200."""
+    app = persistent_app(RECEIVER_ERRORS="ack")
+
+    def odd(sender: Flask, **extra: Any) -> None:
+        raise ValueError("bytes b'\x00\xff' and ☃ " + "x" * 10_000)
+
+    with all_tracks_generated.connected_to(odd, sender=app):
+        assert post(app, build_callback("complete")) == (200, {"status": "received"})
+    [kept] = persistent_store(app).list(status="failed")
+    assert kept.last_error is not None
+    assert kept.last_error.startswith("ValueError: bytes b'")
+    assert "☃" in kept.last_error
+    assert len(kept.last_error) <= 4000

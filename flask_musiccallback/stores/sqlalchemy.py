@@ -495,7 +495,7 @@ class SQLAlchemyStore(PersistentStore):
             state=DeliveryState.PENDING.value,
             released=False,
             attempts=self.table.c.attempts + 1,
-            last_error=error[:MAX_ERROR_LENGTH],
+            last_error=_error_text(error),
             owner=process_owner(),
             lease_expires_at=now + timedelta(seconds=delay + self.lease),
             updated_at=now,
@@ -534,7 +534,7 @@ class SQLAlchemyStore(PersistentStore):
             "key_stage": stage,
             "state": state.value,
             "released": released,
-            "last_error": None if last_error is None else last_error[:MAX_ERROR_LENGTH],
+            "last_error": None if last_error is None else _error_text(last_error),
             "updated_at": _now(),
         }
         if state is DeliveryState.DONE:
@@ -662,6 +662,12 @@ def _takeable(table: sa.Table) -> sa.ColumnElement[bool]:
         ),
         table.c.updated_at < forgotten_before,
     )
+
+
+def _error_text(error: str) -> str:
+    """A receiver's error as a text column keeps it: cut to length, and without NUL characters,
+    which PostgreSQL's text refuses (a failure must never fail to be recorded)."""
+    return error[:MAX_ERROR_LENGTH].replace("\x00", "\ufffd")
 
 
 def _fresh_and_done(row: Any, now: datetime, ttl: int) -> bool:
