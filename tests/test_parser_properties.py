@@ -222,10 +222,14 @@ def test_a_utf8_byte_order_mark_is_tolerated(app: Flask) -> None:
     assert _post(app, body)[0] == 200
 
 
+@pytest.mark.parametrize("containers", ["lists", "objects", "both"])
 @pytest.mark.parametrize(("depth", "status"), [(MAX_DEPTH, 200), (MAX_DEPTH + 1, 400), (5000, 400)])
 def test_nesting_is_limited_so_that_any_reader_can_serialise_it_again(
-    app: Flask, depth: int, status: int
+    app: Flask, depth: int, status: int, containers: str
 ) -> None:
-    nested = "[" * (depth - 2) + "1" + "]" * (depth - 2)  # inside the envelope and its data
+    kinds = {"lists": ["list"], "objects": ["object"], "both": ["list", "object"]}[containers]
+    levels = [kinds[level % len(kinds)] for level in range(depth - 2)]  # the envelope and data
+    nested = "".join("[" if kind == "list" else '{"a":' for kind in levels) + "1"
+    nested += "".join("]" if kind == "list" else "}" for kind in reversed(levels))
     body = f'{{"code":200,"data":{{"callbackType":"text","task_id":"deep{depth}","x":{nested}}}}}'
     assert _post(app, body.encode())[0] == status
