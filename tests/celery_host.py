@@ -10,7 +10,7 @@ returns. What a receiver does depends on the task id's first word:
 
 - ``flaky-N-...`` fails its first ``N`` attempts;
 - ``broken-...`` always fails;
-- ``slow-...`` sleeps a second;
+- ``held-...`` waits until the test pushes ``release:<task id>`` (30 s at most);
 - ``stuck-...`` hangs on its first attempt (until the worker is killed);
 - anything else just records.
 """
@@ -110,8 +110,8 @@ def record(sender: Flask, event: CallbackEvent, **extra: Any) -> None:
     }
     records(sender).rpush(f"attempts:{event.task_id}", json.dumps(attempt))
     kind, _, rest = event.task_id.partition("-")
-    if kind == "slow":
-        time.sleep(1)
+    if kind == "held":
+        records(sender).blpop([f"release:{event.task_id}"], timeout=30)
     elif kind == "broken":
         raise RuntimeError("broken receiver")
     elif kind == "flaky":

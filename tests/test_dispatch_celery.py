@@ -73,11 +73,13 @@ def task(kind: str) -> str:
 
 
 def test_answers_at_once_and_a_worker_runs_the_receivers_in_an_app_context(web: Flask) -> None:
-    task_id = task("slow")
-    start = time.perf_counter()
+    task_id = task("held")
     assert post(web, build_callback("complete", task_id=task_id)) == (200, {"status": "received"})
-    assert time.perf_counter() - start < 1  # the receiver alone sleeps a second
     [seen] = attempts(web, task_id, 1)
+    # The receiver started in a worker and waits for this test: the answer did not wait for it.
+    assert records(web).llen(f"finished:{task_id}") == 0
+    records(web).rpush(f"release:{task_id}", 1)
+    assert records(web).blpop([f"finished:{task_id}"], timeout=20) is not None
     assert seen["pid"] != os.getpid()
     assert seen["app"] == "celery_host"
     assert seen["request_context"] is False
@@ -151,7 +153,11 @@ def test_replay_publishes_to_the_workers_again(web: Flask) -> None:
     failed = kept(web, task_id, "failed")
     result = web.test_cli_runner().invoke(args=["musiccallback", "replay", failed.id])
     assert result.exit_code == 0, result.output
-    assert result.output == f"{failed.id}: queued (attempt 4)\n"
+    # Reported as the store sees it just after publishing: a quick worker may have run it already.
+    assert result.output in (
+        f"{failed.id}: queued (attempt 4)\n",
+        f"{failed.id}: done (attempt 4)\n",
+    )
     done = kept(web, task_id, "done")
     assert done.attempts == 4
     assert len(attempts(web, task_id, 4)) == 4
