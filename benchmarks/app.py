@@ -23,6 +23,7 @@ from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from flask_musiccallback import MusicCallback, all_tracks_generated
+from flask_musiccallback.stores.base import url_scheme
 
 TOKEN = "benchmark-token-0123456789"  # noqa: S105 - a fixed secret for a local benchmark
 
@@ -39,7 +40,7 @@ def receiver(sender: Flask, event: object, **extra: object) -> None:
 
 def pinger(store: str) -> Callable[[], Any]:
     """One trivial round trip to the server behind ``store``, on a connection kept open."""
-    scheme = store.partition("://")[0].partition("+")[0]
+    scheme = url_scheme(store)
     if scheme in ("redis", "rediss", "unix"):
         import redis
 

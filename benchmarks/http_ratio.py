@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from flask_musiccallback.stores.base import url_scheme
 from flask_musiccallback.testing import build_callback
 
 from .app import TOKEN
@@ -128,7 +129,7 @@ def wrk(port: int, script: Path, seconds: int, connections: int) -> float:
 def routes(store: str) -> list[tuple[str, str]]:
     """The routes measured for ``store``: the round-trip reference only where there is a server."""
     measured = [("bare", "/bare"), ("extension", f"/music-callback?token={TOKEN}")]
-    if store.partition("://")[0].partition("+")[0] in ("postgresql", "redis", "rediss", "unix"):
+    if url_scheme(store) in SERVER_PROCESSES:
         measured.insert(1, ("round-trips", "/round-trips"))
     return measured
 
@@ -159,7 +160,7 @@ def measure(
             for name in scripts:  # warm-up
                 wrk(port, scripts[name], 2, connections)
             workers = processes(parent=server.pid)
-            command = SERVER_PROCESSES.get(store.partition("://")[0].partition("+")[0])
+            command = SERVER_PROCESSES.get(url_scheme(store))
             servers = [] if command is None else processes(named=command)
             results: dict[str, list[float]] = {name: [] for name in scripts}
             cpu: dict[str, list[tuple[float, float, float]]] = {name: [] for name in scripts}

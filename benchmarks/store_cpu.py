@@ -31,7 +31,7 @@ from typing import Any
 from flask import Flask
 
 from flask_musiccallback.families import MUSIC
-from flask_musiccallback.stores.base import Store, store_from_url
+from flask_musiccallback.stores.base import Store, store_from_url, url_scheme
 from flask_musiccallback.testing import build_callback
 
 from .http_ratio import SERVER_PROCESSES, cpu_seconds, processes
@@ -184,7 +184,7 @@ def main() -> None:
     print("| store | what | client CPU µs | server CPU µs | total µs |")
     print("|---|---|---|---|---|")
     for url in args.store:
-        scheme = url.partition("://")[0].partition("+")[0]
+        scheme = url_scheme(url)
         command = SERVER_PROCESSES.get(scheme)
         store = store_from_url(url, ttl=86400)
         store.init_app(Flask(__name__))

@@ -372,12 +372,17 @@ def register_store(scheme: str, store_class: str | type[Store]) -> None:
     _registry[scheme] = store_class
 
 
+def url_scheme(url: str) -> str:
+    """The scheme a store is registered under: ``postgresql+psycopg://...`` is ``postgresql``."""
+    return url.partition("://")[0].partition("+")[0].lower()
+
+
 def store_from_url(url: str, *, ttl: int) -> Store:
     """Build the store a ``MUSICCALLBACK_STORE`` URL names.
 
     ``postgresql+psycopg://`` is looked up as ``postgresql``: the driver is the backend's business.
     """
-    scheme = url.partition("://")[0].partition("+")[0].lower()
+    scheme = url_scheme(url)
     target = _registry.get(scheme)
     if target is None:
         known = ", ".join(f"{name}://" for name in sorted(_registry))

@@ -31,10 +31,11 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 import redis
-from redis import exceptions as errors
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .base import (
@@ -289,18 +290,18 @@ class RedisStore(PersistentStore):
         docs/benchmarks.md). What that path gave is kept: the pool hands out a connection checked
         to be open (one the server dropped while idle is replaced); one that breaks during the call
         is dropped, and the caller answers 503 so that the provider retries; a server that lost
-        the scripts (restarted, ``SCRIPT FLUSH``) is sent the script and asked again. A client with
-        a single connection of its own keeps the generic path.
+        the scripts (restarted, ``SCRIPT FLUSH``) is sent the script and asked again.
         """
         try:
-            if self.client.connection is not None:
-                return script(keys=keys, args=args)
             try:
                 return self._evalsha(script.sha, keys, args)
             except NoScriptError:
                 return script(keys=keys, args=args)
         except RedisError as exc:
-            raise StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: RedisError) -> StoreUnavailable:
+        return StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}")
 
     def _evalsha(self, sha: str, keys: list[str], args: list[Any]) -> Any:
         pool = self.client.connection_pool
@@ -308,7 +309,7 @@ class RedisStore(PersistentStore):
         try:
             connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
             return connection.read_response()
-        except (errors.ConnectionError, errors.TimeoutError):
+        except (RedisConnectionError, RedisTimeoutError):
             connection.disconnect()
             raise
         finally:
@@ -320,9 +321,9 @@ class RedisStore(PersistentStore):
         key_id = delivery_id(delivery.task_id, delivery.stage)
         keys = self._keys(key_id)
         later = delivery.superseded_by
-        keys.append(
-            keys[0] if later is None else self._keys(delivery_id(delivery.task_id, later))[0]
-        )
+        # The stale check reads the superseding stage's claim; without one, any key will do.
+        later_id = None if later is None else delivery_id(delivery.task_id, later)
+        keys.append(keys[0] if later_id is None else f"{self.prefix}claim:{later_id}")
         answer = self._call(
             self._claim,
             keys,
@@ -413,14 +414,14 @@ class RedisStore(PersistentStore):
             if gone:
                 self.client.zrem(index, *gone)
         except RedisError as exc:
-            raise StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
+            raise self._unavailable(exc) from exc
         return found
 
     def get(self, delivery_id: str) -> KeptDelivery | None:
         try:
             fields = self.client.hgetall(f"{self.prefix}delivery:{delivery_id}")
         except RedisError as exc:
-            raise StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
+            raise self._unavailable(exc) from exc
         if not fields:
             return None
         return _kept({_text(k): _text(v) for k, v in fields.items()})
@@ -437,7 +438,7 @@ class RedisStore(PersistentStore):
                 self._prune(keys=self._keys(key_id), args=[key_id, cutoff], client=pipeline)
             return sum(int(deleted) for deleted in pipeline.execute()) if ids else 0
         except RedisError as exc:
-            raise StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
+            raise self._unavailable(exc) from exc
 
     def reclaim(
         self,
