@@ -49,11 +49,30 @@ Answer = tuple[int, str]
 
 
 class CommandError(click.ClickException):
-    """A failure reported as ``Error: ...`` with its own exit code, never a traceback."""
+    """A failure reported as ``Error: ...`` with exit status 1, never a traceback.
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    Other exit statuses are subclasses: Click declares ``exit_code`` a class variable.
+    """
+
+    exit_code = 1
+
+
+class PollTimedOut(CommandError):
+    """``poll --watch`` gave up before the task finished."""
+
+    exit_code = EXIT_TIMEOUT
+
+
+class PollUnauthorized(CommandError):
+    """The provider refused the API key."""
+
+    exit_code = EXIT_UNAUTHORIZED
+
+
+class PollUnavailable(CommandError):
+    """The provider could not be reached, or answered with an error worth retrying."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 @click.group("musiccallback", cls=AppGroup)
@@ -216,11 +235,11 @@ def poll_command(task_id: str, watch: bool, interval: float, timeout: float) -> 
             return
         result = poll_task(app, task_id)
     except WatchTimeout as exc:
-        raise CommandError(str(exc), EXIT_TIMEOUT) from None
+        raise PollTimedOut(str(exc)) from None
     except PollError as exc:
         if exc.code in (401, 403):
-            raise CommandError(str(exc), EXIT_UNAUTHORIZED) from None
-        raise CommandError(str(exc), EXIT_UNAVAILABLE if exc.retryable else 1) from None
+            raise PollUnauthorized(str(exc)) from None
+        raise (PollUnavailable if exc.retryable else CommandError)(str(exc)) from None
     except ConfigurationError as exc:
         raise CommandError(str(exc)) from None
     except StoreUnavailable as exc:
