@@ -14,6 +14,7 @@ from flask.testing import FlaskCliRunner
 from flask_musiccallback import all_tracks_generated
 from flask_musiccallback.testing import record_signals
 
+from .backends import StoreApp
 from .conftest import TOKEN, AppFactory
 from .fake_provider import Answer, FakeProvider, record
 from .servers import serve_url as serve
@@ -159,8 +160,9 @@ def test_url_without_a_known_address_explains(make_app: AppFactory) -> None:
 
 
 @pytest.fixture
-def polling_app(make_app: AppFactory, provider: FakeProvider) -> Flask:
-    return make_app(API_KEY=API_KEY, API_BASE_URL=provider.url)
+def polling_app(store_app: StoreApp, provider: FakeProvider) -> Flask:
+    """On every store: a polled event reaches the store as a callback's does."""
+    return store_app(API_KEY=API_KEY, API_BASE_URL=provider.url)
 
 
 def test_poll_once_prints_what_it_dispatched(polling_app: Flask, provider: FakeProvider) -> None:

@@ -15,6 +15,7 @@ from flask_musiccallback.poll import PollError, PollResult
 from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import CallbackClient
 
+from .backends import StoreApp
 from .fake_provider import Answer, FakeProvider, camel_tracks, record
 
 API_KEY = "provider-api-key"
@@ -23,12 +24,9 @@ Recorded = list[tuple[str, dict[str, Any]]]
 
 
 @pytest.fixture
-def musiccallback_config(provider: FakeProvider) -> dict[str, Any]:
-    return {
-        "MUSICCALLBACK_TOKEN": "poll-test-token",
-        "MUSICCALLBACK_API_KEY": API_KEY,
-        "MUSICCALLBACK_API_BASE_URL": provider.url,
-    }
+def musiccallback_app(store_app: StoreApp, provider: FakeProvider) -> Flask:
+    """On every store: a polled event is kept and deduplicated as a callback is."""
+    return store_app(API_KEY=API_KEY, API_BASE_URL=provider.url)
 
 
 def poll(app: Flask, task_id: str) -> PollResult:

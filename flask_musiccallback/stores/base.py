@@ -69,7 +69,14 @@ class Delivery:
         """
         if self.body is not None:
             return self.body
-        return json.dumps(self.payload, separators=(",", ":"))
+        return json.dumps(self.payload, separators=(",", ":"), default=_plain_mapping)
+
+
+def _plain_mapping(value: object) -> dict[str, Any]:
+    """A read-only mapping (an event's ``raw``) as the dict JSON can write; nothing else is."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 class StoreError(Exception):
