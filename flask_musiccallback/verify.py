@@ -47,7 +47,12 @@ def check_address(settings: Settings, remote_addr: str | None) -> None:
         address = ipaddress.ip_address(remote_addr or "")
     except ValueError:
         raise Rejected("forbidden", 403) from None
-    if not any(address in network for network in settings.allowed_networks):
+    # A server listening on ``[::]`` sees IPv4 callers as ``::ffff:a.b.c.d``: the same caller.
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    if not any(
+        address in network or (mapped is not None and mapped in network)
+        for network in settings.allowed_networks
+    ):
         raise Rejected("forbidden", 403)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 
+import httpx
 import pytest
 from flask import Flask
+from werkzeug.serving import make_server
 
 from flask_musiccallback import ConfigurationError, MusicCallback, MusicCallbackInsecureWarning
 from flask_musiccallback.testing import build_callback, record_signals, signature_headers
@@ -174,6 +177,10 @@ def test_token_and_signature_are_both_required_when_both_are_set(make_app: AppFa
         (["203.0.113.0/24", "2001:db8::/32"], "2001:db8::1", 200),
         (["2001:db8::/32"], "2001:db9::1", 403),
         ("198.51.100.0/24", "198.51.100.1", 200),
+        # An IPv4 caller as a server listening on [::] sees it.
+        (["203.0.113.7"], "::ffff:203.0.113.7", 200),
+        (["203.0.113.0/24"], "::ffff:203.0.113.200", 200),
+        (["203.0.113.7"], "::ffff:203.0.113.8", 403),
     ],
 )
 def test_ip_allow_list_by_address_or_network(
@@ -184,6 +191,24 @@ def test_ip_allow_list_by_address_or_network(
     assert answer.status_code == status
     if status == 403:
         assert answer.get_json() == FORBIDDEN
+
+
+def test_ipv4_allow_list_admits_ipv4_callers_of_a_server_on_all_ipv6_addresses(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(ALLOWED_IPS=["127.0.0.1"])
+    server = make_server("::", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        answer = httpx.post(
+            f"http://127.0.0.1:{server.server_port}{URL}", json=build_callback(), timeout=10
+        )
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+    assert (answer.status_code, answer.json()) == (200, {"status": "received"})
 
 
 def test_forbidden_address_learns_nothing_else(make_app: AppFactory) -> None:
