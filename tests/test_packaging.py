@@ -1,0 +1,49 @@
+"""What a user's ``pip install`` puts into site-packages: the package, and nothing else."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import flask_musiccallback
+
+ROOT = Path(flask_musiccallback.__file__).parent.parent
+
+
+def test_the_wheel_ships_the_package_only(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", "instance", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+        ),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {
+        name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")
+    }
+
+    assert top_level == {"flask_musiccallback"}
+    assert "flask_musiccallback/py.typed" in names
+    assert "flask_musiccallback/stores/sqlalchemy.py" in names
