@@ -37,9 +37,9 @@ def main() -> None:
     print("|---|---|---|")
     checkpoints = {args.max_entries // 2, args.max_entries, args.deliveries // 2, args.deliveries}
     for index in range(1, args.deliveries + 1):
-        task_id = uuid.uuid4().hex
-        store.claim(Delivery(task_id=task_id, stage="complete", payload={}, received_at=now))
-        store.complete(task_id, "complete")
+        delivery = Delivery(uuid.uuid4().hex, stage="complete", payload={}, received_at=now)
+        store.claim(delivery)
+        store.complete(delivery)
         if index in checkpoints:
             gc.collect()
             growth = (rss_kib() - start) / 1024

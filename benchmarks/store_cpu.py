@@ -74,7 +74,7 @@ def store_work(store: Store) -> Work:
         def run() -> None:
             for delivery in deliveries:
                 store.claim(delivery)
-                store.complete(delivery.task_id, delivery.stage)
+                store.complete(delivery)
 
         return run
 

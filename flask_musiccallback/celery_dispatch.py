@@ -34,17 +34,14 @@ from marshmallow import ValidationError
 from werkzeug.utils import import_string
 
 from .config import ConfigKeys, ConfigurationError, Settings
-from .dispatch import Outcome, process_acknowledged
+from .dispatch import Job, Outcome, process_acknowledged
 from .families import family_named
 from .state import get_state
+from .stores.base import Delivery, utcnow
 from .sweep import sweep
 
 if TYPE_CHECKING:
     from flask import Flask
-
-    from .families import Event, Family
-    from .state import MusicCallbackState
-    from .stores.base import Delivery
 
 logger = logging.getLogger("flask_musiccallback")
 
@@ -101,26 +98,17 @@ class CeleryDispatcher:
             self._celery = configured
         return self._celery
 
-    def dispatch(
-        self,
-        app: Flask,
-        state: MusicCallbackState,
-        family: Family,
-        event: Event,
-        delivery: Delivery,
-        *,
-        replay: bool = False,
-    ) -> Outcome:
+    def dispatch(self, job: Job, *, replay: bool = False) -> Outcome:
         try:
-            self.celery_app(app).send_task(
+            self.celery_app(job.app).send_task(
                 TASK_NAME,
-                kwargs=task_kwargs(family, delivery),
+                kwargs=task_kwargs(job),
                 retry=True,
                 retry_policy=PUBLISH_RETRY_POLICY,
             )
         except Exception as exc:
             if not replay:  # the provider retries; a replayed delivery stays pending instead
-                state.store.release(delivery.task_id, delivery.stage, f"not queued: {exc}")
+                job.release(f"not queued: {exc}")
             if not self._down:
                 self._down = True
                 logger.error("Cannot queue deliveries with Celery; answering 503: %s", exc)
@@ -138,14 +126,18 @@ class CeleryDispatcher:
         return True
 
 
-def task_kwargs(family: Family, delivery: Delivery) -> dict[str, Any]:
-    """The message for one delivery: JSON only, and nothing tied to this process."""
+def task_kwargs(job: Job) -> dict[str, Any]:
+    """The message for one job: JSON only, and nothing tied to this process but the claim."""
+    delivery = job.delivery
     return {
-        "family": family.name,
+        "family": job.family.name,
         "task_id": delivery.task_id,
         "stage": delivery.stage,
         "payload": dict(delivery.payload),
         "received_at": delivery.received_at.isoformat(),
+        "owner": delivery.owner,
+        "attempt": job.attempt,
+        "runner": job.runner,
     }
 
 
@@ -170,8 +162,15 @@ def process_delivery(
     stage: str,
     payload: dict[str, Any],
     received_at: str,
+    owner: str,
+    attempt: int = 1,
+    runner: str | None = None,
 ) -> None:
-    """Run one attempt of a delivery in a worker; a failed attempt is retried by Celery."""
+    """Run one attempt of a delivery in a worker; a failed attempt is retried by Celery.
+
+    The message is a trigger: a copy delivered twice, or one whose delivery a replay took over,
+    finds the delivery no longer waiting for its claim and runs nothing.
+    """
     app = _flask_app()
     state = get_state(app)
     try:
@@ -179,13 +178,16 @@ def process_delivery(
         event = kind.reload(payload, datetime.fromisoformat(received_at))
     except (LookupError, ValidationError, ValueError) as exc:
         logger.error("A worker cannot read task %s stage %s: %s", task_id, stage, exc)
-        state.store.fail(task_id, stage, f"unreadable in the worker: {exc}")
+        unreadable = Delivery(task_id, stage, payload, utcnow(), owner=owner)
+        state.store.fail(unreadable, f"unreadable in the worker: {exc}")
         return
-    delivery = kind.delivery(event, payload)
-    attempt = self.request.retries + 1
-    retry_in = process_acknowledged(app, state, kind, event, delivery, attempt)
-    if retry_in is not None:
-        raise self.retry(countdown=retry_in, max_retries=None)
+    delivery = kind.delivery(event, payload, owner=owner)
+    job = Job(app, state, kind, event, delivery, attempt=attempt, runner=runner)
+    next_attempt = process_acknowledged(job)
+    if next_attempt is not None:
+        raise self.retry(
+            countdown=next_attempt.delay, kwargs=task_kwargs(next_attempt.job), max_retries=None
+        )
 
 
 @shared_task(name=SWEEP_TASK_NAME, ignore_result=True)

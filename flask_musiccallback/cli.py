@@ -57,19 +57,19 @@ class CommandError(click.ClickException):
     exit_code = 1
 
 
-class PollTimedOut(CommandError):
+class PollTimeoutError(CommandError):
     """``poll --watch`` gave up before the task finished."""
 
     exit_code = EXIT_TIMEOUT
 
 
-class PollUnauthorized(CommandError):
+class PollUnauthorizedError(CommandError):
     """The provider refused the API key."""
 
     exit_code = EXIT_UNAUTHORIZED
 
 
-class PollUnavailable(CommandError):
+class PollUnavailableError(CommandError):
     """The provider could not be reached, or answered with an error worth retrying."""
 
     exit_code = EXIT_UNAVAILABLE
@@ -235,11 +235,11 @@ def poll_command(task_id: str, watch: bool, interval: float, timeout: float) -> 
             return
         result = poll_task(app, task_id)
     except WatchTimeout as exc:
-        raise PollTimedOut(str(exc)) from None
+        raise PollTimeoutError(str(exc)) from None
     except PollError as exc:
         if exc.code in (401, 403):
-            raise PollUnauthorized(str(exc)) from None
-        raise (PollUnavailable if exc.retryable else CommandError)(str(exc)) from None
+            raise PollUnauthorizedError(str(exc)) from None
+        raise (PollUnavailableError if exc.retryable else CommandError)(str(exc)) from None
     except ConfigurationError as exc:
         raise CommandError(str(exc)) from None
     except StoreUnavailable as exc:

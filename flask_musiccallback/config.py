@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .pool import backoff
+
 
 class ConfigKeys:
     """The names of the configuration keys, in one place."""
@@ -166,7 +168,7 @@ class Settings:
         Exponential, so that a receiver whose backend is down is not hammered, and capped, so that
         many attempts never push a retry past :data:`MAX_RETRY_DELAY`.
         """
-        return float(min(self.retry_backoff * 2 ** (attempt - 1), MAX_RETRY_DELAY))
+        return backoff(attempt, self.retry_backoff, MAX_RETRY_DELAY)
 
 
 def _url_rule(value: Any) -> str:

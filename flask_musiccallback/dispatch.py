@@ -6,19 +6,25 @@ failure through ``receiver_failed`` and the log, and returns the failures so the
 ``MUSICCALLBACK_RECEIVER_ERRORS``.
 
 :func:`deliver` is the one path new events take (the endpoint, polling): claim the delivery in the
-store, hand it to the app's dispatcher, which runs the receivers and then completes, releases or
-fails it: :class:`SyncDispatcher` in the request (:func:`process`), :class:`ThreadDispatcher` in a
-bounded pool and the Celery dispatcher (``celery_dispatch``) in a worker, both after the answer
-(:func:`process_acknowledged`, which retries with back-off). A replay (``replay``, the sweep) takes
-a kept delivery with ``reclaim`` instead of ``claim`` and hands it to the same dispatcher.
+store, make it a :class:`Job`, and hand that to the app's dispatcher, which runs the receivers and
+then completes, releases or fails it: :class:`SyncDispatcher` in the request (:func:`process`),
+:class:`ThreadDispatcher` in a bounded pool and the Celery dispatcher (``celery_dispatch``) in a
+worker, both after the answer (:func:`process_acknowledged`, which retries with back-off). A
+replay (``replay``, the sweep) takes a kept delivery with ``reclaim`` instead of ``claim`` and
+hands its job to the same dispatcher.
+
+A job's writes to the store name the owner of its claim (:attr:`Delivery.owner`), and go through
+the app's :class:`~.writeback.WriteBack`: when the store cannot be reached just then, the outcome
+stands (the receivers are not run again for it) and the write is made once the store is back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
 from inspect import iscoroutinefunction
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +32,7 @@ from blinker import Signal
 
 from .pool import Pool
 from .signals import callback_duplicate, callback_received, receiver_failed
-from .stores.base import ClaimResult, Delivery
+from .stores.base import ClaimResult, Delivery, StoreUnavailable, claim_owner
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -105,6 +111,51 @@ def describe(failures: list[Exception]) -> str:
     return "; ".join(f"{type(exc).__qualname__}: {exc}" for exc in failures)
 
 
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed delivery on its way to its receivers: what came, for which app, and under
+    whose claim (``delivery.owner``); the one thing every dispatcher runs."""
+
+    app: Flask
+    state: MusicCallbackState
+    family: Family
+    event: Event
+    delivery: Delivery
+    #: Which run of the receivers this is; off the request path, retries count up.
+    attempt: int = 1
+    #: Off the request path: the owner the job holds the claim as once it starts
+    #: (:meth:`~.stores.base.Store.start`), chosen once so that a start sent again is known.
+    runner: str | None = None
+
+    def complete(self) -> None:
+        self._write("the completion", lambda: self.state.store.complete(self.delivery))
+
+    def release(self, error: str) -> None:
+        self._write("the release", lambda: self.state.store.release(self.delivery, error))
+
+    def fail(self, error: str) -> None:
+        self._write("the failure", lambda: self.state.store.fail(self.delivery, error))
+
+    def defer(self, error: str, delay: float) -> None:
+        self._write(
+            "the failed attempt", lambda: self.state.store.defer(self.delivery, error, delay)
+        )
+
+    def _write(self, what: str, write: Callable[[], None]) -> None:
+        delivery = self.delivery
+        self.state.write_back.write(
+            f"{what} of task {delivery.task_id} stage {delivery.stage}", write
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NextAttempt:
+    """A job to run again after ``delay`` seconds (off the request path)."""
+
+    delay: float
+    job: Job
+
+
 def deliver(
     app: Flask, state: MusicCallbackState, family: Family, event: Event, delivery: Delivery
 ) -> Outcome:
@@ -113,107 +164,121 @@ def deliver(
     A dispatcher that answers before the receivers run claims the delivery as ``pending``: with a
     persistent store it is then durably recorded before the answer, and stays pending, for
     ``replay --pending`` and the sweep, if the process dies before a worker finishes it.
+
+    A claim whose answer never came may still have been taken: it is given back as soon as the
+    store answers again, so that the provider's retry finds it free rather than held for a lease.
     """
     dispatcher = state.dispatcher
-    claim = state.store.claim(delivery, queued=dispatcher.queued)
+    try:
+        claim = state.store.claim(delivery, queued=dispatcher.queued)
+    except StoreUnavailable as exc:
+        if exc.reached:
+            state.write_back.add(
+                f"the release of an unanswered claim of task {delivery.task_id} "
+                f"stage {delivery.stage}",
+                lambda: state.store.release(delivery, "the store did not answer the claim"),
+            )
+        raise
     if claim is not ClaimResult.CLAIMED:
         send_isolated(callback_duplicate, app, event=event, reason=claim.value)
         return Outcome.DUPLICATE
-    return dispatcher.dispatch(app, state, family, event, delivery)
+    return dispatcher.dispatch(Job(app, state, family, event, delivery))
 
 
-def settle(
-    app: Flask,
-    state: MusicCallbackState,
-    family: Family,
-    event: Event,
-    delivery: Delivery,
-    on_failure: Callable[[str], Outcome],
-) -> Outcome:
+def settle(job: Job, on_failure: Callable[[str], Outcome]) -> Outcome:
     """Run the receivers of a claimed delivery: complete it, or let ``on_failure(error)`` decide.
 
     Whatever escapes (``BaseException`` included) releases the claim, so a delivery is never left
     held by a request or a job that no longer runs.
     """
-    store = state.store
     settled = False
     try:
-        failures = run_receivers(app, family, event)
+        failures = run_receivers(job.app, job.family, job.event)
         if failures:
             outcome = on_failure(describe(failures))
         else:
-            store.complete(delivery.task_id, delivery.stage)
+            job.complete()
             outcome = Outcome.RECEIVED
         settled = True
         return outcome
     finally:
         if not settled:
-            store.release(delivery.task_id, delivery.stage, "interrupted")
+            job.release("interrupted")
 
 
-def process(
-    app: Flask, state: MusicCallbackState, family: Family, event: Event, delivery: Delivery
-) -> Outcome:
+def process(job: Job) -> Outcome:
     """Run the receivers of a claimed delivery in the request: ``MUSICCALLBACK_RECEIVER_ERRORS``
     says whether a failure is retried by the provider (release, 503) or acknowledged (fail, 200).
     """
-    store = state.store
 
     def on_failure(error: str) -> Outcome:
-        if state.settings.receiver_errors == "retry":
-            store.release(delivery.task_id, delivery.stage, error)
+        if job.state.settings.receiver_errors == "retry":
+            job.release(error)
             return Outcome.RETRY
-        store.fail(delivery.task_id, delivery.stage, error)
+        job.fail(error)
         return Outcome.RECEIVED
 
-    return settle(app, state, family, event, delivery, on_failure)
+    return settle(job, on_failure)
 
 
-def process_acknowledged(
-    app: Flask,
-    state: MusicCallbackState,
-    family: Family,
-    event: Event,
-    delivery: Delivery,
-    attempt: int,
-) -> float | None:
-    """Run attempt number ``attempt`` of a delivery already answered 200 (``thread``, ``celery``).
+def process_acknowledged(job: Job) -> NextAttempt | None:
+    """Run an attempt of a delivery already answered 200 (``thread``, ``celery``); what to run
+    next, if anything.
 
-    The job first takes the delivery from ``pending`` to ``processing`` (:meth:`Store.start`);
-    when it is not pending any more, another job or a replay has it, and this one runs nothing.
+    The job first takes the delivery from ``pending`` to ``processing`` (:meth:`Store.start`) as
+    its :attr:`Job.runner`; when it is not waiting for the job's claim any more, another job or a
+    replay has it, and this one runs nothing. A store that cannot be reached then is asked again
+    after a back-off, by the same runner.
 
-    The provider will not retry it, so a receiver error is retried here: the result is the delay
-    before the next attempt, or ``None`` once the delivery is settled (completed, or after
-    ``MUSICCALLBACK_RETRY_ATTEMPTS`` attempts kept as failed for ``replay``) or not this job's.
-    A failed attempt is recorded (:meth:`Store.defer`: the attempt, its error, ``pending`` again)
-    and the claim stays held through the back-off, however long, so a redelivery meanwhile is
-    ``in_progress``.
+    The provider will not retry it, so a receiver error is retried here, after the next attempt's
+    delay, until ``MUSICCALLBACK_RETRY_ATTEMPTS`` attempts were made; then it is kept as failed,
+    for ``replay``. A failed attempt is recorded (:meth:`Store.defer`: the attempt, its error,
+    ``pending`` again) and the claim stays held through the back-off, however long, so a
+    redelivery meanwhile is ``in_progress``.
     """
-    settings = state.settings
-    store = state.store
-    if not store.start(delivery.task_id, delivery.stage):
+    settings = job.state.settings
+    delivery = job.delivery
+    runner = job.runner or claim_owner()
+    try:
+        started = job.state.store.start(delivery, runner)
+    except StoreUnavailable as exc:
+        delay = settings.retry_delay(job.attempt)
+        logger.warning(
+            "Cannot start task %s stage %s: %s; trying again in %.1f s.",
+            delivery.task_id,
+            delivery.stage,
+            exc,
+            delay,
+        )
+        return NextAttempt(delay, dataclasses.replace(job, runner=runner))
+    if not started:
         logger.info(
             "Task %s stage %s is no longer waiting (a replay or another job has it); skipped.",
             delivery.task_id,
             delivery.stage,
         )
         return None
-    retry_in: float | None = None
+    running = dataclasses.replace(
+        job, delivery=dataclasses.replace(delivery, owner=runner), runner=None
+    )
+    next_attempt: NextAttempt | None = None
 
     def on_failure(error: str) -> Outcome:
-        nonlocal retry_in
+        nonlocal next_attempt
+        attempt = job.attempt
         if attempt < settings.retry_attempts:
-            retry_in = settings.retry_delay(attempt)
+            delay = settings.retry_delay(attempt)
             logger.warning(
                 "Attempt %d of %d failed on task %s stage %s; retrying in %.1f s: %s",
                 attempt,
                 settings.retry_attempts,
                 delivery.task_id,
                 delivery.stage,
-                retry_in,
+                delay,
                 error,
             )
-            store.defer(delivery.task_id, delivery.stage, error, retry_in)
+            running.defer(error, delay)
+            next_attempt = NextAttempt(delay, dataclasses.replace(running, attempt=attempt + 1))
         else:
             logger.error(
                 "Giving up on task %s stage %s after %d attempts; kept as failed: %s",
@@ -222,11 +287,11 @@ def process_acknowledged(
                 attempt,
                 error,
             )
-            store.fail(delivery.task_id, delivery.stage, error)
+            running.fail(error)
         return Outcome.RECEIVED
 
-    settle(app, state, family, event, delivery, on_failure)
-    return retry_in
+    settle(running, on_failure)
+    return next_attempt
 
 
 class SyncDispatcher:
@@ -238,17 +303,8 @@ class SyncDispatcher:
 
     queued = False
 
-    def dispatch(
-        self,
-        app: Flask,
-        state: MusicCallbackState,
-        family: Family,
-        event: Event,
-        delivery: Delivery,
-        *,
-        replay: bool = False,
-    ) -> Outcome:
-        return process(app, state, family, event, delivery)
+    def dispatch(self, job: Job, *, replay: bool = False) -> Outcome:
+        return process(job)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         return True
@@ -276,24 +332,17 @@ class ThreadDispatcher:
         self.pool = Pool(settings.thread_pool_size, settings.thread_queue_size)
         self._full = False
 
-    def dispatch(
-        self,
-        app: Flask,
-        state: MusicCallbackState,
-        family: Family,
-        event: Event,
-        delivery: Delivery,
-        *,
-        replay: bool = False,
-    ) -> Outcome:
-        job = partial(self._attempt, app, state, family, event, delivery, 1)
+    def dispatch(self, job: Job, *, replay: bool = False) -> Outcome:
+        def attempt() -> None:
+            self._attempt(job)
+
         if replay:
             # Refused only by a stopped pool: the delivery stays pending, held for a lease.
-            return Outcome.RECEIVED if self.pool.submit_later(0.0, job) else Outcome.RETRY
-        if self.pool.submit(job):
+            return Outcome.RECEIVED if self.pool.submit_later(0.0, attempt) else Outcome.RETRY
+        if self.pool.submit(attempt):
             self._full = False
             return Outcome.RECEIVED
-        state.store.release(delivery.task_id, delivery.stage, "the dispatch queue was full")
+        job.release("the dispatch queue was full")
         if not self._full:
             self._full = True
             logger.warning(
@@ -303,26 +352,18 @@ class ThreadDispatcher:
             )
         return Outcome.RETRY
 
-    def _attempt(
-        self,
-        app: Flask,
-        state: MusicCallbackState,
-        family: Family,
-        event: Event,
-        delivery: Delivery,
-        attempt: int,
-    ) -> None:
-        with app.app_context():
-            retry_in = process_acknowledged(app, state, family, event, delivery, attempt)
-        if retry_in is None:
+    def _attempt(self, job: Job) -> None:
+        with job.app.app_context():
+            next_attempt = process_acknowledged(job)
+        if next_attempt is None:
             return
-        retry = partial(self._attempt, app, state, family, event, delivery, attempt + 1)
-        if not self.pool.submit_later(retry_in, retry):
+        retry = next_attempt.job
+        if not self.pool.submit_later(next_attempt.delay, lambda: self._attempt(retry)):
             logger.warning(
                 "The dispatch pool has stopped; task %s stage %s is not retried here (a "
                 "persistent store keeps it pending, for replay --pending or the sweep).",
-                delivery.task_id,
-                delivery.stage,
+                job.delivery.task_id,
+                job.delivery.stage,
             )
 
     def wait_idle(self, timeout: float | None = None) -> bool:

@@ -22,7 +22,7 @@ from marshmallow import Schema
 from .events import Stage
 from .schemas import callback_schema, load_callback
 from .signals import all_tracks_generated, first_track_generated, task_failed, text_generated
-from .stores.base import Delivery
+from .stores.base import Delivery, claim_owner
 
 
 class Event(Protocol):
@@ -63,8 +63,10 @@ class Family:
         headers: Mapping[str, str] | None = None,
         *,
         body: str | None = None,
+        owner: str | None = None,
     ) -> Delivery:
-        """What the store is handed for an event of this family; ``body`` is the payload's text.
+        """What the store is handed for an event of this family; ``body`` is the payload's text,
+        ``owner`` the claim's owner when the delivery was claimed already (a replay, a worker).
 
         Music stages are keyed bare (``complete``), other families' as ``family:stage``, so that a
         lyrics ``complete`` never deduplicates a music ``complete`` of the same task id.
@@ -78,6 +80,7 @@ class Family:
             headers=headers or {},
             superseded_by=None if later is None else self._store_stage(later),
             body=body,
+            owner=claim_owner() if owner is None else owner,
         )
 
     def reload(self, payload: Mapping[str, Any], received_at: datetime) -> Event:

@@ -35,6 +35,13 @@ DRAIN_TIMEOUT = 10.0
 
 Job = Callable[[], None]
 
+
+def backoff(failures: int, first: float, cap: float) -> float:
+    """Seconds to wait after ``failures`` failures in a row: ``first``, doubled for each further
+    one, so that a backend that is down is not hammered, and at most ``cap``."""
+    return float(min(first * 2 ** (failures - 1), cap))
+
+
 _pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError
 
-from .dispatch import Outcome
+from .dispatch import Job, Outcome
 from .families import family_for
 from .state import get_state
 from .stores.base import (
@@ -138,14 +138,14 @@ def _replay_one(
         event = family.reload(taken.payload, taken.received_at)
     except ValidationError as exc:
         error = f"the kept payload no longer loads: {exc.messages}"
-        store.fail(taken.task_id, taken.stage, error)
+        store.fail(taken.held(), error)
         return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
-    delivery = family.delivery(event, taken.payload, taken.headers)
+    delivery = family.delivery(event, taken.payload, taken.headers, owner=taken.owner)
     if (delivery.task_id, delivery.stage) != (taken.task_id, taken.stage):
         error = f"the kept payload is now read as {delivery.task_id}/{delivery.stage}"
-        store.fail(taken.task_id, taken.stage, error)
+        store.fail(taken.held(), error)
         return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
-    outcome = dispatcher.dispatch(app, state, family, event, delivery, replay=True)
+    outcome = dispatcher.dispatch(Job(app, state, family, event, delivery), replay=True)
     if not dispatcher.queued:
         return _settled(store, ReplayResult(delivery_id, Replayed.QUEUED, "", taken))
     if outcome is Outcome.RECEIVED:

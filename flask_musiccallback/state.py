@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from .config import Settings
-from .stores.base import Delivery, Store
+from .stores.base import Store
+from .writeback import WriteBack
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .dispatch import Outcome
+    from .dispatch import Job, Outcome
     from .extension import MusicCallback
-    from .families import Event, Family
     from .sweep import Sweeper
 
 EXTENSION_NAME = "musiccallback"
@@ -26,16 +26,7 @@ class Dispatcher(Protocol):
     #: rather than as being processed right now by the caller.
     queued: bool
 
-    def dispatch(
-        self,
-        app: Flask,
-        state: MusicCallbackState,
-        family: Family,
-        event: Event,
-        delivery: Delivery,
-        *,
-        replay: bool = False,
-    ) -> Outcome:
+    def dispatch(self, job: Job, *, replay: bool = False) -> Outcome:
         """Run or queue the receivers; ``replay`` marks a delivery acknowledged before."""
         ...
 
@@ -65,6 +56,8 @@ class MusicCallbackState:
     sweeper: Sweeper | None = field(default=None)
     #: Whether the store's last call failed, so that an outage is logged once, not per request.
     store_down: bool = field(default=False)
+    #: The store writes kept while the store could not be reached.
+    write_back: WriteBack = field(default_factory=WriteBack)
 
 
 def get_state(app: Flask) -> MusicCallbackState:

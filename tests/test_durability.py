@@ -18,7 +18,12 @@ from flask import Flask
 
 from flask_musiccallback import CallbackEvent, ConfigurationError, all_tracks_generated
 from flask_musiccallback.state import get_state
-from flask_musiccallback.stores.base import DeliveryState, KeptDelivery
+from flask_musiccallback.stores.base import (
+    DeliveryState,
+    KeptDelivery,
+    owner_process,
+    process_owner,
+)
 from flask_musiccallback.sweep import sweep
 from flask_musiccallback.testing import build_callback
 
@@ -76,7 +81,8 @@ def test_a_delivery_is_recorded_pending_before_the_answer_and_settled_by_its_job
         running, waiting = kept(app, "running"), kept(app, "waiting")
         assert running.state is DeliveryState.PROCESSING
         assert waiting.state is DeliveryState.PENDING
-        assert waiting.owner == running.owner
+        assert owner_process(waiting.owner) == owner_process(running.owner) == process_owner()
+        assert waiting.owner != running.owner, "each claim has an owner of its own"
         assert waiting.payload["data"]["task_id"] == "waiting"
         go_on.set()
         wait_idle(app)
@@ -160,7 +166,7 @@ def test_a_queued_job_whose_delivery_was_taken_over_runs_nothing(thread_app: Sto
         # Another process replays the waiting delivery and finishes it first.
         taken = store.reclaim(kept(app, "waiting").id, force=True)
         assert taken is not None
-        store.complete(taken.task_id, taken.stage)
+        store.complete(taken.held())
         go_on.set()
         wait_idle(app)
     assert calls == ["running"]

@@ -23,38 +23,43 @@ def delivery(task_id: str = "t", stage: str = "complete", later: str | None = No
 
 def test_claim_then_complete_makes_redeliveries_duplicates() -> None:
     store = MemoryStore(ttl=60)
-    assert store.claim(delivery()) is ClaimResult.CLAIMED
+    first = delivery()
+    assert store.claim(first) is ClaimResult.CLAIMED
     assert store.claim(delivery()) is ClaimResult.IN_PROGRESS
-    store.complete("t", "complete")
+    store.complete(first)
     assert store.claim(delivery()) is ClaimResult.DUPLICATE
 
 
 def test_release_lets_a_redelivery_claim_again() -> None:
     store = MemoryStore(ttl=60)
-    store.claim(delivery())
-    store.release("t", "complete", "receiver raised")
+    first = delivery()
+    store.claim(first)
+    store.release(first, "receiver raised")
     assert store.claim(delivery()) is ClaimResult.CLAIMED
 
 
 def test_fail_is_remembered_like_done() -> None:
     store = MemoryStore(ttl=60)
-    store.claim(delivery())
-    store.fail("t", "complete", "receiver raised")
+    first = delivery()
+    store.claim(first)
+    store.fail(first, "receiver raised")
     assert store.claim(delivery()) is ClaimResult.DUPLICATE
 
 
 def test_superseded_stage_is_stale_only_once_the_later_stage_is_done() -> None:
     store = MemoryStore(ttl=60)
-    store.claim(delivery(stage="complete"))
+    complete = delivery(stage="complete")
+    store.claim(complete)
     assert store.claim(delivery(stage="first", later="complete")) is ClaimResult.CLAIMED
-    store.complete("t", "complete")
+    store.complete(complete)
     assert store.claim(delivery(stage="text", later="complete")) is ClaimResult.STALE
 
 
 def test_entries_expire_after_the_ttl() -> None:
     store = MemoryStore(ttl=1)
-    store.claim(delivery())
-    store.complete("t", "complete")
+    first = delivery()
+    store.claim(first)
+    store.complete(first)
     time.sleep(1.05)
     assert store.claim(delivery()) is ClaimResult.CLAIMED
 
@@ -71,8 +76,9 @@ def test_expired_entries_are_dropped_from_memory() -> None:
 def test_entry_count_is_bounded_dropping_the_oldest() -> None:
     store = MemoryStore(ttl=3600, max_entries=50)
     for index in range(1000):
-        store.claim(delivery(task_id=str(index)))
-        store.complete(str(index), "complete")
+        claimed = delivery(task_id=str(index))
+        store.claim(claimed)
+        store.complete(claimed)
     assert len(store) == 50
     assert store.claim(delivery(task_id="999")) is ClaimResult.DUPLICATE
     assert store.claim(delivery(task_id="0")) is ClaimResult.CLAIMED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,13 @@ from flask import Flask
 
 from flask_musiccallback import Delivery, all_tracks_generated
 from flask_musiccallback.families import MUSIC
-from flask_musiccallback.stores.base import MAX_TASK_ID_LENGTH, ClaimResult, DeliveryState
+from flask_musiccallback.stores.base import (
+    MAX_TASK_ID_LENGTH,
+    ClaimResult,
+    DeliveryState,
+    owner_process,
+    process_owner,
+)
 from flask_musiccallback.testing import build_callback, signature_headers
 
 from .backends import Backend, StoreApp, persistent_store
@@ -133,7 +140,7 @@ def test_a_delivery_being_processed_is_listed_as_pending_with_its_owner_and_leas
     [kept] = seen
     assert kept.state is DeliveryState.PROCESSING
     assert kept.owner is not None
-    assert kept.owner.endswith(":" + str(__import__("os").getpid()))
+    assert owner_process(kept.owner) == process_owner()
     assert not kept.lease_expired()
     assert store.list(status="pending") == []
 
@@ -169,8 +176,8 @@ def test_reclaim_takes_failed_and_abandoned_deliveries_and_the_rest_only_when_fo
     done, failed, live = (delivery_of(build_callback("complete")) for _ in range(3))
     for delivery in (done, failed, live):
         store.claim(delivery)
-    store.complete(done.task_id, done.stage)
-    store.fail(failed.task_id, failed.stage, "boom")
+    store.complete(done)
+    store.fail(failed, "boom")
     ids = {k.task_id: k.id for k in store.list()}
 
     assert store.reclaim(ids[done.task_id]) is None
@@ -213,16 +220,16 @@ def test_a_queued_claim_is_pending_until_a_worker_starts_it(persistent_app: Stor
     assert store.claim(delivery, queued=True) is ClaimResult.CLAIMED
     [kept] = store.list(status="pending")
     assert kept.state is DeliveryState.PENDING
-    assert store.claim(delivery) is ClaimResult.IN_PROGRESS
+    assert store.claim(replace(delivery, owner="redelivery")) is ClaimResult.IN_PROGRESS
 
-    assert store.start(delivery.task_id, delivery.stage) is True
+    assert store.start(delivery, "job-1") is True
     [kept] = store.list(status="pending")
-    assert kept.state is DeliveryState.PROCESSING
+    assert (kept.state, kept.owner) == (DeliveryState.PROCESSING, "job-1")
     assert kept.attempts == 1
-    assert store.start(delivery.task_id, delivery.stage) is False, "one job starts it"
-    store.complete(delivery.task_id, delivery.stage)
+    assert store.start(delivery, "job-2") is False, "one job starts it"
+    store.complete(replace(delivery, owner="job-1"))
     assert store.claim(delivery) is ClaimResult.DUPLICATE
-    assert store.start(delivery.task_id, delivery.stage) is False
+    assert store.start(delivery, "job-3") is False
 
 
 def test_a_job_does_not_start_a_delivery_a_replay_took_over(persistent_app: StoreApp) -> None:
@@ -231,8 +238,8 @@ def test_a_job_does_not_start_a_delivery_a_replay_took_over(persistent_app: Stor
     store.claim(delivery, queued=True)
     [kept] = store.list()
     assert store.reclaim(kept.id, force=True) is not None
-    assert store.start(delivery.task_id, delivery.stage) is False
-    assert store.start("no-such-task", "complete") is False
+    assert store.start(delivery, "job") is False
+    assert store.start(replace(delivery, task_id="no-such-task"), "job") is False
 
 
 def test_a_deferred_attempt_is_counted_and_holds_the_claim_past_the_lease(
@@ -242,8 +249,8 @@ def test_a_deferred_attempt_is_counted_and_holds_the_claim_past_the_lease(
     store = persistent_store(app)
     delivery = delivery_of(build_callback("complete"))
     store.claim(delivery, queued=True)
-    assert store.start(delivery.task_id, delivery.stage)
-    store.defer(delivery.task_id, delivery.stage, "RuntimeError: down", 1.5)
+    assert store.start(delivery, "attempt-1")
+    store.defer(replace(delivery, owner="attempt-1"), "RuntimeError: down", 1.5)
 
     [kept] = store.list(status="pending")
     assert (kept.state, kept.attempts, kept.last_error) == (
@@ -256,8 +263,8 @@ def test_a_deferred_attempt_is_counted_and_holds_the_claim_past_the_lease(
     time.sleep(1.1)  # past the lease, inside the back-off and a lease
     assert store.claim(delivery) is ClaimResult.IN_PROGRESS
     assert store.reclaim(kept.id) is None
-    assert store.start(delivery.task_id, delivery.stage), "the retry starts it"
-    store.fail(delivery.task_id, delivery.stage, "RuntimeError: still down")
+    assert store.start(replace(delivery, owner="attempt-1"), "attempt-2"), "the retry starts it"
+    store.fail(replace(delivery, owner="attempt-2"), "RuntimeError: still down")
     failed = store.get(kept.id)
     assert failed is not None
     assert (failed.state, failed.attempts, failed.last_error) == (

@@ -23,8 +23,9 @@ def delivery(task_id: str, stage: str = "complete") -> Delivery:
 def test_deliveries_expire_with_the_ttl(redis_url: str) -> None:
     store = store_from_url(redis_url, ttl=120)
     assert isinstance(store, RedisStore)
-    store.claim(delivery("t1"))
-    store.complete("t1", "complete")
+    claimed = delivery("t1")
+    store.claim(claimed)
+    store.complete(claimed)
     client = redis.Redis.from_url(redis_url)
     for key in client.keys("musiccallback:*:t1/complete"):
         assert 0 < client.ttl(key) <= 120
@@ -73,11 +74,14 @@ def test_only_deliveries_in_flight_are_in_the_in_flight_index(redis_url: str) ->
     store = store_from_url(redis_url + "?prefix=flight:", ttl=600)
     assert isinstance(store, RedisStore)
     for index in range(5):
-        store.claim(delivery(f"done-{index}"))
-        store.complete(f"done-{index}", "complete")
-    store.claim(delivery("failed"))
-    store.fail("failed", "complete", "receiver raised")
-    store.claim(delivery("running"))
+        done = delivery(f"done-{index}")
+        store.claim(done)
+        store.complete(done)
+    failed = delivery("failed")
+    store.claim(failed)
+    store.fail(failed, "receiver raised")
+    running = delivery("running")
+    store.claim(running)
     store.claim(delivery("waiting"), queued=True)
     client = redis.Redis.from_url(redis_url)
     in_flight = {member.decode() for member in client.zrange("flight:index:inflight", 0, -1)}
@@ -85,7 +89,7 @@ def test_only_deliveries_in_flight_are_in_the_in_flight_index(redis_url: str) ->
     assert client.zcard("flight:index") == 8
     pending = store.list(status="pending", limit=None)
     assert {kept.task_id for kept in pending} == {"running", "waiting"}
-    store.complete("running", "complete")
+    store.complete(running)
     assert [kept.task_id for kept in store.list(status="pending")] == ["waiting"]
 
 
@@ -93,8 +97,9 @@ def test_a_server_that_lost_the_scripts_is_sent_them_again(redis_url: str) -> No
     store = store_from_url(redis_url + "?prefix=flush:", ttl=60)
     assert store.claim(delivery("before")) is ClaimResult.CLAIMED
     redis.Redis.from_url(redis_url).script_flush()
-    assert store.claim(delivery("after")) is ClaimResult.CLAIMED
-    store.complete("after", "complete")
+    after = delivery("after")
+    assert store.claim(after) is ClaimResult.CLAIMED
+    store.complete(after)
     assert store.claim(delivery("after")) is ClaimResult.DUPLICATE
 
 
@@ -105,16 +110,18 @@ def test_a_connection_the_server_dropped_is_replaced_without_an_error(redis_url:
     client = redis.Redis.from_url(redis_url)
     (held,) = [c for c in client.client_list() if c["name"] == name]
     client.client_kill_filter(_id=held["id"])
-    assert store.claim(delivery("after")) is ClaimResult.CLAIMED
-    store.complete("after", "complete")
+    after = delivery("after")
+    assert store.claim(after) is ClaimResult.CLAIMED
+    store.complete(after)
     assert store.claim(delivery("after")) is ClaimResult.DUPLICATE
 
 
 def test_a_client_with_a_single_connection_of_its_own_works_too(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, single_connection_client=True)
     store = RedisStore(client, ttl=60, prefix="single:")
-    assert store.claim(delivery("t1")) is ClaimResult.CLAIMED
-    store.complete("t1", "complete")
+    claimed = delivery("t1")
+    assert store.claim(claimed) is ClaimResult.CLAIMED
+    store.complete(claimed)
     assert store.claim(delivery("t1")) is ClaimResult.DUPLICATE
 
 

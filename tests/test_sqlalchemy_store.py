@@ -246,9 +246,9 @@ def test_a_row_written_on_the_driver_reads_back_as_one_written_through_sqlalchem
     try:
         for store in (on_driver, through_sqlalchemy):
             assert store.claim(delivery) is ClaimResult.CLAIMED
-            store.release(task_id, "complete", "Fehler im Empfänger ⚡")
+            store.release(delivery, "Fehler im Empfänger ⚡")
             assert store.claim(delivery) is ClaimResult.CLAIMED  # taken over: written again
-            store.complete(task_id, "complete")
+            store.complete(delivery)
             [row] = store.list()
             kept.append(row)
         stored = {

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from typing import Any
 
 from flask import Flask
@@ -21,7 +22,9 @@ from flask_musiccallback import (
     task_failed,
     text_generated,
 )
+from flask_musiccallback.families import MUSIC
 from flask_musiccallback.state import get_state
+from flask_musiccallback.stores.base import ClaimResult, Delivery
 from flask_musiccallback.testing import build_callback, record_signals
 
 from .backends import StoreApp
@@ -206,3 +209,51 @@ def test_two_apps_on_one_backend_share_what_they_remember(store_app: StoreApp) -
     assert post(first, payload) == (200, RECEIVED)
     shared = get_state(first).store.persistent
     assert post(second, payload) == ((200, DUPLICATE) if shared else (200, RECEIVED))
+
+
+# Every step of the store names the claim's owner (the store contract, stores/base.py).
+
+
+def claimed_delivery(owner: str) -> Delivery:
+    payload = build_callback("complete")
+    return replace(MUSIC.delivery(MUSIC.load(payload), payload), owner=owner)
+
+
+def test_a_claim_sent_again_by_its_owner_is_its_own_and_anybody_elses_is_in_progress(
+    store_app: StoreApp,
+) -> None:
+    store = get_state(store_app()).store
+    delivery = claimed_delivery("owner-a")
+
+    assert store.claim(delivery) is ClaimResult.CLAIMED
+    assert store.claim(delivery) is ClaimResult.CLAIMED, "the answer was lost; it is the same claim"
+    assert store.claim(replace(delivery, owner="owner-b")) is ClaimResult.IN_PROGRESS
+
+
+def test_only_the_claims_owner_settles_it(store_app: StoreApp) -> None:
+    store = get_state(store_app()).store
+    delivery = claimed_delivery("owner-a")
+    store.claim(delivery)
+
+    store.complete(replace(delivery, owner="owner-b"))
+    store.release(replace(delivery, owner="owner-b"), "not mine")
+    assert store.claim(replace(delivery, owner="owner-c")) is ClaimResult.IN_PROGRESS
+    store.complete(delivery)
+    store.complete(delivery)  # sent again after a lost answer: no harm
+    assert store.claim(replace(delivery, owner="owner-c")) is ClaimResult.DUPLICATE
+
+
+def test_a_queued_delivery_is_started_once_and_a_start_sent_again_is_its_own(
+    store_app: StoreApp,
+) -> None:
+    store = get_state(store_app()).store
+    delivery = claimed_delivery("web")
+    store.claim(delivery, queued=True)
+
+    assert store.start(delivery, "job-1")
+    assert store.start(delivery, "job-1"), "the answer was lost; it is the same start"
+    assert not store.start(delivery, "job-2"), "a copy of the job runs nothing"
+    store.release(delivery, "the web process is not the owner any more")
+    assert store.claim(replace(delivery, owner="redelivery")) is ClaimResult.IN_PROGRESS
+    store.complete(replace(delivery, owner="job-1"))
+    assert store.claim(replace(delivery, owner="redelivery")) is ClaimResult.DUPLICATE

@@ -281,20 +281,3 @@ def test_a_redis_restart_costs_no_503(make_app: AppFactory) -> None:
         assert post(app, build_callback("complete")) == RECEIVED
     finally:
         server.remove()
-
-
-def test_a_store_failing_while_receivers_run_answers_503_so_the_provider_retries(
-    make_app: AppFactory,
-) -> None:
-    """The outcome cannot be recorded, so it is not confirmed: at least once, not lost."""
-    server = start_redis()
-    try:
-        app = make_app(STORE=server.url())
-
-        def kill_store(sender: Flask, **extra: Any) -> None:
-            server.stop()
-
-        with all_tracks_generated.connected_to(kill_store, sender=app):
-            assert post(app, build_callback("complete")) == RETRY
-    finally:
-        server.remove()

@@ -237,11 +237,12 @@ def test_on_postgresql_a_claim_syncs_the_log_and_a_completion_does_not(
         with checkouts(url) as connections:
             store.claim(Delivery("warm-up", "complete", {}, now))
             before = syncs(connections)
-            for task_id in task_ids:
-                assert store.claim(Delivery(task_id, "complete", {}, now)) is ClaimResult.CLAIMED
+            claims = [Delivery(task_id, "complete", {}, now) for task_id in task_ids]
+            for delivery in claims:
+                assert store.claim(delivery) is ClaimResult.CLAIMED
             claimed = syncs(connections)
-            for task_id in task_ids:
-                store.complete(task_id, "complete")
+            for delivery in claims:
+                store.complete(delivery)
             completed = syncs(connections)
     finally:
         store.close()

@@ -7,6 +7,12 @@ failed after an acknowledged receiver error (:meth:`Store.fail`). Marking before
 an event when a receiver crashes; checking before inserting lets concurrent duplicates through.
 Both are ruled out by doing the claim in one atomic step of the backend.
 
+Every claim is held by an owner of its own (:attr:`Delivery.owner`: this process and a random
+token), and every later step names it. So a step whose answer was lost on the way back (the
+backend did it, the connection broke before saying so) is recognised as done by that same owner
+when it is sent again, instead of being refused as somebody else's; and a step of an owner that
+lost its claim (its lease ran out, a replay took the delivery over) changes nothing.
+
 A store class never imports the view: the endpoint, polling and replay all talk to it through this
 interface only.
 """
@@ -17,6 +23,7 @@ import enum
 import importlib
 import json
 import os
+import secrets
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -60,6 +67,8 @@ class Delivery:
     superseded_by: str | None = None
     #: The JSON text ``payload`` was parsed from, when the caller has it (the request body).
     body: str | None = None
+    #: Who holds, or is to hold, the delivery's claim: every step of the store names it.
+    owner: str = field(default_factory=lambda: claim_owner())
 
     def payload_json(self) -> str:
         """The payload as JSON text, for a store that keeps it.
@@ -85,6 +94,12 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):  # noqa: N818 - reads as a state: "the store is unavailable"
     """The backend cannot be reached; the endpoint answers 503 so that the provider retries."""
+
+    def __init__(self, message: str, *, reached: bool = True) -> None:
+        super().__init__(message)
+        #: Whether the call may have reached the backend, and its answer been lost; ``False``
+        #: when no connection could be had, so the backend did nothing.
+        self.reached = reached
 
 
 class Store(ABC):
@@ -113,45 +128,50 @@ class Store(ABC):
 
     @abstractmethod
     def claim(self, delivery: Delivery, *, queued: bool = False) -> ClaimResult:
-        """Take the delivery's key for processing, or say why it must not be processed.
+        """Take the delivery's key for ``delivery.owner``, or say why it must not be processed.
 
         ``queued`` records the claimed delivery as waiting (``pending``) rather than being
         processed: a dispatcher that runs receivers off the request path claims with it, then calls
-        :meth:`start` when a worker picks the delivery up.
-        """
-
-    def start(self, task_id: str, stage: str) -> bool:
-        """Take a queued delivery for processing now; ``False`` when it is no longer waiting.
-
-        Persistent stores turn a ``pending`` delivery into ``processing``, owned by this process
-        with a fresh lease, in one atomic step. A job whose delivery is not pending any more (a
-        replay took it over, or another job for it started first) must not run it: this is what
-        keeps a delivery queued twice, by a redelivery after the lease or by a replay, from
-        reaching its receivers twice. A store that records no states has nothing to check.
-        """
-        return True
-
-    def defer(  # noqa: B027 - optional hook, empty by design
-        self, task_id: str, stage: str, error: str, delay: float
-    ) -> None:
-        """Record a failed attempt of an acknowledged delivery that runs again in ``delay`` s.
-
-        Persistent stores count the attempt, keep the error, mark the delivery ``pending`` again
-        and hold its claim for ``delay`` seconds plus a lease: a back-off longer than the lease
-        never lets a redelivery or a replay take the delivery over while its retry waits.
+        :meth:`start` when a worker picks the delivery up. A key already held by
+        ``delivery.owner`` is ``CLAIMED``: it is this claim, sent again after its answer was lost.
         """
 
     @abstractmethod
-    def complete(self, task_id: str, stage: str) -> None:
-        """Mark a claimed delivery processed: later deliveries of it are duplicates."""
+    def start(self, delivery: Delivery, owner: str) -> bool:
+        """Take a queued delivery held by ``delivery.owner`` for processing by ``owner`` now;
+        ``False`` when it is not waiting for that claim any more.
+
+        The ``pending`` delivery becomes ``processing``, held by ``owner`` with a fresh lease, in
+        one atomic step; one already processing for ``owner`` is this start sent again. A job
+        whose delivery is not waiting for its claim (a replay or a redelivery after the lease took
+        it over, or a copy of the same job that started first) must not run it: this is what
+        keeps a delivery queued twice from reaching its receivers twice.
+        """
 
     @abstractmethod
-    def release(self, task_id: str, stage: str, error: str) -> None:
-        """Give a claimed delivery back after a receiver error, so that a redelivery runs it."""
+    def defer(self, delivery: Delivery, error: str, delay: float) -> None:
+        """Record a failed attempt, by ``delivery.owner``, of an acknowledged delivery that runs
+        again in ``delay`` seconds.
+
+        Persistent stores count the attempt, keep the error, mark the delivery ``pending`` again,
+        still held by ``delivery.owner``, and hold its claim for ``delay`` seconds plus a lease:
+        a back-off longer than the lease never lets a redelivery or a replay take the delivery
+        over while its retry waits.
+        """
 
     @abstractmethod
-    def fail(self, task_id: str, stage: str, error: str) -> None:
-        """Record that receivers failed on a delivery that was acknowledged anyway."""
+    def complete(self, delivery: Delivery) -> None:
+        """Mark a delivery held by ``delivery.owner`` processed: later deliveries are duplicates."""
+
+    @abstractmethod
+    def release(self, delivery: Delivery, error: str) -> None:
+        """Give a delivery held by ``delivery.owner`` back (a receiver error, a claim abandoned
+        on an error path), so that a redelivery runs it."""
+
+    @abstractmethod
+    def fail(self, delivery: Delivery, error: str) -> None:
+        """Record that receivers failed on a delivery held by ``delivery.owner`` that was
+        acknowledged anyway."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, empty by design
         """Release connections; called when the host shuts the extension down."""
@@ -202,7 +222,8 @@ class KeptDelivery:
     #: Whether a redelivery by the provider may claim it again (released after a receiver error
     #: under the ``retry`` policy); an acknowledged failure waits for a replay instead.
     released: bool
-    #: ``hostname:pid`` of the process holding the claim, while pending or processing.
+    #: Who holds the claim while pending or processing: ``hostname:pid/token``
+    #: (:func:`claim_owner`).
     owner: str | None
     #: When another process may take the claim over, while pending or processing.
     lease_expires_at: datetime | None
@@ -214,6 +235,17 @@ class KeptDelivery:
     def in_flight(self) -> bool:
         """Accepted and not finished: waiting, or held by a process."""
         return self.state in (DeliveryState.PENDING, DeliveryState.PROCESSING)
+
+    def held(self) -> Delivery:
+        """The delivery as its current owner settles it (after :meth:`PersistentStore.reclaim`)."""
+        return Delivery(
+            task_id=self.task_id,
+            stage=self.stage,
+            payload=self.payload,
+            received_at=self.received_at,
+            headers=self.headers,
+            owner=self.owner or "",
+        )
 
     def lease_expired(self, now: datetime | None = None) -> bool:
         """Whether the claim on an in-flight delivery may be taken over."""
@@ -228,11 +260,26 @@ def utcnow() -> datetime:
 
 
 def process_owner() -> str:
-    """``hostname:pid``, the owner a persistent store records on a claim.
+    """``hostname:pid``: the process part of a claim's owner.
 
     Read on every claim, not cached: a worker forked after import has its own pid.
     """
     return f"{_HOSTNAME}:{os.getpid()}"
+
+
+def claim_owner() -> str:
+    """A new owner for a claim: ``hostname:pid/token``.
+
+    The process tells whether a claim was abandoned by a process that died (:func:`owner_is_dead`);
+    the token tells this claim from every other one of the same process, so that a step retried
+    after a lost answer knows its own work.
+    """
+    return f"{process_owner()}/{secrets.token_hex(8)}"
+
+
+def owner_process(owner: str | None) -> str:
+    """The ``hostname:pid`` of a claim's owner."""
+    return (owner or "").partition("/")[0]
 
 
 _HOSTNAME = socket.gethostname()
@@ -245,7 +292,7 @@ def owner_is_dead(owner: str | None) -> bool:
     """
     if not owner:
         return False
-    host, _, pid_text = owner.rpartition(":")
+    host, _, pid_text = owner_process(owner).rpartition(":")
     if host != _HOSTNAME or not pid_text.isdigit():
         return False
     pid = int(pid_text)
@@ -332,8 +379,9 @@ class PersistentStore(Store):
         (:func:`owner_is_dead`): the condition is checked in the same atomic step, so a claim that
         a live process took meanwhile is left alone. ``force`` takes any, done ones and live
         claims included. The delivery is then processing (``pending`` with ``queued``, as after
-        ``claim(queued=True)``), owned by this process, with one more attempt, and is settled
-        with ``complete``, ``release`` or ``fail`` as after :meth:`claim`.
+        ``claim(queued=True)``), held by a new owner (:func:`claim_owner`, the returned
+        delivery's ``owner``) with one more attempt, and is settled with ``complete``,
+        ``release`` or ``fail`` of :meth:`KeptDelivery.held` as after :meth:`claim`.
         """
 
 

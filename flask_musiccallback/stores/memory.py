@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from .base import ClaimResult, Delivery, Store, StoreError
@@ -38,8 +39,7 @@ class MemoryStore(Store):
             raise StoreError("memory:// needs max_entries of at least 1.")
         self.max_entries = max_entries
         self._lock = threading.Lock()
-        # key -> (done, expires_at on the monotonic clock)
-        self._entries: OrderedDict[_Key, tuple[bool, float]] = OrderedDict()
+        self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
 
     @classmethod
     def from_url(cls, url: str, *, ttl: int) -> MemoryStore:
@@ -61,37 +61,77 @@ class MemoryStore(Store):
             self._evict(now)
             entry = entries.get(key)
             if entry is not None:
-                return ClaimResult.DUPLICATE if entry[0] else ClaimResult.IN_PROGRESS
+                if entry.done:
+                    return ClaimResult.DUPLICATE
+                return (
+                    ClaimResult.CLAIMED
+                    if entry.owner == delivery.owner
+                    else ClaimResult.IN_PROGRESS
+                )
             if delivery.superseded_by is not None:
                 later = entries.get((delivery.task_id, delivery.superseded_by))
-                if later is not None and later[0]:
+                if later is not None and later.done:
                     return ClaimResult.STALE
-            entries[key] = (False, now + self.ttl)
+            entries[key] = _Entry(False, now + self.ttl, delivery.owner)
             if len(entries) > self.max_entries:
                 entries.popitem(last=False)
             return ClaimResult.CLAIMED
 
-    def complete(self, task_id: str, stage: str) -> None:
-        self._finish(task_id, stage)
-
-    def fail(self, task_id: str, stage: str, error: str) -> None:
-        self._finish(task_id, stage)
-
-    def release(self, task_id: str, stage: str, error: str) -> None:
+    def start(self, delivery: Delivery, owner: str) -> bool:
         with self._lock:
-            self._entries.pop((task_id, stage), None)
+            entry = self._held(delivery, delivery.owner, owner)
+            if entry is None:
+                return False
+            entry.owner = owner
+            return True
 
-    def _finish(self, task_id: str, stage: str) -> None:
-        key = (task_id, stage)
+    def defer(self, delivery: Delivery, error: str, delay: float) -> None:
+        """Nothing to record: the claim stays held by its owner through the back-off."""
+
+    def complete(self, delivery: Delivery) -> None:
+        self._finish(delivery)
+
+    def fail(self, delivery: Delivery, error: str) -> None:
+        self._finish(delivery)
+
+    def release(self, delivery: Delivery, error: str) -> None:
         with self._lock:
-            self._entries[key] = (True, time.monotonic() + self.ttl)
+            if self._held(delivery, delivery.owner) is not None:
+                del self._entries[(delivery.task_id, delivery.stage)]
+
+    def _finish(self, delivery: Delivery) -> None:
+        key = (delivery.task_id, delivery.stage)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.owner != delivery.owner:
+                return  # settled already, or taken over: not this claim's to settle
+            self._entries[key] = _Entry(True, time.monotonic() + self.ttl, None)
             self._entries.move_to_end(key)
+
+    def _held(self, delivery: Delivery, *owners: str) -> _Entry | None:
+        """The delivery's entry while one of ``owners`` holds its claim; called with the lock."""
+        entry = self._entries.get((delivery.task_id, delivery.stage))
+        if entry is None or entry.done or entry.owner not in owners:
+            return None
+        return entry
 
     def _evict(self, now: float) -> None:
         """Drop expired entries; they sit at the front because every change moves to the end."""
         entries = self._entries
         while entries:
-            key, (_, expires_at) = next(iter(entries.items()))
-            if expires_at > now:
+            key, entry = next(iter(entries.items()))
+            if entry.expires_at > now:
                 return
             del entries[key]
+
+
+@dataclass(slots=True)
+class _Entry:
+    """What the store remembers of a delivery."""
+
+    #: Settled (completed or failed): later deliveries are duplicates.
+    done: bool
+    #: When it is forgotten, on the monotonic clock.
+    expires_at: float
+    #: Who holds the claim while it is not settled.
+    owner: str | None

@@ -48,8 +48,8 @@ from .base import (
     PersistentStore,
     StoreError,
     StoreUnavailable,
+    claim_owner,
     lease_from_url,
-    process_owner,
 )
 
 DEFAULT_PREFIX = "musiccallback:"
@@ -84,6 +84,7 @@ _CLAIM = (
 if ARGV[11] == '1' and redis.call('GET', KEYS[4]) == 'done' then return 'stale' end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local held = redis.call('GET', KEYS[1])
+  if held == ARGV[1] then return 'claimed' end
   if held == 'done' or held == 'failed' then return 'duplicate' end
   return 'in_progress'
 end
@@ -108,9 +109,14 @@ return 'claimed'
 
 # KEYS: claim, delivery, index
 # ARGV: outcome (done | failed | released), owner, ttl s, error, id
+# Only the claim's owner settles it: sent again after a lost answer, or by an owner whose claim
+# was taken over meanwhile, it changes nothing.
 _SETTLE = (
     _NOW
     + """
+if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[2] and redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
 if ARGV[1] == 'released' then
   if redis.call('GET', KEYS[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
 else
@@ -130,11 +136,13 @@ return 1
 
 # KEYS: claim, delivery, index
 # ARGV: owner, lease ms, ttl s, id, force ('1' | '0'), dead owner (or ''), state
-# Takes the claim for this owner, counting an attempt: a replay.
+# Takes the claim for this owner, counting an attempt: a replay. Taken by this owner already,
+# it was this take, sent again after a lost answer.
 _TAKE = (
     _NOW
     + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+if redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then return redis.call('HGETALL', KEYS[2]) end
 if ARGV[5] ~= '1' then
   local held = redis.call('GET', KEYS[1])
   local live = held and held ~= 'done' and held ~= 'failed' and held ~= ARGV[6]
@@ -152,12 +160,16 @@ return redis.call('HGETALL', KEYS[2])
 )
 
 # KEYS: claim, delivery, index
-# ARGV: owner, lease ms, ttl s, id
-# A queued delivery starts: only if it is still pending, so that two jobs never both run it.
+# ARGV: new owner, lease ms, ttl s, id, owner of the claim
+# A queued delivery starts: only while it waits for the claim the job was given, so that two jobs
+# never both run it; already started by the new owner, it was this start, sent again.
 _START = (
     _NOW
     + """
-if redis.call('HGET', KEYS[2], 'state') ~= 'pending' then return 0 end
+local state = redis.call('HGET', KEYS[2], 'state')
+local held = redis.call('HGET', KEYS[2], 'owner')
+if state == 'processing' and held == ARGV[1] then return 1 end
+if state ~= 'pending' or held ~= ARGV[5] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'state', 'processing', 'owner', ARGV[1],
   'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', nowstamp)
@@ -170,11 +182,13 @@ return 1
 
 # KEYS: claim, delivery, index
 # ARGV: owner, hold ms (the back-off and a lease), ttl s, id, error
-# A failed attempt whose retry waits: counted, pending again, the claim held through the wait.
+# A failed attempt whose retry waits: counted, pending again, the claim held through the wait; only
+# by the owner processing it (sent again after a lost answer, it is pending already).
 _DEFER = (
     _NOW
     + """
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('HGET', KEYS[2], 'state') ~= 'processing' then return 0 end
+if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'state', 'pending', 'released', '0', 'owner', ARGV[1],
   'lease_expires_at', stamp(now + ARGV[2] * 1000), 'last_error', ARGV[5],
@@ -288,24 +302,44 @@ class RedisStore(PersistentStore):
         pooled connection rather than through the client's generic command path, whose retry
         wrapper and metrics hooks cost more per call than this store's own Python does (see
         docs/benchmarks.md). What that path gave is kept: the pool hands out a connection checked
-        to be open (one the server dropped while idle is replaced); one that breaks during the call
-        is dropped, and the caller answers 503 so that the provider retries; a server that lost
-        the scripts (restarted, ``SCRIPT FLUSH``) is sent the script and asked again.
+        to be open (one the server dropped while idle is replaced); a server that lost the scripts
+        (restarted, ``SCRIPT FLUSH``) is sent the script and asked again.
+
+        A connection that breaks during the call is dropped and the script sent once more on
+        another: the server may have run it before the answer was lost, and every script knows
+        its owner's own work when it sees it again, so nothing is done twice. A second break means
+        the server is gone; the caller answers 503 so that the provider retries.
         """
         try:
-            try:
-                return self._evalsha(script.sha, keys, args)
-            except NoScriptError:
-                return script(keys=keys, args=args)
+            return self._send(script, keys, args, sent_before=False)
+        except RedisConnectionError:
+            pass  # broke during the call: its answer may be lost, so it is sent once more
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        try:
+            return self._send(script, keys, args, sent_before=True)
         except RedisError as exc:
             raise self._unavailable(exc) from exc
 
-    def _unavailable(self, exc: RedisError) -> StoreUnavailable:
-        return StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}")
+    def _send(self, script: Script, keys: list[str], args: list[Any], *, sent_before: bool) -> Any:
+        """The script's answer; ``StoreUnavailable`` when no connection can be had, which says
+        whether an earlier try (``sent_before``) may have reached the server."""
+        try:
+            connection = self.client.connection_pool.get_connection()
+        except RedisError as exc:
+            raise self._unavailable(exc, reached=sent_before) from exc
+        try:
+            return self._evalsha(connection, script.sha, keys, args)
+        except NoScriptError:
+            return script(keys=keys, args=args)
 
-    def _evalsha(self, sha: str, keys: list[str], args: list[Any]) -> Any:
+    def _unavailable(self, exc: RedisError, *, reached: bool = True) -> StoreUnavailable:
+        return StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}", reached=reached)
+
+    def _evalsha(self, connection: Any, sha: str, keys: list[str], args: list[Any]) -> Any:
+        """One ``EVALSHA`` on ``connection``, which goes back to the pool, or is dropped if it
+        broke (redis-py's Connection is not typed throughout, hence ``Any``)."""
         pool = self.client.connection_pool
-        connection: Any = pool.get_connection()  # redis-py's Connection is not typed throughout
         try:
             connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
             return connection.read_response()
@@ -328,7 +362,7 @@ class RedisStore(PersistentStore):
             self._claim,
             keys,
             [
-                process_owner(),
+                delivery.owner,
                 self.lease * 1000,
                 self.ttl,
                 (DeliveryState.PENDING if queued else DeliveryState.PROCESSING).value,
@@ -343,37 +377,39 @@ class RedisStore(PersistentStore):
         )
         return ClaimResult(_text(answer))
 
-    def start(self, task_id: str, stage: str) -> bool:
-        key_id = delivery_id(task_id, stage)
+    def start(self, delivery: Delivery, owner: str) -> bool:
+        key_id = delivery_id(delivery.task_id, delivery.stage)
         started = self._call(
-            self._start, self._keys(key_id), [process_owner(), self.lease * 1000, self.ttl, key_id]
+            self._start,
+            self._keys(key_id),
+            [owner, self.lease * 1000, self.ttl, key_id, delivery.owner],
         )
         return bool(int(started))
 
-    def defer(self, task_id: str, stage: str, error: str, delay: float) -> None:
-        key_id = delivery_id(task_id, stage)
+    def defer(self, delivery: Delivery, error: str, delay: float) -> None:
+        key_id = delivery_id(delivery.task_id, delivery.stage)
         hold = round((delay + self.lease) * 1000)
         self._call(
             self._defer,
             self._keys(key_id),
-            [process_owner(), hold, self.ttl, key_id, error[:MAX_ERROR_LENGTH]],
+            [delivery.owner, hold, self.ttl, key_id, error[:MAX_ERROR_LENGTH]],
         )
 
-    def complete(self, task_id: str, stage: str) -> None:
-        self._settle_as("done", task_id, stage, "")
+    def complete(self, delivery: Delivery) -> None:
+        self._settle_as("done", delivery, "")
 
-    def release(self, task_id: str, stage: str, error: str) -> None:
-        self._settle_as("released", task_id, stage, error)
+    def release(self, delivery: Delivery, error: str) -> None:
+        self._settle_as("released", delivery, error)
 
-    def fail(self, task_id: str, stage: str, error: str) -> None:
-        self._settle_as("failed", task_id, stage, error)
+    def fail(self, delivery: Delivery, error: str) -> None:
+        self._settle_as("failed", delivery, error)
 
-    def _settle_as(self, outcome: str, task_id: str, stage: str, error: str) -> None:
-        key_id = delivery_id(task_id, stage)
+    def _settle_as(self, outcome: str, delivery: Delivery, error: str) -> None:
+        key_id = delivery_id(delivery.task_id, delivery.stage)
         self._call(
             self._settle,
             self._keys(key_id),
-            [outcome, process_owner(), self.ttl, error[:MAX_ERROR_LENGTH], key_id],
+            [outcome, delivery.owner, self.ttl, error[:MAX_ERROR_LENGTH], key_id],
         )
 
     # -- what the command line and replay use --------------------------------------------------
@@ -453,7 +489,7 @@ class RedisStore(PersistentStore):
             self._take,
             self._keys(delivery_id),
             [
-                process_owner(),
+                claim_owner(),
                 self.lease * 1000,
                 self.ttl,
                 delivery_id,

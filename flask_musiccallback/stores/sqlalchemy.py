@@ -60,8 +60,8 @@ from .base import (
     PersistentStore,
     StoreError,
     StoreUnavailable,
+    claim_owner,
     lease_from_url,
-    process_owner,
 )
 
 if TYPE_CHECKING:
@@ -277,20 +277,26 @@ class SQLAlchemyStore(PersistentStore):
         A pooled connection that the server dropped (a restart) is retried once on a fresh one,
         so that a database restart costs no 503.
         """
+        reached = False
+
+        def attempt(engine: Engine) -> T:
+            nonlocal reached
+            with self._begin(engine, autocommit) as connection:
+                reached = True
+                return work(connection)
+
         try:
             engine = self._connectable()
             try:
-                with self._begin(engine, autocommit) as connection:
-                    return work(connection)
+                return attempt(engine)
             except DBAPIError as exc:
                 if not exc.connection_invalidated:
                     raise
-            with self._begin(engine, autocommit) as connection:
-                return work(connection)
+            return attempt(engine)
         except IntegrityError:
             raise
         except (SQLAlchemyError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+            raise self._unavailable(exc, reached=reached) from exc
 
     def _run_on_driver(
         self, work: Callable[[PoolProxiedConnection, sa.Dialect], T], *, retried: bool = False
@@ -306,12 +312,12 @@ class SQLAlchemyStore(PersistentStore):
         try:
             engine = self._connectable()
         except (SQLAlchemyError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+            raise self._unavailable(exc, reached=False) from exc
         dialect = engine.dialect
         try:
             connection = engine.raw_connection()
         except (dialect.loaded_dbapi.Error, OSError) as exc:
-            raise self._unavailable(exc) from exc
+            raise self._unavailable(exc, reached=retried) from exc
         try:
             return work(connection, dialect)
         except dialect.loaded_dbapi.Error as exc:
@@ -326,8 +332,8 @@ class SQLAlchemyStore(PersistentStore):
         engine.dispose()
         return self._run_on_driver(work, retried=True)
 
-    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(f"{self.describe()}: {_explain(exc)}")
+    def _unavailable(self, exc: BaseException, *, reached: bool = True) -> StoreUnavailable:
+        return StoreUnavailable(f"{self.describe()}: {_explain(exc)}", reached=reached)
 
     def _execute(
         self, pick: Callable[[_Statements], _Prebuilt | None], parameters: Mapping[str, Any]
@@ -397,7 +403,7 @@ class SQLAlchemyStore(PersistentStore):
             "released": False,
             "attempts": 1,
             "last_error": None,
-            "owner": process_owner(),
+            "owner": delivery.owner,
             "lease_expires_at": now + timedelta(seconds=self.lease),
             # JSON text, written as it is (:class:`_JSONText`): the body as received.
             "payload": delivery.payload_json(),
@@ -423,19 +429,25 @@ class SQLAlchemyStore(PersistentStore):
         return self._refusal(delivery, now)
 
     def _refusal(self, delivery: Delivery, now: datetime) -> ClaimResult:
-        """Why a claim was refused, read after the fact: off the hot path, so one more query."""
+        """Why a claim was refused, read after the fact: off the hot path, so one more query.
+
+        A row already held by the delivery's owner is this very claim, whose first answer was
+        lost (the statement ran, the connection broke) and which was sent again.
+        """
         table = self.table
         stages = [delivery.stage]
         if delivery.superseded_by is not None:
             stages.append(delivery.superseded_by)
         statement = sa.select(
-            table.c.stage, table.c.state, table.c.released, table.c.updated_at
+            table.c.stage, table.c.state, table.c.released, table.c.owner, table.c.updated_at
         ).where(table.c.task_id == delivery.task_id, table.c.stage.in_(stages))
         rows = {row.stage: row for row in self._run(lambda c: c.execute(statement).all())}
+        row = rows.get(delivery.stage)
+        if row is not None and row.state in _IN_FLIGHT and row.owner == delivery.owner:
+            return ClaimResult.CLAIMED
         later = rows.get(delivery.superseded_by or "")
         if later is not None and _fresh_and_done(later, now, self.ttl):
             return ClaimResult.STALE
-        row = rows.get(delivery.stage)
         if row is not None and row.state in _FINISHED and not row.released:
             return ClaimResult.DUPLICATE
         return ClaimResult.IN_PROGRESS
@@ -474,46 +486,50 @@ class SQLAlchemyStore(PersistentStore):
 
     # -- settling ------------------------------------------------------------------------------
 
-    def start(self, task_id: str, stage: str) -> bool:
+    def start(self, delivery: Delivery, owner: str) -> bool:
         now = _now()
         table = self.table
         return self._set(
-            task_id,
-            stage,
-            table.c.state == DeliveryState.PENDING.value,
+            delivery,
+            sa.or_(
+                sa.and_(
+                    table.c.state == DeliveryState.PENDING.value, table.c.owner == delivery.owner
+                ),
+                sa.and_(table.c.state == DeliveryState.PROCESSING.value, table.c.owner == owner),
+            ),
             state=DeliveryState.PROCESSING.value,
-            owner=process_owner(),
+            owner=owner,
             lease_expires_at=now + timedelta(seconds=self.lease),
             updated_at=now,
         )
 
-    def defer(self, task_id: str, stage: str, error: str, delay: float) -> None:
+    def defer(self, delivery: Delivery, error: str, delay: float) -> None:
         now = _now()
+        table = self.table
         self._set(
-            task_id,
-            stage,
+            delivery,
+            table.c.state == DeliveryState.PROCESSING.value,
+            table.c.owner == delivery.owner,
             state=DeliveryState.PENDING.value,
             released=False,
-            attempts=self.table.c.attempts + 1,
+            attempts=table.c.attempts + 1,
             last_error=_error_text(error),
-            owner=process_owner(),
             lease_expires_at=now + timedelta(seconds=delay + self.lease),
             updated_at=now,
         )
 
-    def complete(self, task_id: str, stage: str) -> None:
-        self._settle(task_id, stage, DeliveryState.DONE, released=False)
+    def complete(self, delivery: Delivery) -> None:
+        self._settle(delivery, DeliveryState.DONE, released=False)
 
-    def release(self, task_id: str, stage: str, error: str) -> None:
-        self._settle(task_id, stage, DeliveryState.FAILED, released=True, last_error=error)
+    def release(self, delivery: Delivery, error: str) -> None:
+        self._settle(delivery, DeliveryState.FAILED, released=True, last_error=error)
 
-    def fail(self, task_id: str, stage: str, error: str) -> None:
-        self._settle(task_id, stage, DeliveryState.FAILED, released=False, last_error=error)
+    def fail(self, delivery: Delivery, error: str) -> None:
+        self._settle(delivery, DeliveryState.FAILED, released=False, last_error=error)
 
     def _settle(
         self,
-        task_id: str,
-        stage: str,
+        delivery: Delivery,
         state: DeliveryState,
         *,
         released: bool,
@@ -530,8 +546,9 @@ class SQLAlchemyStore(PersistentStore):
         A failure is kept durably: it may be the only trace of an error.
         """
         parameters = {
-            "key_task_id": task_id,
-            "key_stage": stage,
+            "key_task_id": delivery.task_id,
+            "key_stage": delivery.stage,
+            "key_owner": delivery.owner,
             "state": state.value,
             "released": released,
             "last_error": None if last_error is None else _error_text(last_error),
@@ -542,14 +559,14 @@ class SQLAlchemyStore(PersistentStore):
         else:
             self._execute(lambda statements: statements.settle, parameters)
 
-    def _set(
-        self, task_id: str, stage: str, *conditions: sa.ColumnElement[bool], **values: Any
-    ) -> bool:
+    def _set(self, delivery: Delivery, *conditions: sa.ColumnElement[bool], **values: Any) -> bool:
         """Update the delivery's row if ``conditions`` hold, in one round trip; whether it did."""
         table = self.table
         statement = (
             sa.update(table)
-            .where(table.c.task_id == task_id, table.c.stage == stage, *conditions)
+            .where(
+                table.c.task_id == delivery.task_id, table.c.stage == delivery.stage, *conditions
+            )
             .values(**values)
         )
         rowcount: int = self._run(lambda c: c.execute(statement).rowcount, autocommit=True)
@@ -621,7 +638,7 @@ class SQLAlchemyStore(PersistentStore):
                 state=state.value,
                 released=False,
                 attempts=table.c.attempts + 1,
-                owner=process_owner(),
+                owner=claim_owner(),
                 lease_expires_at=now + timedelta(seconds=self.lease),
                 updated_at=now,
             )
@@ -673,8 +690,7 @@ def _error_text(error: str) -> str:
 def _fresh_and_done(row: Any, now: datetime, ttl: int) -> bool:
     """The stale rule's test on the superseding stage's row."""
     return bool(
-        row.state == DeliveryState.DONE.value
-        and row.updated_at >= now - timedelta(seconds=ttl)
+        row.state == DeliveryState.DONE.value and row.updated_at >= now - timedelta(seconds=ttl)
     )
 
 
@@ -767,14 +783,11 @@ class _Statements:
         if upsert:
             superseded_by = sa.bindparam("superseded_by", type_=table.c.stage.type)
             forgotten_before = sa.bindparam("forgotten_before", type_=sa.DateTime())
-            stale = (
-                sa.exists()
-                .where(
-                    table.c.task_id == values["task_id"],
-                    table.c.stage == superseded_by,
-                    table.c.state == DeliveryState.DONE.value,
-                    table.c.updated_at >= forgotten_before,
-                )
+            stale = sa.exists().where(
+                table.c.task_id == values["task_id"],
+                table.c.stage == superseded_by,
+                table.c.state == DeliveryState.DONE.value,
+                table.c.updated_at >= forgotten_before,
             )
             insert = _dialect_insert(dialect.name, table).from_select(
                 list(values), sa.select(*values.values()).where(~stale)
@@ -798,9 +811,12 @@ class _Statements:
             .where(*key, _takeable(table))
             .values(attempts=table.c.attempts + 1, **{name: values[name] for name in _TAKEN})
         )
+        # Only the claim's owner settles it: a settlement sent again after a lost answer, or by an
+        # owner whose claim was taken over meanwhile, changes nothing.
+        owned = table.c.owner == sa.bindparam("key_owner", type_=table.c.owner.type)
         settle = (
             sa.update(table)
-            .where(*key)
+            .where(*key, owned)
             .values(
                 state=sa.bindparam("state", type_=table.c.state.type),
                 released=sa.bindparam("released", type_=table.c.released.type),
