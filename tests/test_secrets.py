@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sys
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from flask_musiccallback.redact import (
     TokenRedactingFilter,
     install_log_filters,
     redact_token,
+    redact_url,
 )
 from flask_musiccallback.stores.base import ClaimResult
 from flask_musiccallback.testing import build_callback, record_signals, signature_headers
@@ -257,3 +259,52 @@ def test_every_hmac_key_is_compared_without_stopping_at_a_match(
         app.test_client().post("/music-callback", json=payload, headers=headers).status_code == 200
     )
     assert comparisons == [(32, 32)] * 2
+
+
+# --- store URLs ----------------------------------------------------------------------------------
+
+PASSWORD = "s3cret-store-password"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            f"postgresql+psycopg://user:{PASSWORD}@db.internal:5432/app",
+            "postgresql+psycopg://user:***@db.internal:5432/app",
+        ),
+        (f"redis://:{PASSWORD}@cache:6379/0", "redis://:***@cache:6379/0"),
+        (f"rediss://user:{PASSWORD}@cache:6380/0", "rediss://user:***@cache:6380/0"),
+        (f"mongodb://user:{PASSWORD}@db.internal/app", "mongodb://user:***@db.internal/app"),
+        (f"redis://user:{PASSWORD}%40x@cache/0", "redis://user:***@cache/0"),
+        ("redis://user:pass@word@cache/0", "redis://user:***@cache/0"),
+        (f"redis://cache/0?password={PASSWORD}", "redis://cache/0?password=***"),
+        (f"redis://user:{PASSWORD}/0", "redis://user:***/0"),
+        (f"user:{PASSWORD}@db.internal/app", "user:***@db.internal/app"),
+        ("redis://[::1]:6379/0?prefix=a:b", "redis://[::1]:6379/0?prefix=a:b"),
+        ("sqlite:////var/lib/app/callbacks.db", "sqlite:////var/lib/app/callbacks.db"),
+        ("memory://?max_entries=10", "memory://?max_entries=10"),
+    ],
+)
+def test_redact_url_masks_the_password_of_any_store_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://:{PASSWORD}@cache:6379/0", "redis://:***@cache:6379/0"),
+        (f"postgresql://user:{PASSWORD}@db/app?lease=60", "postgresql://user:***@db/app?lease=60"),
+        (
+            f"unix:///run/redis.sock?password={PASSWORD}&db=1",
+            "unix:///run/redis.sock?password=***&db=1",
+        ),
+        (f"mongodb://user:{PASSWORD}@db.internal/app", "mongodb://user:***@db.internal/app"),
+    ],
+)
+def test_redact_url_needs_no_sqlalchemy(
+    monkeypatch: pytest.MonkeyPatch, url: str, shown: str
+) -> None:
+    for module in ("sqlalchemy", "sqlalchemy.engine", "sqlalchemy.exc"):
+        monkeypatch.setitem(sys.modules, module, None)  # what ``import`` sees when not installed
+    assert redact_url(url) == shown
