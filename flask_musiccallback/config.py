@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .pool import backoff
+from .redact import redact_url
 
 
 class ConfigKeys:
@@ -83,11 +84,12 @@ class ConfigurationError(ValueError):
     """A ``MUSICCALLBACK_*`` key holds a value the extension cannot use."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     """The configuration of one app, validated and in the form the request path uses.
 
-    Secrets are left out of its ``repr``, which error reports and debuggers print.
+    Secrets are left out of its ``repr``, which error reports and debuggers print, and the store
+    URL is shown there without its password.
     """
 
     url_rule: str
@@ -162,6 +164,11 @@ class Settings:
             or None,
         )
 
+    def __repr__(self) -> str:
+        shown = {item.name: getattr(self, item.name) for item in fields(self) if item.repr}
+        shown["store_url"] = redact_url(self.store_url)
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1 for the first run).
 
@@ -179,7 +186,10 @@ def _url_rule(value: Any) -> str:
 
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{key} must be a non-empty string, not {value!r}.")
+        # The wrong value may be a store URL in the wrong type (bytes), password included.
+        raise ConfigurationError(
+            f"{key} must be a non-empty string, not {redact_url(repr(value))}."
+        )
     return value
 
 

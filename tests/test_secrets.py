@@ -23,13 +23,14 @@ from flask_musiccallback.redact import (
     redact_token,
     redact_url,
 )
-from flask_musiccallback.stores.base import ClaimResult
+from flask_musiccallback.stores.base import ClaimResult, StoreError
 from flask_musiccallback.testing import build_callback, record_signals, signature_headers
 from flask_musiccallback.verify import SIGNATURE_HEADER
 
 from .conftest import TOKEN, URL, AppFactory, build_app
 from .live_server import exchange, request_bytes, serve
 from .payloads import encode, json_values, mutated_callbacks
+from .servers import free_port
 
 HMAC_KEY = "hmac-key-that-must-stay-inside"
 API_KEY = "provider-api-key-that-must-stay-inside"
@@ -308,3 +309,60 @@ def test_redact_url_needs_no_sqlalchemy(
     for module in ("sqlalchemy", "sqlalchemy.engine", "sqlalchemy.exc"):
         monkeypatch.setitem(sys.modules, module, None)  # what ``import`` sees when not installed
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("store", "what"),
+    [
+        (f"postgresql+psycopg://user:{PASSWORD}@localhost/app?lease=soon", "lease must be"),
+        (f"redis://:{PASSWORD}@localhost:6379/0?lease=soon", "lease must be"),
+        (f"rediss://user:{PASSWORD}@localhost:6380/0?lease=soon", "lease must be"),
+        (f"mongodb://user:{PASSWORD}@localhost/app", "No store for the URL scheme 'mongodb'"),
+        (f"redis://user:{PASSWORD}/0", "Not a usable Redis URL: 'redis://user:***/0' (Port"),
+        (f"redis://:{PASSWORD}@localhost:6379/0?db=first", "Invalid value for 'db'"),
+        (f"postgresql+psycopg://user:{PASSWORD}/app", "Not a usable database URL"),
+        (f"memory://user:{PASSWORD}@localhost?max_entries=many", "max_entries must be"),
+        (f"postgresql+nodriver://user@localhost/app?password={PASSWORD}", "nodriver"),
+        (f"redis://:{PASSWORD}@localhost:6379/0".encode(), "must be a non-empty string"),
+        ([f"redis://:{PASSWORD}@localhost:6379/0"], "must be a non-empty string"),
+    ],
+)
+def test_a_bad_store_url_is_reported_without_its_password(
+    make_app: AppFactory, store: Any, what: str
+) -> None:
+    with pytest.raises((StoreError, ConfigurationError)) as raised:
+        make_app(STORE=store)
+    message = str(raised.value)
+    assert what in message
+    assert "***" in message
+    assert PASSWORD not in message
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        f"postgresql+psycopg://user:{PASSWORD}@localhost/app",
+        f"postgresql+psycopg://user@localhost/app?password={PASSWORD}",
+        f"redis://:{PASSWORD}@localhost:6379/0",
+        f"rediss://user:{PASSWORD}@localhost:6380/0?prefix=shop:",
+    ],
+)
+def test_settings_and_state_reprs_show_the_store_without_its_password(
+    make_app: AppFactory, store: str
+) -> None:
+    state = make_app(STORE=store).extensions["musiccallback"]
+    for text in (repr(state.settings), repr(state)):
+        assert f"store_url={redact_url(store)!r}" in text
+        assert PASSWORD not in text
+
+
+def test_an_unreachable_database_is_logged_without_the_password_in_its_query(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = f"postgresql+psycopg://user@127.0.0.1:{free_port()}/app?password={PASSWORD}"
+    app = make_app(STORE=store)
+    response = app.test_client().post(URL, json=build_callback("complete"))
+    assert response.status_code == 503
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("unreachable" in message and "127.0.0.1" in message for message in messages)
+    assert not [message for message in messages if PASSWORD in message]

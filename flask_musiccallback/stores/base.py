@@ -32,6 +32,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs
 
+from ..redact import redact_url, redact_url_secrets
+
 if TYPE_CHECKING:
     from flask import Flask
 
@@ -393,7 +395,13 @@ def lease_from_url(url: str) -> int:
     try:
         return int(values[-1])
     except ValueError as exc:
-        raise StoreError(f"lease must be a whole number of seconds: {url!r}") from exc
+        raise StoreError(f"lease must be a whole number of seconds: {redact_url(url)!r}") from exc
+
+
+def unusable_url(url: str, exc: Exception, *, kind: str) -> StoreError:
+    """The error for a URL its parser refused: the parser's words, without the password."""
+    detail = redact_url_secrets(str(exc), url)
+    return StoreError(f"Not a usable {kind} URL: {redact_url(url)!r} ({detail}).")
 
 
 def require_persistent(store: Store) -> PersistentStore:
@@ -441,7 +449,10 @@ def store_from_url(url: str, *, ttl: int) -> Store:
     target = _registry.get(scheme)
     if target is None:
         known = ", ".join(f"{name}://" for name in sorted(_registry))
-        raise StoreError(f"No store for the URL scheme {scheme!r} of {url!r}; known: {known}.")
+        shown = redact_url(url)
+        raise StoreError(
+            f"No store for the URL scheme {url_scheme(shown)!r} of {shown!r}; known: {known}."
+        )
     if isinstance(target, str):
         module_name, _, class_name = target.partition(":")
         try:

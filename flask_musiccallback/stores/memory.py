@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
+from ..redact import redact_url
 from .base import ClaimResult, Delivery, Store, StoreError
 
 #: How many deliveries the memory store remembers unless ``memory://?max_entries=N`` says otherwise.
@@ -47,7 +48,9 @@ class MemoryStore(Store):
         try:
             max_entries = int(query.get("max_entries", [DEFAULT_MAX_ENTRIES])[-1])
         except ValueError as exc:
-            raise StoreError(f"memory:// max_entries must be a whole number: {url!r}") from exc
+            raise StoreError(
+                f"memory:// max_entries must be a whole number: {redact_url(url)!r}"
+            ) from exc
         return cls(ttl=ttl, max_entries=max_entries)
 
     def __len__(self) -> int:

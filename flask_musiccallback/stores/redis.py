@@ -46,10 +46,10 @@ from .base import (
     DeliveryState,
     KeptDelivery,
     PersistentStore,
-    StoreError,
     StoreUnavailable,
     claim_owner,
     lease_from_url,
+    unusable_url,
 )
 
 DEFAULT_PREFIX = "musiccallback:"
@@ -276,7 +276,7 @@ class RedisStore(PersistentStore):
                 decode_responses=True,
             )
         except (ValueError, TypeError) as exc:
-            raise StoreError(f"Not a usable Redis URL: {url!r} ({exc}).") from exc
+            raise unusable_url(url, exc, kind="Redis") from exc
         return cls(client, ttl=ttl, lease=lease, prefix=prefix)
 
     def describe(self) -> str:

@@ -49,6 +49,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemy
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from ..redact import redact_url
 from .base import (
     DEFAULT_LEASE,
     MAX_TASK_ID_LENGTH,
@@ -62,6 +63,7 @@ from .base import (
     StoreUnavailable,
     claim_owner,
     lease_from_url,
+    unusable_url,
 )
 
 if TYPE_CHECKING:
@@ -150,7 +152,7 @@ class SQLAlchemyStore(PersistentStore):
             raise StoreError(f"Not a usable table name: {table_name!r}.")
         self.table_name = table_name
         self.bind_key = bind_key
-        self._url = make_url(url) if isinstance(url, str) else url
+        self._url = _database_url(url) if isinstance(url, str) else url
         self._engine = engine
         #: Whether the table is the extension's to create (its own engine), not the host's.
         self.creates_table = db is None and (url is not None or engine is not None)
@@ -178,10 +180,7 @@ class SQLAlchemyStore(PersistentStore):
                 raise StoreError(f"sqlalchemy:// takes bind, table and lease, not {unknown}.")
             bind_key = query.get("bind", [None])[-1]
             return cls(ttl=ttl, lease=lease, bind_key=bind_key, table_name=table_name)
-        try:
-            sa_url = make_url(url).difference_update_query(["table", "lease"])
-        except ArgumentError as exc:
-            raise StoreError(f"Not a database URL: {url!r} ({exc}).") from exc
+        sa_url = _database_url(url).difference_update_query(["table", "lease"])
         return cls(sa_url, ttl=ttl, lease=lease, table_name=table_name)
 
     # -- binding -------------------------------------------------------------------------------
@@ -263,9 +262,9 @@ class SQLAlchemyStore(PersistentStore):
     def describe(self) -> str:
         """The database, for messages; never its password."""
         if self._engine is not None:
-            return self._engine.url.render_as_string(hide_password=True)
+            return _shown(self._engine.url)
         if self._url is not None:
-            return self._url.render_as_string(hide_password=True)
+            return _shown(self._url)
         return "the app's Flask-SQLAlchemy database"
 
     def _run(self, work: Callable[[Connection], T], *, autocommit: bool = False) -> T:
@@ -936,6 +935,21 @@ def _kept(row: sa.Row[Any]) -> KeptDelivery:
     )
 
 
+def _database_url(url: str) -> URL:
+    """SQLAlchemy's reading of ``url``; a bad port is a ``ValueError`` that quotes it, and may
+    quote a password whose host was left out, so both errors go through :func:`unusable_url`."""
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise unusable_url(url, exc, kind="database") from exc
+
+
+def _shown(url: URL) -> str:
+    """``url`` for messages: SQLAlchemy hides the password in the authority, not in the query
+    (``?password=``, which drivers read as well)."""
+    return redact_url(url.render_as_string(hide_password=True))
+
+
 def _create_engine(url: URL | None, instance_path: str | None = None) -> Engine:
     """The extension's own engine: a short connect timeout, SQLite paths as Flask-SQLAlchemy.
 
@@ -962,7 +976,7 @@ def _create_engine(url: URL | None, instance_path: str | None = None) -> Engine:
     try:
         engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", **options)
     except (ArgumentError, ImportError) as exc:
-        raise StoreError(f"Cannot use the database {url!r}: {exc}") from exc
+        raise StoreError(f"Cannot use the database {_shown(url)}: {exc}") from exc
     if backend == "sqlite":
         sa.event.listen(engine, "connect", _write_ahead_log)
     return engine
