@@ -46,8 +46,10 @@ class MusicCallback:
     read once, when the app is initialised; set them before.
 
     One extension object may serve several apps (an app factory called twice, tests); each gets its
-    own endpoint, store and settings in ``app.extensions["musiccallback"]``. Receivers added with
-    :meth:`on` are kept here, on the extension, so they can be declared before any app exists.
+    own endpoint, store and settings in ``app.extensions["musiccallback"]``. A ``store`` passed
+    here is shared by those apps only where its backend may be (:class:`~.stores.base.Store`
+    says where). Receivers added with :meth:`on` are kept here, on the extension, so they can be
+    declared before any app exists.
     """
 
     def __init__(self, app: Flask | None = None, *, store: Store | None = None) -> None:
@@ -72,7 +74,7 @@ class MusicCallback:
         store = self._store
         if store is None:  # not ``or``: an empty store is falsy (it has a length)
             store = store_from_url(settings.store_url, ttl=settings.dedup_ttl)
-        store.init_app(app)
+        store = store.init_app(app)
         state = MusicCallbackState(
             extension=self,
             settings=settings,

@@ -66,6 +66,18 @@ def test_app_factory_form_serves_several_apps_with_their_own_stores() -> None:
     assert one.extensions["musiccallback"].store is not two.extensions["musiccallback"].store
 
 
+def test_a_memory_store_passed_in_code_keeps_the_apps_it_serves_apart() -> None:
+    music = MusicCallback(store=MemoryStore(ttl=60))
+    one, two = new_app(), new_app()
+    music.init_app(one)
+    music.init_app(two)
+    payload = build_callback("complete", task_id="same")
+    answers = [
+        app.test_client().post("/music-callback", json=payload).json for app in (one, two, one)
+    ]
+    assert answers == [{"status": "received"}, {"status": "received"}, {"status": "duplicate"}]
+
+
 def test_on_registered_before_init_app_runs_for_every_app_served() -> None:
     music = MusicCallback()
     seen: list[tuple[str, str]] = []

@@ -109,6 +109,15 @@ class Store(ABC):
 
     Implementations must make :meth:`claim` atomic across every thread (and, for shared stores,
     every process) that uses the same backend.
+
+    One store object passed in code (``MusicCallback(store=...)``) may serve every app of a
+    factory, and it shares between them what its URL would share if each app configured it: a
+    database URL or a Redis server is one backend, and one object serves every app. Where the
+    store holds one app's own data (``memory://``, or ``sqlalchemy://``: the app's
+    Flask-SQLAlchemy engine), the object serves the first app and :meth:`init_app` gives each
+    other app a store of its own, as Flask-SQLAlchemy keeps an engine per app. The extension keeps
+    the store :meth:`init_app` gives back in ``app.extensions["musiccallback"].store``, which lives
+    and dies with the app: the request path reaches its own store with no lookup by app.
     """
 
     #: Whether deliveries survive a restart and can be listed and replayed.
@@ -122,11 +131,13 @@ class Store(ABC):
         """Build the store from its ``MUSICCALLBACK_STORE`` URL; query arguments are options."""
         return cls(ttl=ttl)
 
-    def init_app(self, app: Flask) -> None:  # noqa: B027 - optional hook, empty by design
-        """Bind to an application; stores that borrow the app's resources override it.
+    def init_app(self, app: Flask) -> Store:
+        """The store that serves ``app``: this one, whose backend every app may share.
 
-        Must not connect to the backend: an app starts even when its store is down.
+        Stores that hold an app's own data give another app a store of its own (see the class
+        docstring). Must not connect to the backend: an app starts even when its store is down.
         """
+        return self
 
     @abstractmethod
     def claim(self, delivery: Delivery, *, queued: bool = False) -> ClaimResult:

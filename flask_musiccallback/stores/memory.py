@@ -16,10 +16,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from ..redact import redact_url
 from .base import ClaimResult, Delivery, Store, StoreError
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 #: How many deliveries the memory store remembers unless ``memory://?max_entries=N`` says otherwise.
 DEFAULT_MAX_ENTRIES = 100_000
@@ -41,6 +45,7 @@ class MemoryStore(Store):
         self.max_entries = max_entries
         self._lock = threading.Lock()
         self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
+        self._serves_an_app = False
 
     @classmethod
     def from_url(cls, url: str, *, ttl: int) -> MemoryStore:
@@ -52,6 +57,16 @@ class MemoryStore(Store):
                 f"memory:// max_entries must be a whole number: {redact_url(url)!r}"
             ) from exc
         return cls(ttl=ttl, max_entries=max_entries)
+
+    def init_app(self, app: Flask) -> MemoryStore:
+        """This store for the first app, a new one alike for any other.
+
+        ``memory://`` is per app: shared, one app's delivery would make another's a duplicate.
+        """
+        if self._serves_an_app:
+            return type(self)(ttl=self.ttl, max_entries=self.max_entries).init_app(app)
+        self._serves_an_app = True
+        return self
 
     def __len__(self) -> int:
         return len(self._entries)
