@@ -102,6 +102,70 @@ def test_a_store_given_the_db_in_code_works_in_an_app_factory(tmp_path: Path) ->
     assert deliver(app) == (200, {"status": "received"})
 
 
+def factory_app(
+    tmp_path: Path, name: str, music: MusicCallback, db: SQLAlchemy, *, extension_first: bool
+) -> Flask:
+    """An app of a factory on the SQLite file ``<name>.db``, both extensions set up in the order
+    given and its tables created, as a host's ``create_app`` does."""
+    app = host_app(sqlite_url(tmp_path, f"{name}.db"))
+    for extension in (music, db) if extension_first else (db, music):
+        extension.init_app(app)
+    with app.app_context():
+        db.create_all()
+    return app
+
+
+def task_ids_in(database: Path) -> list[str]:
+    """The tasks whose deliveries an SQLite file keeps, read past the apps and the store."""
+    engine = sa.create_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as connection:
+            return list(connection.scalars(sa.text(f"SELECT task_id FROM {TABLE}")))
+    finally:
+        engine.dispose()
+
+
+def deliver_to_each(apps: dict[str, Flask], tmp_path: Path) -> None:
+    """Deliver a task named after each app to it, and see it kept in that app's database only."""
+    for name, app in apps.items():
+        payload = build_callback("complete", task_id=name)
+        assert deliver(app, payload) == (200, {"status": "received"})
+    for name in apps:
+        assert task_ids_in(tmp_path / f"{name}.db") == [name]
+
+
+EXTENSION_ORDERS = pytest.mark.parametrize(
+    "extension_first", [True, False], ids=["extension-first", "flask-sqlalchemy-first"]
+)
+
+
+@EXTENSION_ORDERS
+@pytest.mark.parametrize("db_in_code", [False, True], ids=["app-db", "db-in-code"])
+def test_one_store_object_keeps_each_factory_apps_deliveries_in_that_apps_database(
+    tmp_path: Path, extension_first: bool, db_in_code: bool
+) -> None:
+    db = SQLAlchemy()
+    store = SQLAlchemyStore(db=db, ttl=3600) if db_in_code else SQLAlchemyStore(ttl=3600)
+    music = MusicCallback(store=store)
+    apps = {
+        name: factory_app(tmp_path, name, music, db, extension_first=extension_first)
+        for name in ("one", "two")
+    }
+    deliver_to_each(apps, tmp_path)
+
+
+@EXTENSION_ORDERS
+def test_one_store_object_serves_apps_with_a_flask_sqlalchemy_each(
+    tmp_path: Path, extension_first: bool
+) -> None:
+    music = MusicCallback(store=SQLAlchemyStore(ttl=3600))
+    apps = {
+        name: factory_app(tmp_path, name, music, SQLAlchemy(), extension_first=extension_first)
+        for name in ("one", "two")
+    }
+    deliver_to_each(apps, tmp_path)
+
+
 def test_a_claim_never_commits_or_rolls_back_the_host_session(postgresql_url: str) -> None:
     app = host_app(postgresql_url)
     db = SQLAlchemy(app)

@@ -156,6 +156,8 @@ class SQLAlchemyStore(PersistentStore):
         self._engine = engine
         #: Whether the table is the extension's to create (its own engine), not the host's.
         self.creates_table = db is None and (url is not None or engine is not None)
+        #: The Flask-SQLAlchemy object given in code; ``None`` looks up each app's own.
+        self._given_db = db
         self._db: SQLAlchemy | None = None
         self._app: Flask | None = None
         self._lock = threading.Lock()
@@ -185,24 +187,38 @@ class SQLAlchemyStore(PersistentStore):
 
     # -- binding -------------------------------------------------------------------------------
 
-    def init_app(self, app: Flask) -> None:
-        """Find the app's database without connecting to it.
+    def init_app(self, app: Flask) -> SQLAlchemyStore:
+        """The store that serves ``app``, its database found without connecting to it.
+
+        A database of the extension's own is one for every app, and this store serves them all.
+        The app's Flask-SQLAlchemy database is the app's alone, even through one ``db`` object
+        (which keeps an engine per app): this store serves the first app, and any other gets a
+        new one alike, with its own engine and statements.
 
         With ``sqlalchemy://`` the table joins ``db.metadata`` now if Flask-SQLAlchemy is already
         set up on the app, or else when the app's first context is pushed, which comes before
         any ``db.create_all()``, migration command or request: either extension may be
         initialised first.
         """
+        if self._app is not None and not self.creates_table:
+            return type(self)(
+                ttl=self.ttl,
+                lease=self.lease,
+                db=self._given_db,
+                bind_key=self.bind_key,
+                table_name=self.table_name,
+            ).init_app(app)
         self._app = app
         if self._url is not None and self._engine is None:
             self._engine = _create_engine(self._url, app.instance_path)
         if self.creates_table or self._db is not None:
-            return
+            return self
         db = app.extensions.get("sqlalchemy")
         if db is not None:
             self._use_db(db)
         else:
             appcontext_pushed.connect(self._find_db, sender=app)
+        return self
 
     def _find_db(self, app: Flask, **extra: Any) -> None:
         db = app.extensions.get("sqlalchemy")
