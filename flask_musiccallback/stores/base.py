@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import importlib
 import json
+import math
 import os
 import secrets
 import socket
@@ -39,6 +40,12 @@ if TYPE_CHECKING:
 
 #: Seconds a processing claim is held before another process may take it over (persistent stores).
 DEFAULT_LEASE = 300
+
+#: Seconds a persistent store waits on its server, to connect and then for each answer, before the
+#: delivery is answered 503 (``?timeout=SECONDS``). A hung server costs a delivery at most two
+#: such waits (its claim; or its completion, then the release), well within the 15 s the provider
+#: waits for an answer, or the 10 s some of its callbacks allow.
+DEFAULT_TIMEOUT = 3.0
 
 #: The longest task id every store can key a delivery by (the SQL store's column holds 255).
 MAX_TASK_ID_LENGTH = 255
@@ -398,13 +405,18 @@ class PersistentStore(Store):
         """
 
 
+def _url_option(url: str, name: str) -> str | None:
+    values = parse_qs(url.partition("?")[2]).get(name)
+    return values[-1] if values else None
+
+
 def lease_from_url(url: str) -> int:
     """The ``lease`` option (seconds) every persistent store reads from its URL's query."""
-    values = parse_qs(url.partition("?")[2]).get("lease")
-    if not values:
+    value = _url_option(url, "lease")
+    if value is None:
         return DEFAULT_LEASE
     try:
-        return int(values[-1])
+        return int(value)
     except ValueError as exc:
         raise StoreError(f"lease must be a whole number of seconds: {redact_url(url)!r}") from exc
 
@@ -413,6 +425,24 @@ def unusable_url(url: str, exc: Exception, *, kind: str) -> StoreError:
     """The error for a URL its parser refused: the parser's words, without the password."""
     detail = redact_url_secrets(str(exc), url)
     return StoreError(f"Not a usable {kind} URL: {redact_url(url)!r} ({detail}).")
+
+
+def timeout_from_url(url: str) -> float:
+    """The ``timeout`` option (seconds, :data:`DEFAULT_TIMEOUT`) every persistent store reads
+    from its URL's query."""
+    value = _url_option(url, "timeout")
+    return DEFAULT_TIMEOUT if value is None else check_timeout(value)
+
+
+def check_timeout(value: float | str) -> float:
+    """``value`` as a store's timeout: a finite number of seconds above zero."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise StoreError(f"A store's timeout must be a positive number of seconds, not {value!r}.")
+    return seconds
 
 
 def require_persistent(store: Store) -> PersistentStore:

@@ -2,7 +2,7 @@
 for a server on this machine).
 
 Options in the URL's query, beside redis-py's own: ``prefix`` (of every key, default
-``musiccallback:``) and ``lease`` (seconds).
+``musiccallback:``), ``lease`` and ``timeout`` (seconds).
 
 Per delivery, with ``ID`` = ``<task id>/<stage>`` (URL-quoted):
 
@@ -49,14 +49,11 @@ from .base import (
     StoreUnavailable,
     claim_owner,
     lease_from_url,
+    timeout_from_url,
     unusable_url,
 )
 
 DEFAULT_PREFIX = "musiccallback:"
-
-#: Seconds to wait for Redis to accept a connection, and then for each answer.
-CONNECT_TIMEOUT = 3
-SOCKET_TIMEOUT = 5
 
 #: The longest error text kept with a delivery.
 MAX_ERROR_LENGTH = 4000
@@ -260,19 +257,26 @@ class RedisStore(PersistentStore):
 
     @classmethod
     def from_url(cls, url: str, *, ttl: int) -> RedisStore:
+        """The store of ``url``, on a client that never waits longer than ``?timeout=``.
+
+        Each wait (to connect, the connection's greeting, each answer) gives up after the
+        timeout, and only a refused or dropped connection is tried again, at once: a server that
+        does not answer would make a second try wait as long again.
+        """
         lease = lease_from_url(url)
+        timeout = timeout_from_url(url)
         base, _, query_text = url.partition("?")
         query = parse_qsl(query_text, keep_blank_values=True)
         prefix = dict(query).get("prefix", DEFAULT_PREFIX)
-        rest = [(key, value) for key, value in query if key not in ("prefix", "lease")]
+        rest = [(key, value) for key, value in query if key not in ("prefix", "lease", "timeout")]
         # Rebuilt by hand: urlunsplit would drop the empty host of unix:///path/to/redis.sock.
         client_url = f"{base}?{urlencode(rest)}" if rest else base
         try:
             client = redis.Redis.from_url(
                 client_url,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=SOCKET_TIMEOUT,
-                retry=Retry(NoBackoff(), 1),
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                 decode_responses=True,
             )
         except (ValueError, TypeError) as exc:
