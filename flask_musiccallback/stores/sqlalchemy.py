@@ -2,13 +2,14 @@
 
 Two ways to point it at a database:
 
-``sqlalchemy://`` (options ``?bind=KEY&table=NAME&lease=SECONDS``)
+``sqlalchemy://`` (options ``?bind=KEY&table=NAME&lease=SECONDS&timeout=SECONDS``)
     The host app's Flask-SQLAlchemy ``db``. The extension's table joins ``db.metadata`` (or the
     bind's metadata), so ``db.create_all()``, Flask-Migrate and Alembic see it and the host's
     migrations own it. Only ``db``'s engine is borrowed, never its session: a claim commits on its
     own connection and never commits, or rolls back, the host's unit of work.
 
-any SQLAlchemy URL (``sqlite:///callbacks.db``, ``postgresql+psycopg://...``; ``?table=&lease=``)
+any SQLAlchemy URL (``sqlite:///callbacks.db``, ``postgresql+psycopg://...``;
+``?table=&lease=&timeout=``)
     An engine of the extension's own, which creates its table on first use if it is missing.
     Relative SQLite paths are read from the app's instance folder, as Flask-SQLAlchemy does.
 
@@ -32,11 +33,12 @@ events and echo see them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -52,6 +54,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from ..redact import redact_url
 from .base import (
     DEFAULT_LEASE,
+    DEFAULT_TIMEOUT,
     MAX_TASK_ID_LENGTH,
     STATUS_STATES,
     ClaimResult,
@@ -61,10 +64,13 @@ from .base import (
     PersistentStore,
     StoreError,
     StoreUnavailable,
+    check_timeout,
     claim_owner,
     lease_from_url,
+    timeout_from_url,
     unusable_url,
 )
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -74,9 +80,6 @@ T = TypeVar("T")
 
 #: The table's name unless ``?table=`` says otherwise.
 DEFAULT_TABLE = "musiccallback_deliveries"
-
-#: Seconds to wait for a database server to accept a connection: a down store must answer fast.
-CONNECT_TIMEOUT = 3
 
 #: The longest error text kept with a delivery.
 MAX_ERROR_LENGTH = 4000
@@ -144,8 +147,12 @@ class SQLAlchemyStore(PersistentStore):
         db: SQLAlchemy | None = None,
         bind_key: str | None = None,
         table_name: str = DEFAULT_TABLE,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(ttl=ttl, lease=lease)
+        #: Seconds each call waits on the database (:data:`~.base.DEFAULT_TIMEOUT`).
+        self.timeout = check_timeout(timeout)
+        self._watchdog = Watchdog(self.timeout)
         if sum(source is not None for source in (url, engine, db)) > 1:
             raise StoreError("Give SQLAlchemyStore one of url, engine or db.")
         if not _NAME.match(table_name):
@@ -174,16 +181,21 @@ class SQLAlchemyStore(PersistentStore):
     @classmethod
     def from_url(cls, url: str, *, ttl: int) -> SQLAlchemyStore:
         lease = lease_from_url(url)
+        timeout = timeout_from_url(url)
         query = parse_qs(url.partition("?")[2])
         table_name = query.get("table", [DEFAULT_TABLE])[-1]
         if url.partition("://")[0].lower() == "sqlalchemy":
-            unknown = set(query) - {"bind", "table", "lease"}
+            unknown = set(query) - {"bind", "table", "lease", "timeout"}
             if unknown:
-                raise StoreError(f"sqlalchemy:// takes bind, table and lease, not {unknown}.")
+                raise StoreError(
+                    f"sqlalchemy:// takes bind, table, lease and timeout, not {unknown}."
+                )
             bind_key = query.get("bind", [None])[-1]
-            return cls(ttl=ttl, lease=lease, bind_key=bind_key, table_name=table_name)
-        sa_url = _database_url(url).difference_update_query(["table", "lease"])
-        return cls(sa_url, ttl=ttl, lease=lease, table_name=table_name)
+            return cls(
+                ttl=ttl, lease=lease, bind_key=bind_key, table_name=table_name, timeout=timeout
+            )
+        sa_url = _database_url(url).difference_update_query(["table", "lease", "timeout"])
+        return cls(sa_url, ttl=ttl, lease=lease, table_name=table_name, timeout=timeout)
 
     # -- binding -------------------------------------------------------------------------------
 
@@ -207,10 +219,11 @@ class SQLAlchemyStore(PersistentStore):
                 db=self._given_db,
                 bind_key=self.bind_key,
                 table_name=self.table_name,
+                timeout=self.timeout,
             ).init_app(app)
         self._app = app
         if self._url is not None and self._engine is None:
-            self._engine = _create_engine(self._url, app.instance_path)
+            self._engine = _create_engine(self._url, self.timeout, app.instance_path)
         if self.creates_table or self._db is not None:
             return self
         db = app.extensions.get("sqlalchemy")
@@ -258,7 +271,9 @@ class SQLAlchemyStore(PersistentStore):
             table = self.table
             if self._engine is None:
                 borrowed = self._db is not None
-                self._engine = self._borrowed_engine() if borrowed else _create_engine(self._url)
+                self._engine = (
+                    self._borrowed_engine() if borrowed else _create_engine(self._url, self.timeout)
+                )
             if self.creates_table and not self._ready:
                 _create_table(self._engine, table)
             self._ready = True
@@ -283,20 +298,24 @@ class SQLAlchemyStore(PersistentStore):
             return _shown(self._url)
         return "the app's Flask-SQLAlchemy database"
 
-    def _run(self, work: Callable[[Connection], T], *, autocommit: bool = False) -> T:
+    def _run(
+        self, work: Callable[[Connection], T], *, autocommit: bool = False, bounded: bool = True
+    ) -> T:
         """Run ``work`` in one transaction; the store's failures become ``StoreUnavailable``.
 
         ``autocommit`` is for ``work`` of a single statement, which then is its own transaction:
         one round trip instead of three (``BEGIN``, the statement, ``COMMIT``).
 
         A pooled connection that the server dropped (a restart) is retried once on a fresh one,
-        so that a database restart costs no 503.
+        so that a database restart costs no 503. Work that outlives the store's timeout is cut
+        off and not retried (:class:`~.watchdog.Watchdog`), unless it is not ``bounded``:
+        listing and pruning, which may scan a large table and never run on the request path.
         """
         reached = False
 
         def attempt(engine: Engine) -> T:
             nonlocal reached
-            with self._begin(engine, autocommit) as connection:
+            with self._begin(engine, autocommit, bounded) as connection:
                 reached = True
                 return work(connection)
 
@@ -322,7 +341,9 @@ class SQLAlchemyStore(PersistentStore):
         A connection the server dropped is thrown away and ``work`` runs once more on a new one.
         A restart ends every pooled connection at once, so the pool is replaced as well, as
         SQLAlchemy itself invalidates the pool on a disconnect: the retry must not draw another
-        dead one. Any other error of the driver becomes ``StoreUnavailable``.
+        dead one. Work that outlives the store's timeout is cut off, and its connection thrown
+        away, but not retried: the server is not gone, it does not answer. Any other error of
+        the driver becomes ``StoreUnavailable``.
         """
         try:
             engine = self._connectable()
@@ -331,10 +352,12 @@ class SQLAlchemyStore(PersistentStore):
         dialect = engine.dialect
         try:
             connection = engine.raw_connection()
-        except (dialect.loaded_dbapi.Error, OSError) as exc:
+        except (dialect.loaded_dbapi.Error, SQLAlchemyError, OSError) as exc:
             raise self._unavailable(exc, reached=retried) from exc
+        watch = self._watchdog.watch(connection.dbapi_connection)
         try:
-            return work(connection, dialect)
+            with watch:
+                return work(connection, dialect)
         except dialect.loaded_dbapi.Error as exc:
             if retried or not dialect.is_disconnect(exc, connection, None):
                 raise self._unavailable(exc) from exc
@@ -342,7 +365,9 @@ class SQLAlchemyStore(PersistentStore):
         except OSError as exc:
             raise self._unavailable(exc) from exc
         finally:
-            if connection.is_valid:
+            if watch.fired:
+                connection.invalidate()
+            elif connection.is_valid:
                 connection.close()
         engine.dispose()
         return self._run_on_driver(work, retried=True)
@@ -388,19 +413,29 @@ class SQLAlchemyStore(PersistentStore):
         return self._url is not None and self._url.get_backend_name() in self.upsert_dialects
 
     @contextmanager
-    def _begin(self, engine: Engine, autocommit: bool) -> Iterator[Connection]:
-        """A connection in a transaction, or in autocommit.
+    def _begin(self, engine: Engine, autocommit: bool, bounded: bool) -> Iterator[Connection]:
+        """A connection in a transaction, or in autocommit; under the watchdog if ``bounded``.
 
         The extension's own engine autocommits (:func:`_create_engine`), as the request path
         wants, and switches to the database's default isolation for a transaction; an engine of
         the host's is left as it is and switched to autocommit for the time of one statement.
-        Either switch is undone when the connection goes back to the pool.
+        Either switch is undone when the connection goes back to the pool. Work that is not
+        ``bounded`` lifts the ``statement_timeout`` of the extension's own PostgreSQL engine for
+        its transaction.
         """
         with engine.connect() as connection:
             if autocommit != self._autocommits:
                 level = "AUTOCOMMIT" if autocommit else connection.default_isolation_level
                 connection.execution_options(isolation_level=level)
-            with connection.begin():
+            if bounded:
+                watch: AbstractContextManager[object] = self._watchdog.watch(
+                    connection.connection.dbapi_connection
+                )
+            else:
+                watch = nullcontext()
+            with watch, connection.begin():
+                if not bounded and _STATEMENT_TIMEOUT in connection.connection.info:
+                    connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
                 yield connection
 
     def close(self) -> None:
@@ -600,7 +635,7 @@ class SQLAlchemyStore(PersistentStore):
             statement = statement.where(table.c.task_id == task_id)
         if limit is not None:
             statement = statement.limit(limit)
-        rows = self._run(lambda c: c.execute(statement).all())
+        rows = self._run(lambda c: c.execute(statement).all(), bounded=False)
         return [_kept(row) for row in rows]
 
     def get(self, delivery_id: str) -> KeptDelivery | None:
@@ -622,7 +657,7 @@ class SQLAlchemyStore(PersistentStore):
                 table.c.lease_expires_at < now,
             ),
         )
-        deleted: int = self._run(lambda c: c.execute(statement).rowcount)
+        deleted: int = self._run(lambda c: c.execute(statement).rowcount, bounded=False)
         return deleted
 
     def reclaim(
@@ -966,14 +1001,19 @@ def _shown(url: URL) -> str:
     return redact_url(url.render_as_string(hide_password=True))
 
 
-def _create_engine(url: URL | None, instance_path: str | None = None) -> Engine:
-    """The extension's own engine: a short connect timeout, SQLite paths as Flask-SQLAlchemy.
+def _create_engine(url: URL | None, timeout: float, instance_path: str | None = None) -> Engine:
+    """The extension's own engine, SQLite paths read as Flask-SQLAlchemy does.
 
     It autocommits: each statement of the request path stands alone, and
     :meth:`SQLAlchemyStore._begin` opens a transaction for work that needs one.
+
+    No wait on the database outlasts ``timeout``: for a connection of the pool, to connect
+    (a connect timeout in the URL wins), for SQLite's lock, and on PostgreSQL for a statement
+    (the server cancels one that waits on a lock, so that it is not done after the caller gave
+    up). A server that does not answer at all is the watchdog's (:class:`~.watchdog.Watchdog`).
     """
     assert url is not None
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"pool_timeout": timeout}
     backend = url.get_backend_name()
     if backend == "sqlite":
         database = url.database or ""
@@ -984,9 +1024,11 @@ def _create_engine(url: URL | None, instance_path: str | None = None) -> Engine:
             )
         if instance_path is not None and not os.path.isabs(database):
             url = url.set(database=os.path.join(instance_path, database))
+        options["connect_args"] = {"timeout": timeout}
     elif backend in ("postgresql", "mysql", "mariadb"):
         if "connect_timeout" not in url.query:
-            options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+            # Whole seconds, as libpq and the MySQL drivers count them.
+            options["connect_args"] = {"connect_timeout": math.ceil(timeout)}
         if url.drivername == "postgresql" and _has_psycopg3_only():
             url = url.set(drivername="postgresql+psycopg")
     try:
@@ -995,7 +1037,30 @@ def _create_engine(url: URL | None, instance_path: str | None = None) -> Engine:
         raise StoreError(f"Cannot use the database {_shown(url)}: {exc}") from exc
     if backend == "sqlite":
         sa.event.listen(engine, "connect", _write_ahead_log)
+    elif backend == "postgresql":
+        sa.event.listen(engine, "connect", _statement_timeout(timeout))
     return engine
+
+
+#: Set in a connection's ``info`` when its statements are cancelled after the store's timeout.
+_STATEMENT_TIMEOUT = "musiccallback_statement_timeout"
+
+
+def _statement_timeout(timeout: float) -> Callable[[Any, Any], None]:
+    """A ``connect`` listener giving each new PostgreSQL connection ``statement_timeout``."""
+    milliseconds = math.ceil(timeout * 1000)
+
+    def set_statement_timeout(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET statement_timeout = {milliseconds}")
+        finally:
+            cursor.close()
+        # Kept by the session even where the driver opened a transaction for the SET.
+        dbapi_connection.commit()
+        record.info[_STATEMENT_TIMEOUT] = True
+
+    return set_statement_timeout
 
 
 #: Set in a connection's ``info`` when the extension's own SQLite file is in WAL mode.
@@ -1057,15 +1122,19 @@ def _create_table(engine: Engine, table: sa.Table) -> None:
     """Create the table if missing; safe when several processes start on a fresh database.
 
     Two processes may both see no table and both create it: the loser's error is harmless once
-    the table is there, so it is checked again before giving up.
+    the table is there, so it is checked again before giving up, on the same connection: a
+    server that cannot be reached costs one connect timeout, not two.
     """
     if engine.url.get_backend_name() == "sqlite" and engine.url.database:
         os.makedirs(os.path.dirname(os.path.abspath(engine.url.database)), exist_ok=True)
-    try:
-        table.create(engine, checkfirst=True)
-    except DBAPIError:
-        if not sa.inspect(engine).has_table(table.name):
-            raise
+    with engine.connect() as connection:
+        try:
+            table.create(connection, checkfirst=True)
+            connection.commit()
+        except DBAPIError:
+            connection.rollback()
+            if not sa.inspect(connection).has_table(table.name):
+                raise
 
 
 def _explain(exc: BaseException) -> str:
