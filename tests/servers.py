@@ -16,7 +16,7 @@ Fixtures:
     ``redis://`` URL of a database emptied for the test.
 
 ``start_postgresql()`` and ``start_redis()`` start a server of one's own, for a test that stops
-and restarts it (call ``remove()`` when done).
+and restarts it (call ``remove()`` when done), or freezes it (``with server.frozen(): ...``).
 
 Where a server's binaries are missing the tests that need it are skipped with a message saying how
 to get them; with ``CI=true`` in the environment they fail instead, so that CI never passes on
@@ -29,6 +29,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -75,6 +76,38 @@ def answers_ping(host: str, port: int) -> bool:
             return connection.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+@contextmanager
+def stopped(pids: list[int]) -> Iterator[None]:
+    """Stop the processes (``SIGSTOP``) for the block, and always let them go on after it.
+
+    A stopped server never answers, yet its kernel still accepts connections and acknowledges
+    every packet: the server that hangs, not the one that is down.
+    """
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _children(parent: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    # "pid (command) state ppid ...": the command may hold spaces.
+                    fields = stat.read().rpartition(b")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                children.append(int(entry))
+    return children
 
 
 @contextmanager
@@ -151,6 +184,11 @@ class PostgresServer:
 
     def stop(self) -> None:
         self.pg_ctl("stop", "-m", "immediate", "-w")
+
+    def frozen(self) -> contextlib.AbstractContextManager[None]:
+        """The postmaster and every process it started, stopped for the block."""
+        postmaster = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        return stopped([postmaster, *_children(postmaster)])
 
     def remove(self) -> None:
         """Stop the server and delete its files."""
@@ -262,6 +300,11 @@ class RedisServer:
         """Stop the server and delete its directory."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def frozen(self) -> contextlib.AbstractContextManager[None]:
+        """``redis-server`` stopped for the block."""
+        assert self.process is not None
+        return stopped([self.process.pid])
 
     def flush(self, db: int) -> None:
         import redis
