@@ -48,12 +48,16 @@ _pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 class Pool:
     """``size`` daemon threads running jobs, at most ``capacity`` new jobs waiting for them."""
 
-    def __init__(self, size: int, capacity: int, name: str = "musiccallback") -> None:
+    def __init__(
+        self, size: int, capacity: int, name: str = "musiccallback", unit: str = "deliveries"
+    ) -> None:
         if size < 1 or capacity < 1:
             raise ValueError("a pool needs a size and a capacity of at least 1")
         self.size = size
         self.capacity = capacity
         self.name = name
+        #: What a job stands for, in the warning about jobs left unfinished.
+        self.unit = unit
         self._reset()
         _pools.add(self)
 
@@ -165,10 +169,11 @@ class Pool:
             self._work_ready.notify_all()
         if left:
             logger.warning(
-                "The %s pool stopped with %d deliveries unfinished (queued, running or waiting "
+                "The %s pool stopped with %d %s unfinished (queued, running or waiting "
                 "for a retry).",
                 self.name,
                 left,
+                self.unit,
             )
         _pools.discard(self)
         return finished

@@ -43,7 +43,8 @@ class WriteBack:
     """One app's store writes waiting for the store, written in the order they came."""
 
     def __init__(self) -> None:
-        self._pool = Pool(1, 1, name="musiccallback-writeback")
+        # One job drains the whole queue: what a stopped pool leaves is that job, every write in it.
+        self._pool = Pool(1, 1, name="musiccallback-writeback", unit="rounds of the store writes")
         self._lock = threading.Lock()
         self._writes: deque[tuple[str, Write]] = deque()
         self._scheduled = False

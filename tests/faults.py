@@ -120,8 +120,8 @@ class LossyProxy:
                     assert self._fault is not None
                     self._refusing = self._fault.refuse_after
                     self._fault = None
+                self.lost.set()  # before the client can notice, and a test ask
                 link.close()
-                self.lost.set()
                 return
             try:
                 link.client.sendall(chunk)
