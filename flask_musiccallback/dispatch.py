@@ -142,10 +142,7 @@ class Job:
         )
 
     def _write(self, what: str, write: Callable[[], None]) -> None:
-        delivery = self.delivery
-        self.state.write_back.write(
-            f"{what} of task {delivery.task_id} stage {delivery.stage}", write
-        )
+        self.state.write_back.write(write, what, self.delivery)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +171,9 @@ def deliver(
     except StoreUnavailable as exc:
         if exc.reached:
             state.write_back.add(
-                f"the release of an unanswered claim of task {delivery.task_id} "
-                f"stage {delivery.stage}",
                 lambda: state.store.release(delivery, "the store did not answer the claim"),
+                "the release of an unanswered claim",
+                delivery,
             )
         raise
     if claim is not ClaimResult.CLAIMED:

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .pool import Pool, backoff
-from .stores.base import StoreUnavailable
+from .stores.base import Delivery, StoreUnavailable
 
 logger = logging.getLogger("flask_musiccallback")
 
@@ -39,6 +39,10 @@ MAX_DELAY = 30.0
 Write = Callable[[], None]
 
 
+def _describe(what: str, delivery: Delivery) -> str:
+    return f"{what} of task {delivery.task_id} stage {delivery.stage}"
+
+
 class WriteBack:
     """One app's store writes waiting for the store, written in the order they came."""
 
@@ -46,7 +50,7 @@ class WriteBack:
         # One job drains the whole queue: what a stopped pool leaves is that job, every write in it.
         self._pool = Pool(1, 1, name="musiccallback-writeback", unit="rounds of the store writes")
         self._lock = threading.Lock()
-        self._writes: deque[tuple[str, Write]] = deque()
+        self._writes: deque[tuple[Write, str, Delivery]] = deque()
         self._scheduled = False
         self._failures = 0
         self._pid = os.getpid()
@@ -54,27 +58,33 @@ class WriteBack:
     def __len__(self) -> int:
         return len(self._writes)
 
-    def write(self, what: str, write: Write) -> None:
+    def write(self, write: Write, what: str, delivery: Delivery) -> None:
         """Run ``write`` now; when the store is unreachable, keep it and retry it later.
 
-        ``what`` says which write it is, for the log.
+        ``what`` says which write of ``delivery`` it is, for the log.
         """
         try:
             write()
         except StoreUnavailable as exc:
-            logger.warning("Cannot record %s now; retrying in the background: %s", what, exc)
-            self.add(what, write)
+            logger.warning(
+                "Cannot record %s now; retrying in the background: %s",
+                _describe(what, delivery),
+                exc,
+            )
+            self.add(write, what, delivery)
 
-    def add(self, what: str, write: Write) -> None:
-        """Keep ``write`` for the background, behind those already waiting."""
+    def add(self, write: Write, what: str, delivery: Delivery) -> None:
+        """Keep ``write`` of ``delivery`` for the background, behind those already waiting."""
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's drain job is not in this process
                 self._pid = os.getpid()
                 self._scheduled = False
             if len(self._writes) >= MAX_WAITING:
-                dropped, _ = self._writes.popleft()
-                logger.error("Too many writes wait for the store; %s is dropped.", dropped)
-            self._writes.append((what, write))
+                _, dropped, of = self._writes.popleft()
+                logger.error(
+                    "Too many writes wait for the store; %s is dropped.", _describe(dropped, of)
+                )
+            self._writes.append((write, what, delivery))
             if self._scheduled:
                 return
             self._scheduled = True
@@ -86,7 +96,7 @@ class WriteBack:
                 if not self._writes:
                     self._scheduled = False
                     return
-                what, write = self._writes[0]
+                write, what, delivery = self._writes[0]
             try:
                 write()
             except StoreUnavailable:
@@ -96,10 +106,12 @@ class WriteBack:
                     logger.error("%d writes for the store are left unwritten.", len(self))
                 return
             except Exception:
-                logger.exception("Writing %s failed for good; it is dropped.", what)
+                logger.exception(
+                    "Writing %s failed for good; it is dropped.", _describe(what, delivery)
+                )
             else:
                 if self._failures:
-                    logger.warning("The store took %s, written late.", what)
+                    logger.warning("The store took %s, written late.", _describe(what, delivery))
             self._failures = 0
             with self._lock:
                 self._writes.popleft()
