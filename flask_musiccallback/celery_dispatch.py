@@ -35,7 +35,6 @@ from werkzeug.utils import import_string
 
 from .config import ConfigKeys, ConfigurationError, Settings
 from .dispatch import Job, Outcome, process_acknowledged
-from .families import family_named
 from .state import get_state
 from .stores.base import Delivery, utcnow
 from .sweep import sweep
@@ -174,7 +173,7 @@ def process_delivery(
     app = _flask_app()
     state = get_state(app)
     try:
-        kind = family_named(family)
+        kind = state.extension.families.named(family)
         event = kind.reload(payload, datetime.fromisoformat(received_at))
     except (LookupError, ValidationError, ValueError) as exc:
         logger.error("A worker cannot read task %s stage %s: %s", task_id, stage, exc)

@@ -25,7 +25,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .dispatch import Outcome, deliver, send_isolated
-from .families import family_for, find_task_id
+from .families import find_task_id
 from .redact import REDACTED
 from .signals import callback_rejected
 from .state import EXTENSION_NAME, MusicCallbackState
@@ -226,8 +226,8 @@ def receive() -> Response:
             raise
         if timestamp is not None:
             check_signature(settings, request.headers, find_task_id(payload), timestamp)
-        family = family_for(payload)
         try:
+            family = state.extension.families.reading(payload)
             event = family.load(payload)
         except ValidationError as exc:
             raise Rejected("invalid_payload", 422, _messages(exc)) from None

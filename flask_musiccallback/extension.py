@@ -15,8 +15,8 @@ from flask import Flask, current_app, has_app_context, has_request_context, url_
 from .config import ConfigurationError, Settings
 from .dispatch import SyncDispatcher, ThreadDispatcher
 from .endpoint import ENDPOINT, make_blueprint
-from .events import CallbackEvent, Stage
-from .families import MUSIC
+from .events import Stage
+from .families import MUSIC, MUSIC_NAME, Families
 from .redact import install_log_filters
 from .state import EXTENSION_NAME, Dispatcher, MusicCallbackState, get_state
 from .stores.base import Store, store_from_url
@@ -25,7 +25,7 @@ from .sweep import Sweeper
 if TYPE_CHECKING:
     from .poll import PollResult
 
-F = TypeVar("F", bound=Callable[[CallbackEvent], Any])
+F = TypeVar("F", bound=Callable[[Any], Any])
 
 logger = logging.getLogger("flask_musiccallback")
 
@@ -48,12 +48,16 @@ class MusicCallback:
     One extension object may serve several apps (an app factory called twice, tests); each gets its
     own endpoint, store and settings in ``app.extensions["musiccallback"]``. A ``store`` passed
     here is shared by those apps only where its backend may be (:class:`~.stores.base.Store`
-    says where). Receivers added with :meth:`on` are kept here, on the extension, so they can be
-    declared before any app exists.
+    says where). Receivers added with :meth:`on` and the callback families read
+    (:attr:`families`) are kept here, on the extension, so they can be declared before any app
+    exists.
     """
 
     def __init__(self, app: Flask | None = None, *, store: Store | None = None) -> None:
         self._store = store
+        #: The callback families this extension reads, music first (docs/families.md);
+        #: ``music.families.register(family)`` adds one for every app it serves.
+        self.families = Families(MUSIC)
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
@@ -100,17 +104,21 @@ class MusicCallback:
                 stacklevel=2,
             )
 
-    def on(self, stage: Stage | str) -> Callable[[F], F]:
-        """Decorate a receiver that takes the event only, for one stage, on every app served.
+    def on(self, stage: Stage | str, *, family: str = MUSIC_NAME) -> Callable[[F], F]:
+        """Decorate a receiver that takes the event only, for one stage of a registered family
+        (music unless named), on every app served.
 
         Sugar over the stage's signal: the receiver is connected to it for any sender and runs only
         for apps this extension object serves, so it may be declared before ``init_app``.
         """
-        signal = MUSIC.signals[Stage(stage)]
+        try:
+            signal = self.families.named(family).signals[stage]
+        except KeyError:
+            raise ValueError(f"{stage!r} is not a stage of the {family} family.") from None
 
         def decorator(func: F) -> F:
             @functools.wraps(func)
-            def receiver(sender: Flask, event: CallbackEvent, **extra: Any) -> Any:
+            def receiver(sender: Flask, event: Any, **extra: Any) -> Any:
                 state = sender.extensions.get(EXTENSION_NAME)
                 if state is not None and state.extension is self:
                     return sender.ensure_sync(func)(event)

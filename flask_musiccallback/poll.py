@@ -33,7 +33,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
 from .config import ConfigKeys, ConfigurationError, Settings
 from .dispatch import Outcome, deliver
 from .events import CallbackEvent, Stage
-from .families import MUSIC
+from .families import MUSIC_NAME
 from .schemas import load_callback
 from .state import get_state
 
@@ -338,12 +338,13 @@ def poll_task(app: Flask, task_id: str, *, client: ProviderClient | None = None)
     event = result.event
     if event is None:
         return result
-    delivery = MUSIC.delivery(event, event.raw, {"Source": "poll"})
+    family = state.extension.families.named(MUSIC_NAME)
+    delivery = family.delivery(event, event.raw, {"Source": "poll"})
     if has_app_context() and current_app._get_current_object() is app:  # type: ignore[attr-defined]
-        outcome = deliver(app, state, MUSIC, event, delivery)
+        outcome = deliver(app, state, family, event, delivery)
     else:
         with app.app_context():
-            outcome = deliver(app, state, MUSIC, event, delivery)
+            outcome = deliver(app, state, family, event, delivery)
     return dataclasses.replace(result, outcome=outcome)
 
 

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from marshmallow import ValidationError
 
 from .dispatch import Job, Outcome
-from .families import family_for
 from .state import get_state
 from .stores.base import (
     DeliveryState,
@@ -133,8 +132,8 @@ def _replay_one(
         current = store.get(delivery_id) or kept
         why = f"{current.state}" + (f", held by {current.owner}" if current.in_flight else "")
         return ReplayResult(delivery_id, Replayed.SKIPPED, why + "; --force takes it", current)
-    family = family_for(taken.payload)
     try:
+        family = state.extension.families.reading(taken.payload)
         event = family.reload(taken.payload, taken.received_at)
     except ValidationError as exc:
         error = f"the kept payload no longer loads: {exc.messages}"

@@ -13,6 +13,9 @@ returns. What a receiver does depends on the task id's first word:
 - ``held-...`` waits until the test pushes ``release:<task id>`` (30 s at most);
 - ``stuck-...`` hangs on its first attempt (until the worker is killed);
 - anything else just records.
+
+The host also reads a family of its own (the WAV family of :mod:`tests.wav_family`), which its
+workers must find by name on their own extension.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from flask import Flask, current_app, has_app_context, has_request_context
 from flask_musiccallback import CallbackEvent, MusicCallback, all_tracks_generated, task_failed
 from flask_musiccallback.state import get_state
 from flask_musiccallback.stores.base import KeptDelivery, PersistentStore
+
+from .wav_family import WAV, WavEvent, wav_ready
 
 TOKEN = "celery-host-token"
 URL = f"/music-callback?token={TOKEN}"
@@ -61,10 +66,12 @@ def create_app(broker_url: str, records_url: str, **config: Any) -> Flask:
         RECORDS_URL=records_url,
     )
     app.config.update(config)
-    MusicCallback(app)
+    music = MusicCallback(app)
+    music.families.register(WAV)
     celery_init_app(app)
     all_tracks_generated.connect(record, sender=app)
     task_failed.connect(record, sender=app)
+    wav_ready.connect(record, sender=app)
     return app
 
 
@@ -96,12 +103,12 @@ def kept(app: Flask, task_id: str, state: str, timeout: float = 20) -> KeptDeliv
         time.sleep(0.05)
 
 
-def record(sender: Flask, event: CallbackEvent, **extra: Any) -> None:
+def record(sender: Flask, event: CallbackEvent | WavEvent, **extra: Any) -> None:
     """Note this attempt in Redis, then behave as the task id says."""
     attempt = {
         "task_id": event.task_id,
         "stage": str(event.stage),
-        "tracks": len(event.tracks),
+        "tracks": len(event.tracks) if isinstance(event, CallbackEvent) else None,
         "received_at": event.received_at.isoformat(),
         "app": current_app.name if has_app_context() else None,
         "request_context": has_request_context(),

@@ -29,6 +29,7 @@ from .conftest import URL as PLAIN_URL
 from .conftest import AppFactory
 from .servers import free_port
 from .servers_redis import celery_worker, redis_server
+from .wav_family import wav_payload
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,14 @@ def test_the_failure_stage_reaches_its_signal_in_the_worker(web: Flask) -> None:
     post(web, build_callback("failed", task_id=task_id))
     [seen] = attempts(web, task_id, 1)
     assert seen["stage"] == "failed"
+
+
+def test_the_worker_reads_a_family_registered_on_the_hosts_extension(web: Flask) -> None:
+    task_id = task("ok")
+    assert post(web, wav_payload(task_id)) == (200, {"status": "received"})
+    [seen] = attempts(web, task_id, 1)
+    assert seen["stage"] == "complete"
+    assert kept(web, task_id, "done").stage == "wav:complete"
 
 
 def test_a_redelivery_is_a_duplicate_and_runs_nothing(web: Flask) -> None:

@@ -1,95 +1,36 @@
-"""Another callback family plugs in as a module (schema, event, signals), the pipeline unchanged."""
+"""Another callback family plugs in as a module (schema, event, signals), the pipeline unchanged,
+registered on one extension and read by that extension only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
-from blinker import Namespace
 from flask import Flask
 from flask.testing import FlaskClient
-from marshmallow import EXCLUDE, Schema, fields, post_load
+from marshmallow import ValidationError
 
 from flask_musiccallback import all_tracks_generated
-from flask_musiccallback.families import Family, register_family, unregister_family
+from flask_musiccallback.families import MUSIC, Families, Family
+from flask_musiccallback.replay import Replayed, replay
+from flask_musiccallback.state import get_state
+from flask_musiccallback.stores.base import PersistentStore
 from flask_musiccallback.testing import build_callback, record_signals
 
-from .conftest import URL
-
-# What a module adding the WAV conversion family would hold.
-
-wav_signals = Namespace()
-wav_ready = wav_signals.signal("wav-ready")
-wav_failed = wav_signals.signal("wav-failed")
+from .backends import sqlite_url
+from .conftest import URL, AppFactory
+from .wav_family import WAV, WavEvent, wav_payload, wav_ready
 
 
-@dataclass(frozen=True)
-class WavEvent:
-    task_id: str
-    stage: str
-    code: int
-    wav_url: str | None
-    received_at: datetime
+def with_wav(app: Flask) -> Flask:
+    get_state(app).extension.families.register(WAV)
+    return app
 
 
-class WavDataSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    task_id = fields.String(required=True)
-    audioWavUrl = fields.String(allow_none=True, load_default=None)  # noqa: N815
-
-
-class WavSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    code = fields.Integer(required=True)
-    data = fields.Nested(WavDataSchema, required=True)
-
-    @post_load
-    def make_event(self, loaded: dict[str, Any], **kwargs: Any) -> WavEvent:
-        ok = loaded["code"] == 200 and loaded["data"]["audioWavUrl"]
-        return WavEvent(
-            task_id=loaded["data"]["task_id"],
-            stage="complete" if ok else "failed",
-            code=loaded["code"],
-            wav_url=loaded["data"]["audioWavUrl"],
-            received_at=datetime.now(timezone.utc),
-        )
-
-
-def is_wav(payload: Mapping[str, Any]) -> bool:
-    data = payload.get("data")
-    return isinstance(data, dict) and "audioWavUrl" in data
-
-
-wav_schema = WavSchema()
-WAV = Family(
-    name="wav",
-    schema=wav_schema,
-    load=wav_schema.load,
-    signals={"complete": wav_ready, "failed": wav_failed},
-    detect=is_wav,
-)
-
-
-@pytest.fixture(autouse=True)
-def wav_family() -> Iterator[Family]:
-    register_family(WAV)
-    yield WAV
-    unregister_family(WAV)
-
-
-def wav_payload(task_id: str, url: str | None = "https://x/a.wav") -> dict[str, Any]:
-    return {
-        "code": 200 if url else 400,
-        "msg": "ok",
-        "data": {"task_id": task_id, "audioWavUrl": url},
-    }
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    return with_wav(make_app())
 
 
 def test_a_registered_family_gets_its_own_signal(app: Flask, client: FlaskClient) -> None:
@@ -127,3 +68,72 @@ def test_a_family_payload_that_is_wrong_is_a_422(client: FlaskClient) -> None:
     answer = client.post(URL, json={"code": 200, "data": {"audioWavUrl": 5}})
     assert answer.status_code == 422
     assert "task_id" in answer.get_json()["errors"]["data"]
+
+
+def test_a_family_registered_on_one_extension_is_not_read_by_another(
+    app: Flask, make_app: AppFactory
+) -> None:
+    other = make_app()
+    received: list[WavEvent] = []
+    with wav_ready.connected_to(lambda sender, event: received.append(event)):
+        answer = other.test_client().post(URL, json=wav_payload("w3"))
+        assert answer.status_code == 422  # read as music, which it is not
+        assert app.test_client().post(URL, json=wav_payload("w3")).status_code == 200
+    assert [event.task_id for event in received] == ["w3"]
+
+
+def test_on_connects_a_receiver_to_a_registered_familys_stage(
+    app: Flask, client: FlaskClient
+) -> None:
+    seen: list[str] = []
+    get_state(app).extension.on("complete", family="wav")(lambda event: seen.append(event.wav_url))
+    client.post(URL, json=wav_payload("w4"))
+    assert seen == ["https://x/a.wav"]
+
+
+def test_on_refuses_a_family_the_extension_does_not_read(make_app: AppFactory) -> None:
+    with pytest.raises(LookupError, match="wav"):
+        get_state(make_app()).extension.on("complete", family="wav")
+
+
+def test_a_family_name_is_registered_once(app: Flask) -> None:
+    with pytest.raises(ValueError, match="wav"):
+        get_state(app).extension.families.register(WAV)
+
+
+def test_only_one_family_keys_its_stages_bare() -> None:
+    bare = Family("bare", WAV.schema, WAV.load, WAV.signals, bare_keys=True)
+    with pytest.raises(ValueError, match="bare"):
+        Families(MUSIC, bare)
+
+
+def test_a_payload_no_registered_family_reads_is_invalid() -> None:
+    with pytest.raises(ValidationError):
+        Families(WAV).reading(build_callback("complete"))
+
+
+def test_music_stages_stay_keyed_bare_in_the_store(make_app: AppFactory, tmp_path: Path) -> None:
+    app = with_wav(make_app(STORE=sqlite_url(tmp_path)))
+    client = app.test_client()
+    client.post(URL, json=build_callback("complete", task_id="k1"))
+    client.post(URL, json=wav_payload("k1"))
+    store = get_state(app).store
+    assert isinstance(store, PersistentStore)
+    assert sorted(kept.stage for kept in store.list(task_id="k1")) == ["complete", "wav:complete"]
+
+
+def test_replay_reads_a_kept_delivery_with_the_extensions_family(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    app = with_wav(make_app(STORE=sqlite_url(tmp_path), RECEIVER_ERRORS="ack"))
+    received: list[str] = []
+
+    def broken(sender: Flask, event: WavEvent) -> None:
+        raise RuntimeError("down")
+
+    with wav_ready.connected_to(broken, sender=app):
+        assert app.test_client().post(URL, json=wav_payload("w5")).status_code == 200
+    with wav_ready.connected_to(lambda sender, event: received.append(event.task_id), sender=app):
+        [result] = replay(app, failed=True)
+    assert result.result is Replayed.DONE
+    assert received == ["w5"]
