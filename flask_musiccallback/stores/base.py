@@ -50,6 +50,9 @@ DEFAULT_TIMEOUT = 3.0
 #: The longest task id every store can key a delivery by (the SQL store's column holds 255).
 MAX_TASK_ID_LENGTH = 255
 
+#: The longest error text a persistent store keeps with a delivery.
+MAX_ERROR_LENGTH = 4000
+
 
 class ClaimResult(str, enum.Enum):
     """What :meth:`Store.claim` decided; the non-claimed values are the ``reason`` of

@@ -40,6 +40,7 @@ from redis.retry import Retry
 
 from .base import (
     DEFAULT_LEASE,
+    MAX_ERROR_LENGTH,
     STATUS_STATES,
     ClaimResult,
     Delivery,
@@ -54,11 +55,6 @@ from .base import (
 )
 
 DEFAULT_PREFIX = "musiccallback:"
-
-#: The longest error text kept with a delivery.
-MAX_ERROR_LENGTH = 4000
-
-_FINISHED_MARKS = ("done", "failed")
 
 # Redis time in microseconds, shared by every script below: fine enough that two changes never
 # share a time, so listing by last change keeps their order. ``stamp`` formats a time exactly.

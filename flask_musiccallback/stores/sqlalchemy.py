@@ -55,6 +55,7 @@ from ..redact import redact_url
 from .base import (
     DEFAULT_LEASE,
     DEFAULT_TIMEOUT,
+    MAX_ERROR_LENGTH,
     MAX_TASK_ID_LENGTH,
     STATUS_STATES,
     ClaimResult,
@@ -80,9 +81,6 @@ T = TypeVar("T")
 
 #: The table's name unless ``?table=`` says otherwise.
 DEFAULT_TABLE = "musiccallback_deliveries"
-
-#: The longest error text kept with a delivery.
-MAX_ERROR_LENGTH = 4000
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IN_FLIGHT = (DeliveryState.PENDING.value, DeliveryState.PROCESSING.value)
