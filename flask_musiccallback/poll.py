@@ -34,6 +34,7 @@ from .config import ConfigKeys, ConfigurationError, Settings
 from .dispatch import Outcome, deliver
 from .events import CallbackEvent, Stage
 from .families import MUSIC_NAME
+from .pool import backoff
 from .schemas import load_callback
 from .state import get_state
 
@@ -376,7 +377,7 @@ def watch_task(
                 errors += 1
                 if not exc.retryable or errors >= max_errors:
                     raise
-                delay = min(max(interval, exc.retry_after or 0.0) * 2 ** (errors - 1), MAX_BACKOFF)
+                delay = backoff(errors, max(interval, exc.retry_after or 0.0), MAX_BACKOFF)
                 if time.monotonic() + delay > deadline:
                     raise
                 if on_retry is not None:

@@ -11,7 +11,7 @@ from flask import Flask, current_app
 
 from flask_musiccallback import ConfigurationError, Stage, all_tracks_generated
 from flask_musiccallback.dispatch import Outcome
-from flask_musiccallback.poll import PollError, PollResult
+from flask_musiccallback.poll import PollError, PollResult, watch_task
 from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import CallbackClient
 
@@ -353,3 +353,18 @@ def test_poll_works_outside_an_app_context(
         poll(musiccallback_app, "t1")
 
     assert seen == [musiccallback_app.name]
+
+
+def test_watch_backs_off_doubling_the_interval_after_each_error_in_a_row(
+    musiccallback_app: Flask, provider: FakeProvider
+) -> None:
+    busy = Answer(455, {"code": 455, "msg": "maintenance"})
+    provider.script("t1", busy, busy, busy, record("t1", "SUCCESS"))
+    delays: list[float] = []
+
+    result = watch_task(
+        musiccallback_app, "t1", interval=0.01, on_retry=lambda exc, delay: delays.append(delay)
+    )
+
+    assert result.status == "SUCCESS"
+    assert delays == [0.01, 0.02, 0.04]
