@@ -35,6 +35,7 @@ from werkzeug.utils import import_string
 
 from .config import ConfigKeys, ConfigurationError, Settings
 from .dispatch import Job, Outcome, process_acknowledged
+from .outage import Outage
 from .state import get_state
 from .stores.base import Delivery, utcnow
 from .sweep import sweep
@@ -77,7 +78,7 @@ class CeleryDispatcher:
         global _sweep_at_start
         self._configured: Any = settings.celery_app
         self._celery: Celery | None = None
-        self._down = False
+        self._broker = Outage()
         _sweep_at_start = _sweep_at_start or settings.pending_sweep_age is not None
 
     def celery_app(self, app: Flask) -> Celery:
@@ -108,12 +109,10 @@ class CeleryDispatcher:
         except Exception as exc:
             if not replay:  # the provider retries; a replayed delivery stays pending instead
                 job.release(f"not queued: {exc}")
-            if not self._down:
-                self._down = True
+            if self._broker.failed():
                 logger.error("Cannot queue deliveries with Celery; answering 503: %s", exc)
             return Outcome.RETRY
-        if self._down:
-            self._down = False
+        if self._broker.recovered():
             logger.warning("Deliveries are queued with Celery again.")
         return Outcome.RECEIVED
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from blinker import Signal
 
+from .outage import Outage
 from .pool import Pool
 from .signals import callback_duplicate, callback_received, receiver_failed
 from .stores.base import ClaimResult, Delivery, StoreUnavailable, claim_owner
@@ -327,7 +328,7 @@ class ThreadDispatcher:
 
     def __init__(self, settings: Settings) -> None:
         self.pool = Pool(settings.thread_pool_size, settings.thread_queue_size)
-        self._full = False
+        self._full = Outage()
 
     def dispatch(self, job: Job, *, replay: bool = False) -> Outcome:
         def attempt() -> None:
@@ -337,11 +338,10 @@ class ThreadDispatcher:
             # Refused only by a stopped pool: the delivery stays pending, held for a lease.
             return Outcome.RECEIVED if self.pool.submit_later(0.0, attempt) else Outcome.RETRY
         if self.pool.submit(attempt):
-            self._full = False
+            self._full.recovered()
             return Outcome.RECEIVED
         job.release("the dispatch queue was full")
-        if not self._full:
-            self._full = True
+        if self._full.failed():
             logger.warning(
                 "The dispatch queue is full (%d deliveries waiting); answering 503 until it "
                 "has room. Raise MUSICCALLBACK_THREAD_POOL_SIZE or use celery dispatch.",

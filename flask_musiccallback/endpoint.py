@@ -242,13 +242,11 @@ def receive() -> Response:
     try:
         outcome = deliver(app, state, family, event, delivery)
     except StoreUnavailable as exc:
-        if not state.store_down:
+        if state.store_outage.failed():
             logger.error("The callback store is unreachable; answering 503: %s", exc)
-            state.store_down = True
         return _answer(*_ANSWERS[Outcome.RETRY])
-    if state.store_down:
+    if state.store_outage.recovered():
         logger.warning("The callback store is reachable again.")
-        state.store_down = False
     return _answer(*_ANSWERS[outcome])
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from .config import Settings
+from .outage import Outage
 from .stores.base import Store
 from .writeback import WriteBack
 
@@ -55,7 +56,7 @@ class MusicCallbackState:
     #: store, or ``celery`` dispatch, where workers sweep).
     sweeper: Sweeper | None = field(default=None)
     #: Whether the store's last call failed, so that an outage is logged once, not per request.
-    store_down: bool = field(default=False)
+    store_outage: Outage = field(default_factory=Outage)
     #: The store writes kept while the store could not be reached.
     write_back: WriteBack = field(default_factory=WriteBack)
 

@@ -30,6 +30,7 @@ import weakref
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from .outage import Outage
 from .replay import Replayed, ReplayResult, replay
 from .state import get_state
 from .stores.base import StoreError
@@ -113,7 +114,7 @@ class Sweeper:
         self._stopped.set()
 
     def _run(self, stopped: threading.Event) -> None:
-        down = False
+        outage = Outage()
         while not stopped.is_set():
             app = self._app()
             if app is None:
@@ -121,12 +122,11 @@ class Sweeper:
             try:
                 sweep(app)
             except StoreError as exc:
-                if not down:
+                if outage.failed():
                     logger.warning("The sweep cannot reach the callback store: %s", exc)
-                down = True
             except Exception:
                 logger.exception("The sweep of pending deliveries failed")
             else:
-                down = False
+                outage.recovered()
             del app
             stopped.wait(self.interval)

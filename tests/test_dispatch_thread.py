@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -147,6 +148,41 @@ def test_a_full_queue_answers_503_and_gives_the_delivery_back(
         assert post(app, overflow) == (200, {"status": "received"})
         wait_idle(app)
     assert calls == ["running", "waiting", "overflow"]
+
+
+def test_a_full_queue_is_logged_once_while_it_stays_full_and_again_after_it_drained(
+    thread_app: ThreadAppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = thread_app(THREAD_POOL_SIZE=1, THREAD_QUEUE_SIZE=1)
+    started, go_on = threading.Event(), threading.Event()
+
+    def blocking(sender: Flask, event: CallbackEvent) -> None:
+        started.set()
+        go_on.wait(10)
+
+    def fill(spell: int) -> None:
+        started.clear()
+        assert post(app, build_callback("complete", task_id=f"running-{spell}"))[0] == 200
+        assert started.wait(5)
+        assert post(app, build_callback("complete", task_id=f"waiting-{spell}"))[0] == 200
+        for _ in range(3):
+            assert post(app, build_callback("complete", task_id=f"over-{spell}"))[0] == 503
+
+    with (
+        all_tracks_generated.connected_to(blocking, sender=app),
+        caplog.at_level(logging.WARNING, "flask_musiccallback"),
+    ):
+        fill(1)
+        go_on.set()
+        wait_idle(app)
+        assert post(app, build_callback("complete", task_id="room"))[0] == 200
+        wait_idle(app)
+        go_on.clear()
+        fill(2)
+        go_on.set()
+        wait_idle(app)
+    full = [record for record in caplog.records if "queue is full" in record.getMessage()]
+    assert len(full) == 2
 
 
 def test_a_failing_receiver_is_retried_with_exponential_back_off(
