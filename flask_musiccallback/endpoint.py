@@ -33,6 +33,7 @@ from .stores.base import MAX_TASK_ID_LENGTH, StoreUnavailable
 from .verify import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    Refusal,
     Rejected,
     check_address,
     check_signature,
@@ -71,10 +72,10 @@ def _answer(body: bytes, status: int) -> Response:
 def _reject(app: Flask, rejected: Rejected) -> Response:
     errors = dict(rejected.errors)
     send_isolated(
-        callback_rejected, app, reason=rejected.reason, errors=errors, status=rejected.status
+        callback_rejected, app, reason=str(rejected.reason), errors=errors, status=rejected.status
     )
-    body: dict[str, Any] = {"status": "rejected", "reason": rejected.reason}
-    if rejected.reason == "invalid_payload":
+    body: dict[str, Any] = {"status": "rejected", "reason": str(rejected.reason)}
+    if rejected.reason is Refusal.INVALID_PAYLOAD:
         body["errors"] = errors
     return _answer(_body(body), rejected.status)
 
@@ -89,16 +90,16 @@ def read_payload(limit: int) -> tuple[dict[str, Any], str]:
     """
     length = request.content_length
     if length is not None and length > limit:
-        raise Rejected("too_large", 413)
+        raise Rejected(Refusal.TOO_LARGE)
     request.max_content_length = limit + 1
     try:
         body = request.get_data(cache=True)
     except RequestEntityTooLarge:
-        raise Rejected("too_large", 413) from None
+        raise Rejected(Refusal.TOO_LARGE) from None
     except ClientDisconnected:
-        raise Rejected("invalid_json", 400) from None
+        raise Rejected(Refusal.INVALID_JSON) from None
     if len(body) > limit:
-        raise Rejected("too_large", 413)
+        raise Rejected(Refusal.TOO_LARGE)
     return parse_json_object(body)
 
 
@@ -138,11 +139,11 @@ def parse_json_object(body: bytes) -> tuple[dict[str, Any], str]:
         if _SURROGATE_ESCAPE.search(text):
             json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):
-        raise Rejected("invalid_json", 400) from None
+        raise Rejected(Refusal.INVALID_JSON) from None
     if not isinstance(payload, dict):
-        raise Rejected("invalid_json", 400)
+        raise Rejected(Refusal.INVALID_JSON)
     if _deeper_than(payload, MAX_DEPTH):
-        raise Rejected("invalid_json", 400)
+        raise Rejected(Refusal.INVALID_JSON)
     return payload, text
 
 
@@ -190,7 +191,7 @@ def check_task_id(task_id: str) -> None:
     """
     if len(task_id) > MAX_TASK_ID_LENGTH or not task_id.isprintable():
         message = f"A task id is at most {MAX_TASK_ID_LENGTH} printable characters."
-        raise Rejected("invalid_payload", 422, {"task_id": [message]})
+        raise Rejected(Refusal.INVALID_PAYLOAD, {"task_id": [message]})
 
 
 def kept_headers() -> dict[str, str]:
@@ -221,7 +222,7 @@ def receive() -> Response:
             payload, body = read_payload(settings.max_content_length)
         except Rejected as rejected:
             # Before the signature is checked, a malformed body tells nothing to an unsigned caller.
-            if timestamp is not None and rejected.status == 400:
+            if timestamp is not None and rejected.reason is Refusal.INVALID_JSON:
                 raise unauthorized() from None
             raise
         if timestamp is not None:
@@ -230,7 +231,7 @@ def receive() -> Response:
             family = state.extension.families.reading(payload)
             event = family.load(payload)
         except ValidationError as exc:
-            raise Rejected("invalid_payload", 422, _messages(exc)) from None
+            raise Rejected(Refusal.INVALID_PAYLOAD, _messages(exc)) from None
         check_task_id(event.task_id)
     except Rejected as rejected:
         return _reject(app, rejected)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
+from types import MappingProxyType
 from typing import Any
 
 from apispec import APISpec
@@ -23,7 +25,7 @@ from .config import Settings
 from .redact import TOKEN_PARAM
 from .schemas import TRACK_ALIASES, CallbackSchema, Timestamp
 from .state import get_state
-from .verify import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from .verify import SIGNATURE_HEADER, TIMESTAMP_HEADER, Refusal
 
 OPENAPI_VERSION = "3.1.0"
 OPERATION_ID = "receiveMusicCallback"
@@ -31,18 +33,20 @@ TOKEN_SCHEME = "callbackToken"  # noqa: S105 - the scheme's name, not a secret
 SIGNATURE_SCHEME = "webhookSignature"
 TIMESTAMP_SCHEME = "webhookTimestamp"
 
-#: Every refusal of API.md section 5: status, ``reason``, and when it is answered.
-REFUSALS: tuple[tuple[int, str, str], ...] = (
-    (400, "invalid_json", "The body is not JSON, not valid UTF-8, or not a JSON object."),
-    (
-        401,
-        "unauthorized",
-        "Missing or wrong token or signature, or a signed timestamp outside the tolerance. "
-        "With an HMAC key set, a malformed body is answered with this too.",
-    ),
-    (403, "forbidden", "The caller's address is outside the IP allow-list."),
-    (413, "too_large", "The body is over the size limit; it is not read whole."),
-    (422, "invalid_payload", "JSON that is not a callback: no task id, or a value of wrong type."),
+#: When each refusal of API.md section 5 is answered.
+REFUSALS: Mapping[Refusal, str] = MappingProxyType(
+    {
+        Refusal.INVALID_JSON: "The body is not JSON, not valid UTF-8, or not a JSON object.",
+        Refusal.UNAUTHORIZED: (
+            "Missing or wrong token or signature, or a signed timestamp outside the tolerance. "
+            "With an HMAC key set, a malformed body is answered with this too."
+        ),
+        Refusal.FORBIDDEN: "The caller's address is outside the IP allow-list.",
+        Refusal.TOO_LARGE: "The body is over the size limit; it is not read whole.",
+        Refusal.INVALID_PAYLOAD: (
+            "JSON that is not a callback: no task id, or a value of wrong type."
+        ),
+    }
 )
 
 
@@ -61,7 +65,7 @@ class RejectedAnswerSchema(Schema):
 
     status = fields.String(required=True, validate=validate.OneOf(["rejected"]))
     reason = fields.String(
-        required=True, validate=validate.OneOf([reason for _, reason, _ in REFUSALS])
+        required=True, validate=validate.OneOf([str(refusal) for refusal in Refusal])
     )
     errors = fields.Dict(
         metadata={"description": "Field by field, what could not be read (422 only)."}
@@ -153,8 +157,8 @@ def _json(schema: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
 def _responses(settings: Settings) -> dict[str, Any]:
     """Every answer this app can give, each with the exact body API.md fixes."""
     refused = {
-        401: bool(settings.tokens or settings.hmac_keys),
-        403: bool(settings.allowed_networks),
+        Refusal.UNAUTHORIZED: bool(settings.tokens or settings.hmac_keys),
+        Refusal.FORBIDDEN: bool(settings.allowed_networks),
     }
     responses: dict[str, Any] = {
         "200": {
@@ -164,20 +168,21 @@ def _responses(settings: Settings) -> dict[str, Any]:
             ),
         }
     }
-    for status, reason, description in REFUSALS:
-        if not refused.get(status, True):
+    for reason, description in REFUSALS.items():
+        if not refused.get(reason, True):
             continue
         schema: dict[str, Any] = {
             "allOf": [
                 {"$ref": "#/components/schemas/RejectedAnswer"},
-                {"properties": {"reason": {"const": reason}}},
+                {"properties": {"reason": {"const": str(reason)}}},
             ]
         }
-        example: dict[str, Any] = {"status": "rejected", "reason": reason}
-        if reason == "invalid_payload":
+        example: dict[str, Any] = {"status": "rejected", "reason": str(reason)}
+        if reason is Refusal.INVALID_PAYLOAD:
             schema["allOf"].append({"required": ["errors"]})
             example["errors"] = {"data": {"task_id": ["Missing task id."]}}
-        responses[str(status)] = {"description": description, "content": _json(schema, example)}
+        content = _json(schema, example)
+        responses[str(reason.status)] = {"description": description, "content": content}
     responses["503"] = {
         "description": "A receiver raised under the `retry` policy, or the store is unreachable: "
         "the provider should deliver again.",

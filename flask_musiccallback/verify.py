@@ -10,6 +10,7 @@ digests of equal length, so that the time taken tells neither a secret's bytes n
 from __future__ import annotations
 
 import base64
+import enum
 import functools
 import hashlib
 import hmac
@@ -25,18 +26,40 @@ SIGNATURE_HEADER = "X-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Webhook-Timestamp"
 
 
+class Refusal(str, enum.Enum):
+    """Why the endpoint refuses a request (API.md section 5), with the status it is answered with:
+    one table, so that the endpoint, its signal and its OpenAPI document never disagree."""
+
+    status: int
+
+    def __new__(cls, reason: str, status: int) -> Refusal:
+        member = str.__new__(cls, reason)
+        member._value_ = reason
+        member.status = status
+        return member
+
+    INVALID_JSON = "invalid_json", 400
+    UNAUTHORIZED = "unauthorized", 401
+    FORBIDDEN = "forbidden", 403
+    TOO_LARGE = "too_large", 413
+    INVALID_PAYLOAD = "invalid_payload", 422
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+
 class Rejected(Exception):  # noqa: N818 - it is an answer, not an error of ours
     """A request the endpoint refuses; carries what to answer and to report."""
 
-    def __init__(self, reason: str, status: int, errors: Mapping[str, Any] | None = None) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: Refusal, errors: Mapping[str, Any] | None = None) -> None:
+        super().__init__(str(reason))
         self.reason = reason
-        self.status = status
+        self.status = reason.status
         self.errors: Mapping[str, Any] = errors or {}
 
 
 def unauthorized() -> Rejected:
-    return Rejected("unauthorized", 401)
+    return Rejected(Refusal.UNAUTHORIZED)
 
 
 def check_address(settings: Settings, remote_addr: str | None) -> None:
@@ -46,14 +69,14 @@ def check_address(settings: Settings, remote_addr: str | None) -> None:
     try:
         address = ipaddress.ip_address(remote_addr or "")
     except ValueError:
-        raise Rejected("forbidden", 403) from None
+        raise Rejected(Refusal.FORBIDDEN) from None
     # A server listening on ``[::]`` sees IPv4 callers as ``::ffff:a.b.c.d``: the same caller.
     mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
     if not any(
         address in network or (mapped is not None and mapped in network)
         for network in settings.allowed_networks
     ):
-        raise Rejected("forbidden", 403)
+        raise Rejected(Refusal.FORBIDDEN)
 
 
 def _digest(value: bytes) -> bytes:

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from flask_musiccallback import all_tracks_generated, callback_received, callback_rejected
 from flask_musiccallback.testing import build_callback, record_signals
+from flask_musiccallback.verify import Refusal
 
 from .conftest import URL, AppFactory
 from .servers import serve
@@ -222,3 +223,28 @@ def test_stage_signal_fires_over_a_real_socket(server: tuple[Flask, int]) -> Non
         status, _ = raw_post(port, {}, [json.dumps(build_callback("complete", tracks=1)).encode()])
     assert status == 200
     assert len(events) == 1
+
+
+#: A request provoking each refusal, and the configuration it is made under.
+REFUSED_REQUESTS: dict[Refusal, tuple[dict[str, Any], str, bytes]] = {
+    Refusal.INVALID_JSON: ({}, URL, b"not json"),
+    Refusal.UNAUTHORIZED: ({}, "/music-callback", b"{}"),
+    Refusal.FORBIDDEN: ({"ALLOWED_IPS": ["10.0.0.0/8"]}, URL, b"{}"),
+    Refusal.TOO_LARGE: ({"MAX_CONTENT_LENGTH": 10}, URL, b'{"code": 200, "data": {}}'),
+    Refusal.INVALID_PAYLOAD: ({}, URL, b"{}"),
+}
+
+
+@pytest.mark.parametrize("refusal", list(Refusal), ids=str)
+def test_each_refusal_is_answered_and_signalled_with_its_own_status(
+    make_app: AppFactory, refusal: Refusal
+) -> None:
+    config, url, body = REFUSED_REQUESTS[refusal]
+    app = make_app(**config)
+    with record_signals(app) as recorded:
+        answer = app.test_client().post(url, data=body, content_type="application/json")
+    assert answer.status_code == refusal.status
+    assert answer.get_json()["reason"] == str(refusal)
+    [(name, sent)] = recorded
+    assert name == "callback_rejected"
+    assert (sent["reason"], sent["status"]) == (str(refusal), refusal.status)
