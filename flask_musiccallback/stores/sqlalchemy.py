@@ -25,9 +25,8 @@ disk (:meth:`SQLAlchemyStore._settle` says why that loses no delivery).
 
 On the extension's own engine those statements go to the driver as SQL text compiled once, on a
 pooled DBAPI connection: SQLAlchemy's work per execution (cache key, execution context, result)
-cost about 150 µs of CPU per delivery, a third of the store's share on the client
-(:class:`_Statements` has the figures). A host's engine runs them through SQLAlchemy, so that its
-events and echo see them.
+was a third of the store's CPU on the client (docs/benchmarks.md has the figures). A host's
+engine runs them through SQLAlchemy, so that its events and echo see them.
 """
 
 from __future__ import annotations
@@ -786,14 +785,12 @@ class _Statements:
     statement, run in autocommit: one round trip, no ``BEGIN`` and ``COMMIT`` around it.
 
     Running a prebuilt statement through SQLAlchemy still costs its cache key, execution context
-    and result machinery. The client's CPU per delivery (claim and completion, PostgreSQL, the
-    same SQL): 390 µs through ``Connection.execute``, 295 µs through ``exec_driver_sql``, 195 µs
-    on a pooled DBAPI connection's cursor, against 250 to 300 µs of the server's own either way.
-    Where the app, its database and its clients share the CPUs, every one of those counts. So
+    and result machinery, more CPU on the client than the database server spends on the same
+    statement, and where the app, its database and its clients share the CPUs that counts. So
     on the extension's own engine each statement is also compiled for the driver
-    (:class:`_DriverSQL`), which took the store's share of a delivery from 405 to 260 µs on
-    PostgreSQL and from 410 to 275 µs on SQLite. A host's engine keeps SQLAlchemy's path: its
-    events, echo and logging are the host's.
+    (:class:`_DriverSQL`); docs/benchmarks.md ("What the profiles showed") has what each path
+    costs and what this one saved. A host's engine keeps SQLAlchemy's path: its events, echo and
+    logging are the host's.
     """
 
     #: ``INSERT ... SELECT ... WHERE NOT EXISTS (the superseding stage, done) ON CONFLICT DO
