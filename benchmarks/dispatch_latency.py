@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from flask_musiccallback import MusicCallback, all_tracks_generated  # noqa: E402
-from flask_musiccallback.testing import build_callback  # noqa: E402
+from flask_musiccallback.simulate import build_callback  # noqa: E402
 from tests.celery_host import celery_init_app  # noqa: E402
 from tests.servers_redis import celery_worker, redis_server  # noqa: E402
 

@@ -32,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from flask_musiccallback.simulate import build_callback
 from flask_musiccallback.stores.base import url_scheme
-from flask_musiccallback.testing import build_callback
 
 from .app import TOKEN
 

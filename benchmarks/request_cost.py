@@ -21,7 +21,7 @@ from typing import Any
 
 from werkzeug.test import EnvironBuilder
 
-from flask_musiccallback.testing import build_callback
+from flask_musiccallback.simulate import build_callback
 
 from .app import TOKEN, create_app
 

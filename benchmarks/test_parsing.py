@@ -18,7 +18,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from flask_musiccallback.endpoint import parse_json_object
 from flask_musiccallback.schemas import callback_schema, load_callback
-from flask_musiccallback.testing import build_callback
+from flask_musiccallback.simulate import build_callback
 
 LYRICS = "\n".join(
     f"[Verse {n}]\nStreetlights hum a borrowed tune, the harbour holds its breath tonight"

@@ -25,7 +25,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from sqlalchemy import event, func
 
-from flask_musiccallback.testing import SIMULATED_MEDIA_HOST
+from flask_musiccallback.simulate import SIMULATED_MEDIA_HOST
 
 from . import media
 from .models import Task, Track, db

@@ -1,7 +1,7 @@
 """Stand-in media for simulated tasks, made in code.
 
 ``flask musiccallback simulate`` sends callbacks whose links point at a host that does not exist
-(:data:`~flask_musiccallback.testing.SIMULATED_MEDIA_HOST`), so that nothing simulated is ever
+(:data:`~flask_musiccallback.simulate.SIMULATED_MEDIA_HOST`), so that nothing simulated is ever
 fetched from a real server. The example app answers that one host (``MEDIA_SAMPLE_HOST``) itself,
 as the provider's CDN would: a short tune for an audio link, a cover for an image link, each
 different per track. Its downloader routes the host to :func:`wsgi_app`, so everything else about

@@ -24,6 +24,7 @@ from flask.cli import AppGroup
 
 from .config import ConfigurationError
 from .replay import Replayed, replay
+from .simulate import build_callback, callback_credentials, post_callback
 from .state import get_state
 from .stores.base import (
     STATUS_STATES,
@@ -97,12 +98,10 @@ def url_command() -> None:
 
 def _in_process(app: Flask) -> Callable[[Mapping[str, Any]], Answer]:
     """Posts to the app's own endpoint through its test client: the real checks and dedup path."""
-    from .testing import CallbackClient
-
-    client = CallbackClient(app)
+    client = app.test_client()
 
     def send(payload: Mapping[str, Any]) -> Answer:
-        response = client.deliver(payload)
+        response = post_callback(app, payload, client=client)
         return response.status_code, response.get_data(as_text=True)
 
     return send
@@ -111,8 +110,6 @@ def _in_process(app: Flask) -> Callable[[Mapping[str, Any]], Answer]:
 def _over_http(app: Flask, url: str) -> Callable[[Mapping[str, Any]], Answer]:
     """Posts to ``url`` as the provider would, adding the token unless the URL carries one."""
     import httpx
-
-    from .testing import callback_credentials
 
     has_token = "token" in httpx.URL(url).params
 
@@ -160,8 +157,6 @@ def simulate_command(
     Without --url they go to the app's own endpoint in this process, through its real checks,
     deduplication and receivers. Prints each answer; exits 1 if any was refused.
     """
-    from .testing import build_callback
-
     app = _app()
     task_id = task_id or f"sim-{uuid.uuid4().hex[:16]}"
     send = _over_http(app, url) if url else _in_process(app)

@@ -1,117 +1,51 @@
 """Helpers for testing code that receives callbacks: realistic payloads, signatures, signals.
 
-They are public API, used by this project's own tests, so they stay honest: :func:`build_callback`
-produces what real traffic looks like (epoch-millisecond ``createTime``, every track field), not the
-friendlier shape of the vendor docs, and :class:`CallbackClient` posts through the app's real
-endpoint, source checks and deduplication included.
-
-This module is also the pytest plugin (the ``pytest11`` entry point): when pytest is installed it
-exposes the fixtures of :mod:`flask_musiccallback._fixtures`. The helpers themselves never need
-pytest, so ``flask musiccallback simulate`` uses them in production installs too.
+They are public API, used by this project's own tests, so they stay honest: the bodies are those of
+:mod:`flask_musiccallback.simulate`, shaped like real traffic, and :class:`CallbackClient` posts
+through the app's real endpoint, source checks and deduplication included. Nothing here needs
+pytest; the fixtures are in :mod:`flask_musiccallback.pytest_plugin`, and no module of the package
+imports this one.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from . import signals as _signals
 from .events import Stage
-from .families import find_task_id
+from .simulate import (
+    SIMULATED_MEDIA_HOST,
+    Credentials,
+    build_callback,
+    callback_credentials,
+    post_callback,
+    signature_headers,
+)
 from .state import get_state
-from .verify import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
     from werkzeug.test import TestResponse
 
-#: The stage each ``callbackType`` stands for, and the ``msg`` the provider sends with it.
-_MESSAGES = {
-    "text": "Text generation completed.",
-    "first": "First track generation completed.",
-    "complete": "All generated successfully.",
-    "error": "Audio generation failed.",
-    "failed": "Audio generation failed.",
-}
+__all__ = [
+    "SIGNALS",
+    "SIMULATED_MEDIA_HOST",
+    "CallbackClient",
+    "Credentials",
+    "build_callback",
+    "callback_credentials",
+    "record_signals",
+    "signature_headers",
+]
 
-#: The host of the media links in simulated callbacks: a reserved name (RFC 2606) that never
-#: resolves, so that nothing simulated is mistaken for, or fetched from, a real server.
-SIMULATED_MEDIA_HOST = "cdn.example.invalid"
-
-_TITLES = ("Neon Harbor", "Paper Satellites", "Slow Tide", "Copper Morning", "Glass Orchard")
-
-
-def _track(task_id: str, index: int, stage: str, created_ms: int) -> dict[str, Any]:
-    audio_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{task_id}/{index}"))
-    cdn = f"https://{SIMULATED_MEDIA_HOST}"
-    finished = stage == "complete" or (stage == "first" and index == 0)
-    return {
-        "id": audio_id,
-        "audio_url": f"{cdn}/{audio_id}.mp3" if finished else "",
-        "source_audio_url": f"{cdn}/source/{audio_id}.mp3" if finished else "",
-        "stream_audio_url": f"{cdn}/stream/{audio_id}",
-        "source_stream_audio_url": f"{cdn}/source/stream/{audio_id}",
-        "image_url": f"{cdn}/image_{audio_id}.jpeg",
-        "source_image_url": f"{cdn}/source/image_{audio_id}.jpeg",
-        "prompt": "[Verse]\nLights on the water, engines in the rain\n[Chorus]\nHold on",
-        "model_name": "chirp-v4",
-        "title": _TITLES[index % len(_TITLES)],
-        "tags": "synthwave, dreamy, female vocals",
-        "createTime": created_ms + index,
-        **({"duration": round(150.0 + 13.88 * index, 2)} if finished else {}),
-    }
-
-
-def build_callback(
-    stage: Stage | str = "complete",
-    *,
-    task_id: str | None = None,
-    tracks: int = 2,
-    code: int | None = None,
-    msg: str | None = None,
-) -> dict[str, Any]:
-    """A realistic callback body for ``stage`` (``text``, ``first``, ``complete``, ``failed``...).
-
-    The text stage and failures carry no tracks, as on the wire; ``code`` defaults to 200, or 501
-    for a failure. ``stage="failed"`` sends ``callbackType: "error"``, the value real traffic uses.
-    """
-    stage = str(stage)
-    callback_type = "error" if stage == "failed" else stage
-    failing = callback_type in ("error", "failed")
-    if code is None:
-        code = 501 if failing else 200
-    task_id = task_id or uuid.uuid4().hex
-    created_ms = int(time.time() * 1000)
-    with_tracks = stage in ("first", "complete") and code == 200
-    return {
-        "code": code,
-        "msg": msg if msg is not None else _MESSAGES.get(callback_type, "OK"),
-        "data": {
-            "callbackType": callback_type,
-            "task_id": task_id,
-            "data": [_track(task_id, i, stage, created_ms) for i in range(tracks)]
-            if with_tracks
-            else [],
-        },
-    }
-
-
-def signature_headers(
-    task_id: str, key: str | bytes, timestamp: int | None = None
-) -> dict[str, str]:
-    """The kie.ai HMAC headers for ``task_id``, signed now unless ``timestamp`` is given."""
-    stamp = str(int(time.time()) if timestamp is None else timestamp)
-    secret = key.encode() if isinstance(key, str) else key
-    return {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(secret, task_id, stamp)}
-
+# Loading this module as a plugin (``-p flask_musiccallback.testing``, or ``pytest_plugins`` in a
+# conftest.py, as hosts did before the plugin had a module of its own) loads the fixtures too. A
+# name, not an import: pytest imports it, only when pytest runs.
+pytest_plugins = ["flask_musiccallback.pytest_plugin"]
 
 #: Every signal of the extension, by its public name.
 SIGNALS = {name: getattr(_signals, name) for name in _signals.__all__}
@@ -132,37 +66,6 @@ def record_signals(app: Flask) -> Iterator[list[tuple[str, dict[str, Any]]]]:
         for name, signal in SIGNALS.items():
             stack.enter_context(signal.connected_to(recorder(name), sender=app))
         yield recorded
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """What a request must carry to pass an app's source checks, as the provider would send it."""
-
-    #: Query arguments to add to the callback URL (the first configured token).
-    query: Mapping[str, str] = field(default_factory=dict)
-    #: Headers to send (a fresh kie.ai signature made with the first configured HMAC key).
-    headers: Mapping[str, str] = field(default_factory=dict)
-    #: An address inside ``MUSICCALLBACK_ALLOWED_IPS`` for in-process requests to come from.
-    remote_addr: str = "127.0.0.1"
-
-
-def callback_credentials(app: Flask, payload: Mapping[str, Any]) -> Credentials:
-    """The token, signature and source address that ``app``'s configuration requires.
-
-    The first token and key are used, as the provider would use the one in its settings; the
-    signature is made now over the payload's task id, so it is inside the timestamp window.
-    """
-    settings = get_state(app).settings
-    query = {"token": settings.tokens[0].decode()} if settings.tokens else {}
-    headers: dict[str, str] = {}
-    task_id = find_task_id(payload)
-    if settings.hmac_keys and task_id:
-        headers.update(signature_headers(task_id, settings.hmac_keys[0]))
-    remote_addr = "127.0.0.1"
-    networks = settings.allowed_networks
-    if networks and not any(ipaddress.ip_address(remote_addr) in net for net in networks):
-        remote_addr = str(networks[0].network_address)
-    return Credentials(query=query, headers=headers, remote_addr=remote_addr)
 
 
 class CallbackClient:
@@ -208,20 +111,6 @@ class CallbackClient:
             payload = build_callback(
                 payload_or_stage, task_id=task_id, tracks=tracks, code=code, msg=msg
             )
-        credentials = callback_credentials(self.app, payload) if authenticate else Credentials()
-        return self.client.post(
-            self.path,
-            query_string=dict(credentials.query),
-            json=payload,
-            headers={**credentials.headers, **(headers or {})},
-            environ_base={"REMOTE_ADDR": credentials.remote_addr},
+        return post_callback(
+            self.app, payload, client=self.client, authenticate=authenticate, headers=headers
         )
-
-
-if find_spec("pytest") is not None:
-    from ._fixtures import (  # noqa: F401 - re-exported: this module is the pytest plugin
-        musiccallback_app,
-        musiccallback_client,
-        musiccallback_config,
-        musiccallback_signals,
-    )

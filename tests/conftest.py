@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # that it works whether or not the installed package already registers its pytest11 entry point.
 pytest_plugins = [
     "pytester",
-    "flask_musiccallback.testing",
+    "flask_musiccallback.pytest_plugin",
     # Real PostgreSQL and Redis servers, and every store as a parameter of the conformance suite.
     "tests.servers",
     "tests.backends",

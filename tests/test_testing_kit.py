@@ -258,10 +258,21 @@ HOST_TESTS = """
 """
 
 
-def test_plugin_loads_by_name_and_serves_host_tests(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "flask_musiccallback.pytest_plugin",
+        # The name hosts used before the plugin had a module of its own.
+        "flask_musiccallback.testing",
+    ],
+)
+def test_plugin_loads_by_name_and_serves_host_tests(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makepyfile(test_host=textwrap.dedent(HOST_TESTS))
 
-    result = pytester.runpytest("-p", "flask_musiccallback.testing")
+    result = pytester.runpytest("-p", name)
 
     result.assert_outcomes(passed=3)
 
@@ -290,7 +301,7 @@ def test_plugin_fixture_can_be_replaced_by_the_host_app(pytester: pytest.Pyteste
         """
     )
 
-    result = pytester.runpytest("-p", "flask_musiccallback.testing")
+    result = pytester.runpytest("-p", "flask_musiccallback.pytest_plugin")
 
     result.assert_outcomes(passed=1)
 
@@ -302,7 +313,9 @@ def test_pyproject_declares_the_plugin_under_pytest11(
     declares exactly the entry points of pyproject.toml."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     entry_points = project["project"]["entry-points"]["pytest11"]
-    assert entry_points == {"flask_musiccallback.testing": "flask_musiccallback.testing"}
+    assert entry_points == {
+        "flask_musiccallback.pytest_plugin": "flask_musiccallback.pytest_plugin"
+    }
     site = pytester.mkdir("site")
     dist = site / "musiccallback_entry_check-0.dist-info"
     dist.mkdir()

@@ -1,6 +1,7 @@
-"""The pytest fixtures of the testing kit, exposed by :mod:`flask_musiccallback.testing`.
+"""The pytest plugin of the testing kit: fixtures for an app with the extension and its client.
 
-They live apart so that importing the testing helpers never imports pytest. A host overrides
+Loaded by the ``pytest11`` entry point, so a host's tests have the fixtures with nothing to
+configure; it is the package's only module that imports pytest. A host overrides
 ``musiccallback_app`` (to test its own app, built by its factory) or ``musiccallback_config`` (to
 test the bundled app under another configuration) in its ``conftest.py``; the other fixtures follow.
 """

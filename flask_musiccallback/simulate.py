@@ -1,0 +1,165 @@
+"""Callbacks as the provider sends them: realistic bodies, and the credentials an app requires.
+
+``flask musiccallback simulate``, the example app and the testing kit all deliver through this
+module, so it is production code: it needs Flask only, never pytest. :func:`build_callback`
+produces what real traffic looks like (epoch-millisecond ``createTime``, every track field), not
+the friendlier shape of the vendor docs, and :func:`post_callback` goes through the app's real
+endpoint, source checks and deduplication included.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
+
+from .events import Stage
+from .families import find_task_id
+from .state import get_state
+from .verify import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+if TYPE_CHECKING:
+    from flask.testing import FlaskClient
+    from werkzeug.test import TestResponse
+
+#: The stage each ``callbackType`` stands for, and the ``msg`` the provider sends with it.
+_MESSAGES = {
+    "text": "Text generation completed.",
+    "first": "First track generation completed.",
+    "complete": "All generated successfully.",
+    "error": "Audio generation failed.",
+    "failed": "Audio generation failed.",
+}
+
+#: The host of the media links in simulated callbacks: a reserved name (RFC 2606) that never
+#: resolves, so that nothing simulated is mistaken for, or fetched from, a real server.
+SIMULATED_MEDIA_HOST = "cdn.example.invalid"
+
+_TITLES = ("Neon Harbor", "Paper Satellites", "Slow Tide", "Copper Morning", "Glass Orchard")
+
+
+def _track(task_id: str, index: int, stage: str, created_ms: int) -> dict[str, Any]:
+    audio_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{task_id}/{index}"))
+    cdn = f"https://{SIMULATED_MEDIA_HOST}"
+    finished = stage == "complete" or (stage == "first" and index == 0)
+    return {
+        "id": audio_id,
+        "audio_url": f"{cdn}/{audio_id}.mp3" if finished else "",
+        "source_audio_url": f"{cdn}/source/{audio_id}.mp3" if finished else "",
+        "stream_audio_url": f"{cdn}/stream/{audio_id}",
+        "source_stream_audio_url": f"{cdn}/source/stream/{audio_id}",
+        "image_url": f"{cdn}/image_{audio_id}.jpeg",
+        "source_image_url": f"{cdn}/source/image_{audio_id}.jpeg",
+        "prompt": "[Verse]\nLights on the water, engines in the rain\n[Chorus]\nHold on",
+        "model_name": "chirp-v4",
+        "title": _TITLES[index % len(_TITLES)],
+        "tags": "synthwave, dreamy, female vocals",
+        "createTime": created_ms + index,
+        **({"duration": round(150.0 + 13.88 * index, 2)} if finished else {}),
+    }
+
+
+def build_callback(
+    stage: Stage | str = "complete",
+    *,
+    task_id: str | None = None,
+    tracks: int = 2,
+    code: int | None = None,
+    msg: str | None = None,
+) -> dict[str, Any]:
+    """A realistic callback body for ``stage`` (``text``, ``first``, ``complete``, ``failed``...).
+
+    The text stage and failures carry no tracks, as on the wire; ``code`` defaults to 200, or 501
+    for a failure. ``stage="failed"`` sends ``callbackType: "error"``, the value real traffic uses.
+    """
+    stage = str(stage)
+    callback_type = "error" if stage == "failed" else stage
+    failing = callback_type in ("error", "failed")
+    if code is None:
+        code = 501 if failing else 200
+    task_id = task_id or uuid.uuid4().hex
+    created_ms = int(time.time() * 1000)
+    with_tracks = stage in ("first", "complete") and code == 200
+    return {
+        "code": code,
+        "msg": msg if msg is not None else _MESSAGES.get(callback_type, "OK"),
+        "data": {
+            "callbackType": callback_type,
+            "task_id": task_id,
+            "data": [_track(task_id, i, stage, created_ms) for i in range(tracks)]
+            if with_tracks
+            else [],
+        },
+    }
+
+
+def signature_headers(
+    task_id: str, key: str | bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    """The kie.ai HMAC headers for ``task_id``, signed now unless ``timestamp`` is given."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    secret = key.encode() if isinstance(key, str) else key
+    return {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(secret, task_id, stamp)}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a request must carry to pass an app's source checks, as the provider would send it."""
+
+    #: Query arguments to add to the callback URL (the first configured token).
+    query: Mapping[str, str] = field(default_factory=dict)
+    #: Headers to send (a fresh kie.ai signature made with the first configured HMAC key).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: An address inside ``MUSICCALLBACK_ALLOWED_IPS`` for in-process requests to come from.
+    remote_addr: str = "127.0.0.1"
+
+
+def callback_credentials(app: Flask, payload: Mapping[str, Any]) -> Credentials:
+    """The token, signature and source address that ``app``'s configuration requires.
+
+    The first token and key are used, as the provider would use the one in its settings; the
+    signature is made now over the payload's task id, so it is inside the timestamp window.
+    """
+    settings = get_state(app).settings
+    query = {"token": settings.tokens[0].decode()} if settings.tokens else {}
+    headers: dict[str, str] = {}
+    task_id = find_task_id(payload)
+    if settings.hmac_keys and task_id:
+        headers.update(signature_headers(task_id, settings.hmac_keys[0]))
+    remote_addr = "127.0.0.1"
+    networks = settings.allowed_networks
+    if networks and not any(ipaddress.ip_address(remote_addr) in net for net in networks):
+        remote_addr = str(networks[0].network_address)
+    return Credentials(query=query, headers=headers, remote_addr=remote_addr)
+
+
+def post_callback(
+    app: Flask,
+    payload: Mapping[str, Any],
+    *,
+    client: FlaskClient | None = None,
+    authenticate: bool = True,
+    headers: Mapping[str, str] | None = None,
+) -> TestResponse:
+    """Post ``payload`` to ``app``'s own endpoint in this process, as the provider would.
+
+    Through Flask's test client rather than a socket, so ``simulate`` needs no server running, and
+    yet every check, the deduplication and the receivers run as for real traffic. The answer comes
+    as soon as the endpoint gives it: under ``thread`` dispatch the receivers may still be running.
+    ``authenticate=False`` sends no token and no signature, as a stranger would; ``headers`` are
+    added last and win.
+    """
+    credentials = callback_credentials(app, payload) if authenticate else Credentials()
+    client = client if client is not None else app.test_client()
+    return client.post(
+        get_state(app).settings.url_rule,
+        query_string=dict(credentials.query),
+        json=dict(payload),
+        headers={**credentials.headers, **(headers or {})},
+        environ_base={"REMOTE_ADDR": credentials.remote_addr},
+    )
