@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from .dispatch import SyncDispatcher, ThreadDispatcher
 from .endpoint import ENDPOINT, make_blueprint
 from .events import Stage
 from .families import MUSIC, MUSIC_NAME, Families
+from .pool import DRAIN_TIMEOUT
 from .redact import install_log_filters
 from .state import EXTENSION_NAME, Dispatcher, MusicCallbackState, get_state
 from .stores.base import Store, store_from_url
@@ -59,6 +61,7 @@ class MusicCallback:
         #: ``music.families.register(family)`` adds one for every app it serves.
         self.families = Families(MUSIC)
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._closed: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -177,6 +180,41 @@ class MusicCallback:
 
         return openapi_document(self._current_app())
 
+    def wait_idle(self, timeout: float | None = None, *, app: Flask | None = None) -> bool:
+        """Wait until the deliveries the app accepted in this process are settled and recorded.
+
+        Under ``thread`` dispatch the endpoint answers before the receivers run, and a store that
+        was away has its writes kept for later: a test, a script or a command that must see what
+        the receivers did waits here first. Deliveries handed to Celery run in its workers and are
+        not waited for. ``False`` when ``timeout`` seconds passed first.
+        """
+        state = get_state(app or self._current_app())
+        left = _time_left(timeout)
+        return state.dispatcher.wait_idle(left()) and state.write_back.wait_idle(left())
+
+    def close(self, app: Flask | None = None, *, timeout: float | None = DRAIN_TIMEOUT) -> bool:
+        """Shut the extension down on the app: its sweep, dispatch pool, kept writes and store.
+
+        What was accepted is finished within ``timeout`` seconds (the bound the interpreter's exit
+        gives a pool), so that a test or a host stopping an app before its process ends loses no
+        delivery and leaves no thread behind. A store shared with another app this extension
+        serves stays open for it. Returns ``False`` when something was left unfinished; deliveries
+        arriving afterwards are answered 503 under ``thread`` dispatch, so that the provider
+        retries them.
+        """
+        app = app or self._current_app()
+        state = get_state(app)
+        if state.sweeper is not None:
+            state.sweeper.stop()
+        left = _time_left(timeout)
+        finished = state.dispatcher.close(left())
+        finished = state.write_back.close(left()) and finished
+        self._closed.add(app)
+        open_apps = (get_state(other) for other in self._apps if other not in self._closed)
+        if all(other.store is not state.store for other in open_apps):
+            state.store.close()
+        return finished
+
     def _current_app(self) -> Flask:
         """The app to act for: the current one if this extension serves it, else its only app."""
         if has_app_context():
@@ -189,6 +227,14 @@ class MusicCallback:
         raise RuntimeError(
             "No app to use: call this inside an app context of an app this extension serves."
         )
+
+
+def _time_left(timeout: float | None) -> Callable[[], float | None]:
+    """The seconds left of ``timeout``, each time it is asked: one bound for waits made in turn."""
+    if timeout is None:
+        return lambda: None
+    deadline = time.monotonic() + timeout
+    return lambda: max(0.0, deadline - time.monotonic())
 
 
 def _dispatcher(settings: Settings, store: Store) -> Dispatcher:
