@@ -28,13 +28,17 @@ def musiccallback_config() -> dict[str, Any]:
 
 
 @pytest.fixture
-def musiccallback_app(musiccallback_config: dict[str, Any]) -> Flask:
-    """A fresh app in testing mode with the extension; override it to use the host's own app."""
+def musiccallback_app(musiccallback_config: dict[str, Any]) -> Iterator[Flask]:
+    """A fresh app in testing mode with the extension; override it to use the host's own app.
+
+    Closed after the test, so that a configuration with ``thread`` dispatch leaves no pool behind.
+    """
     app = Flask("musiccallback_test_app")
     app.testing = True
     app.config.update(musiccallback_config)
-    MusicCallback(app)
-    return app
+    music = MusicCallback(app)
+    yield app
+    music.close(app)
 
 
 @pytest.fixture

@@ -79,6 +79,9 @@ class CallbackClient:
         assert client.deliver("complete", task_id="t1").json == {"status": "received"}
     """
 
+    #: Seconds :meth:`deliver` waits for receivers run off the request path before it gives up.
+    timeout: float = 60.0
+
     def __init__(self, app: Flask, client: FlaskClient | None = None) -> None:
         self.app = app
         self.client = client if client is not None else app.test_client()
@@ -99,7 +102,13 @@ class CallbackClient:
         authenticate: bool = True,
         headers: Mapping[str, str] | None = None,
     ) -> TestResponse:
-        """Post one callback and return the endpoint's answer.
+        """Post one callback and return the endpoint's answer, once its receivers have run.
+
+        Under ``thread`` dispatch the endpoint answers before the receivers run; waiting for them
+        here (retries included, as Celery's eager mode runs a task and its retries in the caller)
+        lets a test deliver and then assert on what the receivers did, whatever the dispatch mode.
+        A test of the answer alone, or of its timing, posts with
+        :func:`~flask_musiccallback.simulate.post_callback`.
 
         ``payload_or_stage`` is a whole body, or a stage given to :func:`build_callback` with
         ``task_id``, ``tracks``, ``code`` and ``msg``. ``authenticate=False`` sends it with no
@@ -111,6 +120,11 @@ class CallbackClient:
             payload = build_callback(
                 payload_or_stage, task_id=task_id, tracks=tracks, code=code, msg=msg
             )
-        return post_callback(
+        response = post_callback(
             self.app, payload, client=self.client, authenticate=authenticate, headers=headers
         )
+        if not get_state(self.app).dispatcher.wait_idle(self.timeout):
+            raise TimeoutError(
+                f"the receivers of the delivery did not finish within {self.timeout} seconds"
+            )
+        return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import tomllib
 from flask import Flask
 
-from flask_musiccallback import Stage
+from flask_musiccallback import CallbackEvent, Stage, all_tracks_generated
 from flask_musiccallback.schemas import TRACK_WIRE_KEYS, load_callback
 from flask_musiccallback.testing import (
     CallbackClient,
@@ -23,7 +24,7 @@ from flask_musiccallback.testing import (
     signature_headers,
 )
 
-from .conftest import AppFactory
+from .conftest import AppFactory, thread_apps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,6 +180,23 @@ def test_client_without_authentication_is_refused(make_app: AppFactory) -> None:
     assert response.json == {"status": "rejected", "reason": "unauthorized"}
 
 
+def test_client_returns_once_receivers_run_off_the_request_path_have_run(
+    make_app: AppFactory,
+) -> None:
+    """As Celery's eager mode does, so that a test may deliver, then assert on what they did."""
+    ran: list[str] = []
+
+    def slow(sender: Flask, event: CallbackEvent, **extra: Any) -> None:
+        time.sleep(0.2)
+        ran.append(event.task_id)
+
+    with thread_apps(make_app) as thread_app:
+        app = thread_app()
+        with all_tracks_generated.connected_to(slow, sender=app):
+            assert CallbackClient(app).deliver("complete", task_id="t1").status_code == 200
+            assert ran == ["t1"]
+
+
 def test_client_delivers_a_whole_payload(app: Flask) -> None:
     payload = {"code": 200, "msg": "ok", "data": {"callbackType": "nope", "task_id": "t1"}}
 
@@ -239,7 +257,7 @@ def test_plugin_app_requires_a_token(musiccallback_app: Flask) -> None:
 
 HOST_TESTS = """
     import pytest
-    from flask_musiccallback import Stage
+    from flask_musiccallback import CallbackEvent, Stage, all_tracks_generated
 
     @pytest.fixture
     def musiccallback_config():
@@ -275,6 +293,43 @@ def test_plugin_loads_by_name_and_serves_host_tests(
     result = pytester.runpytest("-p", name)
 
     result.assert_outcomes(passed=3)
+
+
+THREAD_HOST_TESTS = """
+    import pytest
+    from flask_musiccallback import all_tracks_generated
+    from flask_musiccallback.testing import CallbackClient
+
+    saved = []
+    apps = []
+
+    @pytest.fixture
+    def musiccallback_config():
+        return {"MUSICCALLBACK_TOKEN": "t", "MUSICCALLBACK_DISPATCH": "thread"}
+
+    def test_delivers_then_asserts_on_what_receivers_did(musiccallback_app, musiccallback_client):
+        @all_tracks_generated.connect_via(musiccallback_app)
+        def save(sender, event, **extra):
+            saved.extend(track.title for track in event.tracks)
+
+        musiccallback_client.deliver("complete", task_id="t1", tracks=2)
+        assert len(saved) == 2
+        apps.append(musiccallback_app)
+
+    def test_the_app_of_a_finished_test_takes_no_more_deliveries():
+        (app,) = apps
+        assert CallbackClient(app).deliver("text").status_code == 503
+"""
+
+
+def test_plugin_host_tests_under_thread_dispatch_see_receivers_done_and_leave_no_pool(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_host=textwrap.dedent(THREAD_HOST_TESTS))
+
+    result = pytester.runpytest("-p", "flask_musiccallback.pytest_plugin")
+
+    result.assert_outcomes(passed=2)
 
 
 def test_plugin_fixture_can_be_replaced_by_the_host_app(pytester: pytest.Pytester) -> None:

@@ -72,6 +72,20 @@ def test_a_simulated_task_shows_its_stages_tracks_and_players(
     assert all(src.startswith("/media/") for src in players + covers)
 
 
+def test_a_delivered_task_is_on_the_page_with_its_copies_without_waiting_for_the_pool(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    """What docs/testing.md promises a host under thread dispatch: deliver, then look."""
+    simulate(deliver, "task-1")
+
+    html = page(example)
+    assert "task-1" in html
+    assert "Neon Harbor" in html
+    players = AUDIO.findall(html)
+    assert len(players) == 2
+    assert all(src.startswith("/media/") for src in players + COVER.findall(html))
+
+
 def test_the_page_serves_the_saved_copies(example: Flask, deliver: CallbackClient) -> None:
     simulate(deliver, "task-1", "complete")
     settle(example)

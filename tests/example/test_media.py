@@ -14,6 +14,7 @@ import pytest
 from flask import Flask, Response, request
 
 from example_app.media import DownloadFailed, DownloadPolicy, download
+from flask_musiccallback.simulate import post_callback
 from flask_musiccallback.testing import CallbackClient, build_callback
 
 from ..servers import serve_url
@@ -208,9 +209,7 @@ def test_a_flaky_provider_is_retried_off_the_request_path(
     app = make_example()
 
     started = time.monotonic()
-    answer = CallbackClient(app).deliver(
-        completed_with_links("task-1", url, "song.mp3", "cover.jpeg")
-    )
+    answer = post_callback(app, completed_with_links("task-1", url, "song.mp3", "cover.jpeg"))
     answered_in = time.monotonic() - started
     settle(app)
 
