@@ -45,12 +45,11 @@ def served() -> Iterator[Served]:
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
-    """A Redis server of the test's own, which it stops and starts again."""
+    """A Redis server of the test's own, which it stops and starts again; removed after the test,
+    failed or not (pytest resumes the fixture either way)."""
     server = start_redis()
-    try:
-        yield server
-    finally:
-        server.remove()
+    yield server
+    server.remove()
 
 
 class SharedStore(MemoryStore):
