@@ -55,7 +55,8 @@ def _run_time_nodes(node: ast.AST) -> Iterator[ast.AST]:
 
 def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """The modules ``name`` imports when it runs, absolute; ``from a import b`` is ``a.b`` when
-    ``b`` is a module of ``known``, else ``a``."""
+    ``b`` is a module of ``known``, else ``a``. The parent packages Python imports on the way are
+    left out: every module would otherwise be in a cycle with ``__init__``, which re-exports."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in _run_time_nodes(ast.parse(path.read_text(), str(path))):
