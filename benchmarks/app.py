@@ -23,7 +23,7 @@ from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from flask_musiccallback import MusicCallback, all_tracks_generated
-from flask_musiccallback.stores.base import url_scheme
+from flask_musiccallback.stores.registry import url_scheme
 
 TOKEN = "benchmark-token-0123456789"  # noqa: S105 - a fixed secret for a local benchmark
 

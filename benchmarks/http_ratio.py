@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from flask_musiccallback.simulate import build_callback
-from flask_musiccallback.stores.base import url_scheme
+from flask_musiccallback.stores.registry import url_scheme
 
 from .app import TOKEN
 

@@ -32,7 +32,8 @@ from flask import Flask
 
 from flask_musiccallback.families import MUSIC
 from flask_musiccallback.simulate import build_callback
-from flask_musiccallback.stores.base import Store, store_from_url, url_scheme
+from flask_musiccallback.stores.base import Store
+from flask_musiccallback.stores.registry import store_from_url, url_scheme
 
 from .http_ratio import SERVER_PROCESSES, cpu_seconds, processes
 

@@ -23,9 +23,9 @@ from .stores.base import (
     Store,
     StoreError,
     StoreUnavailable,
-    register_store,
 )
 from .stores.memory import MemoryStore
+from .stores.registry import register_store
 
 __all__ = [
     "CallbackEvent",

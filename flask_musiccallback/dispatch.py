@@ -33,7 +33,8 @@ from blinker import Signal
 from .outage import Outage
 from .pool import Pool
 from .signals import callback_duplicate, callback_received, receiver_failed
-from .stores.base import ClaimResult, Delivery, StoreUnavailable, claim_owner
+from .stores.base import ClaimResult, Delivery, StoreUnavailable
+from .stores.owners import claim_owner
 
 if TYPE_CHECKING:
     from flask import Flask

@@ -21,7 +21,8 @@ from .families import MUSIC, MUSIC_NAME, Families
 from .pool import DRAIN_TIMEOUT
 from .redact import install_log_filters
 from .state import EXTENSION_NAME, Dispatcher, MusicCallbackState, get_state
-from .stores.base import Store, store_from_url
+from .stores.base import Store
+from .stores.registry import store_from_url
 from .sweep import Sweeper
 
 if TYPE_CHECKING:

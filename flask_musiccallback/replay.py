@@ -26,10 +26,10 @@ from .stores.base import (
     DeliveryState,
     KeptDelivery,
     PersistentStore,
-    owner_is_dead,
     require_persistent,
     utcnow,
 )
+from .stores.owners import owner_is_dead
 
 if TYPE_CHECKING:
     from flask import Flask

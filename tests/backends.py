@@ -149,7 +149,7 @@ def child_env(**extra: str) -> dict[str, str]:
 CLAIM_AND_DIE = """
 import json, os, sys
 from flask_musiccallback.families import MUSIC
-from flask_musiccallback.stores.base import store_from_url
+from flask_musiccallback.stores.registry import store_from_url
 
 payload = json.loads(sys.argv[2])
 store = store_from_url(sys.argv[1], ttl=3600)

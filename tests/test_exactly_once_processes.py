@@ -20,7 +20,8 @@ import pytest
 from flask import Flask
 
 from flask_musiccallback import MusicCallback, all_tracks_generated
-from flask_musiccallback.stores.base import DeliveryState, owner_is_dead
+from flask_musiccallback.stores.base import DeliveryState
+from flask_musiccallback.stores.owners import owner_is_dead
 from flask_musiccallback.testing import build_callback, record_signals
 
 from .backends import claim_in_a_process_that_dies

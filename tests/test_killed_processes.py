@@ -28,7 +28,8 @@ from flask import Flask
 
 from flask_musiccallback import CallbackEvent, all_tracks_generated
 from flask_musiccallback.state import get_state
-from flask_musiccallback.stores.base import DeliveryState, KeptDelivery, owner_is_dead
+from flask_musiccallback.stores.base import DeliveryState, KeptDelivery
+from flask_musiccallback.stores.owners import owner_is_dead
 from flask_musiccallback.testing import build_callback
 
 from .backends import child_env, persistent_store

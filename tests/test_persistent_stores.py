@@ -12,13 +12,8 @@ from flask import Flask
 
 from flask_musiccallback import Delivery, all_tracks_generated
 from flask_musiccallback.families import MUSIC
-from flask_musiccallback.stores.base import (
-    MAX_TASK_ID_LENGTH,
-    ClaimResult,
-    DeliveryState,
-    owner_process,
-    process_owner,
-)
+from flask_musiccallback.stores.base import MAX_TASK_ID_LENGTH, ClaimResult, DeliveryState
+from flask_musiccallback.stores.owners import owner_process, process_owner
 from flask_musiccallback.testing import build_callback, signature_headers
 
 from .backends import Backend, StoreApp, persistent_store

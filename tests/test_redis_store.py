@@ -8,8 +8,9 @@ from datetime import datetime, timezone
 
 import redis
 
-from flask_musiccallback.stores.base import ClaimResult, Delivery, DeliveryState, store_from_url
+from flask_musiccallback.stores.base import ClaimResult, Delivery, DeliveryState
 from flask_musiccallback.stores.redis import RedisStore
+from flask_musiccallback.stores.registry import store_from_url
 from flask_musiccallback.testing import build_callback
 
 from .conftest import URL, AppFactory

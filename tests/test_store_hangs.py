@@ -21,8 +21,9 @@ from flask import Flask
 
 from flask_musiccallback import StoreError, all_tracks_generated
 from flask_musiccallback.state import get_state
-from flask_musiccallback.stores.base import DEFAULT_TIMEOUT, DeliveryState, store_from_url
+from flask_musiccallback.stores.base import DEFAULT_TIMEOUT, DeliveryState
 from flask_musiccallback.stores.redis import RedisStore
+from flask_musiccallback.stores.registry import store_from_url
 from flask_musiccallback.stores.sqlalchemy import DEFAULT_TABLE, SQLAlchemyStore
 from flask_musiccallback.testing import build_callback
 

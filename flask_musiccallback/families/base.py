@@ -20,7 +20,8 @@ from typing import Any, Protocol, cast
 from blinker import Signal
 from marshmallow import Schema, ValidationError
 
-from ..stores.base import Delivery, claim_owner
+from ..stores.base import Delivery
+from ..stores.owners import claim_owner
 
 
 class Event(Protocol):

@@ -1,4 +1,4 @@
-"""The store contract every deduplication store fulfils, and the URL-scheme registry.
+"""The store contract every deduplication store fulfils.
 
 The contract is *claim, then complete or release*: :meth:`Store.claim` atomically takes the key
 ``(task_id, stage)`` for one delivery, the receivers run, and then the delivery is marked done
@@ -20,12 +20,8 @@ interface only.
 from __future__ import annotations
 
 import enum
-import importlib
 import json
 import math
-import os
-import secrets
-import socket
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs
 
 from ..redact import redact_url, redact_url_secrets
+from .owners import claim_owner
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -80,7 +77,7 @@ class Delivery:
     #: The JSON text ``payload`` was parsed from, when the caller has it (the request body).
     body: str | None = None
     #: Who holds, or is to hold, the delivery's claim: every step of the store names it.
-    owner: str = field(default_factory=lambda: claim_owner())
+    owner: str = field(default_factory=claim_owner)
 
     def payload_json(self) -> str:
         """The payload as JSON text, for a store that keeps it.
@@ -246,7 +243,7 @@ class KeptDelivery:
     #: under the ``retry`` policy); an acknowledged failure waits for a replay instead.
     released: bool
     #: Who holds the claim while pending or processing: ``hostname:pid/token``
-    #: (:func:`claim_owner`).
+    #: (:func:`~.owners.claim_owner`).
     owner: str | None
     #: When another process may take the claim over, while pending or processing.
     lease_expires_at: datetime | None
@@ -282,68 +279,6 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def process_owner() -> str:
-    """``hostname:pid``: the process part of a claim's owner.
-
-    Read on every claim, not cached: a worker forked after import has its own pid.
-    """
-    return f"{_HOSTNAME}:{os.getpid()}"
-
-
-def claim_owner() -> str:
-    """A new owner for a claim: ``hostname:pid/token``.
-
-    The process tells whether a claim was abandoned by a process that died (:func:`owner_is_dead`);
-    the token tells this claim from every other one of the same process, so that a step retried
-    after a lost answer knows its own work.
-    """
-    return f"{process_owner()}/{secrets.token_hex(8)}"
-
-
-def owner_process(owner: str | None) -> str:
-    """The ``hostname:pid`` of a claim's owner."""
-    return (owner or "").partition("/")[0]
-
-
-_HOSTNAME = socket.gethostname()
-
-
-def owner_is_dead(owner: str | None) -> bool:
-    """Whether ``owner`` names a process of this machine that no longer runs.
-
-    Only this machine's processes can be checked; a claim held elsewhere waits for its lease.
-    """
-    if not owner:
-        return False
-    host, _, pid_text = owner_process(owner).rpartition(":")
-    if host != _HOSTNAME or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    """Whether ``pid`` has exited and waits to be reaped: dead, though signals still reach it.
-
-    A killed worker stays a zombie until its parent, or an init process, reaps it; in a container
-    whose first process reaps nothing, that is for ever. Known on Linux (``/proc``) only.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            # "pid (command) state ...": the command may hold spaces and parentheses.
-            return stat.read().rpartition(b")")[2].split()[:1] == [b"Z"]
-    except OSError:
-        return False
-
-
 class PersistentStore(Store):
     """A store that keeps every accepted delivery, shared by every process using its backend.
 
@@ -351,10 +286,11 @@ class PersistentStore(Store):
     acknowledged is lost: deliveries can be listed, shown, replayed and pruned (``flask
     musiccallback ...``).
 
-    Each claim records its owner (:func:`process_owner`) and a lease of ``lease`` seconds. A claim
-    whose lease ran out belongs to a process presumed dead, and the next redelivery (or ``replay
-    --pending``) takes it over, so a crash never blocks a task for good. Receivers that run longer
-    than the lease may therefore run twice: keep the lease above the slowest receiver.
+    Each claim records its owner (:func:`~.owners.process_owner`) and a lease of ``lease``
+    seconds. A claim whose lease ran out belongs to a process presumed dead, and the next
+    redelivery (or ``replay --pending``) takes it over, so a crash never blocks a task for good.
+    Receivers that run longer than the lease may therefore run twice: keep the lease above the
+    slowest receiver.
     """
 
     persistent: ClassVar[bool] = True
@@ -399,10 +335,10 @@ class PersistentStore(Store):
 
         A failed delivery can always be taken, an in-flight one once its lease ran out, or at once
         while its claim is still held by ``abandoned_by``, an owner known to be dead
-        (:func:`owner_is_dead`): the condition is checked in the same atomic step, so a claim that
-        a live process took meanwhile is left alone. ``force`` takes any, done ones and live
-        claims included. The delivery is then processing (``pending`` with ``queued``, as after
-        ``claim(queued=True)``), held by a new owner (:func:`claim_owner`, the returned
+        (:func:`~.owners.owner_is_dead`): the condition is checked in the same atomic step, so a
+        claim that a live process took meanwhile is left alone. ``force`` takes any, done ones and
+        live claims included. The delivery is then processing (``pending`` with ``queued``, as after
+        ``claim(queued=True)``), held by a new owner (:func:`~.owners.claim_owner`, the returned
         delivery's ``owner``) with one more attempt, and is settled with ``complete``,
         ``release`` or ``fail`` of :meth:`KeptDelivery.held` as after :meth:`claim`.
         """
@@ -457,56 +393,3 @@ def require_persistent(store: Store) -> PersistentStore:
         "MUSICCALLBACK_STORE to sqlalchemy://, a database URL (sqlite:///callbacks.db, "
         "postgresql+psycopg://...) or redis://host:6379/0."
     )
-
-
-#: URL scheme to ``"module:ClassName"``; modules are imported only when their scheme is used, so an
-#: app on the memory store needs neither SQLAlchemy nor redis installed.
-_registry: dict[str, str | type[Store]] = {
-    "memory": "flask_musiccallback.stores.memory:MemoryStore",
-    "sqlalchemy": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
-    "sqlite": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
-    "postgresql": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
-    "mysql": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
-    "mariadb": "flask_musiccallback.stores.sqlalchemy:SQLAlchemyStore",
-    "redis": "flask_musiccallback.stores.redis:RedisStore",
-    "rediss": "flask_musiccallback.stores.redis:RedisStore",
-    "unix": "flask_musiccallback.stores.redis:RedisStore",
-}
-
-
-def register_store(scheme: str, store_class: str | type[Store]) -> None:
-    """Make ``scheme://`` URLs build stores with ``store_class.from_url`` (or ``module:Class``)."""
-    _registry[scheme] = store_class
-
-
-def url_scheme(url: str) -> str:
-    """The scheme a store is registered under: ``postgresql+psycopg://...`` is ``postgresql``."""
-    return url.partition("://")[0].partition("+")[0].lower()
-
-
-def store_from_url(url: str, *, ttl: int) -> Store:
-    """Build the store a ``MUSICCALLBACK_STORE`` URL names.
-
-    ``postgresql+psycopg://`` is looked up as ``postgresql``: the driver is the backend's business.
-    """
-    scheme = url_scheme(url)
-    target = _registry.get(scheme)
-    if target is None:
-        known = ", ".join(f"{name}://" for name in sorted(_registry))
-        shown = redact_url(url)
-        raise StoreError(
-            f"No store for the URL scheme {url_scheme(shown)!r} of {shown!r}; known: {known}."
-        )
-    if isinstance(target, str):
-        module_name, _, class_name = target.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise StoreError(
-                f"The store for {scheme}:// needs a package that is not installed ({exc.name}); "
-                "install flask-musiccallback with the matching extra."
-            ) from exc
-        target = getattr(module, class_name)
-    if not (isinstance(target, type) and issubclass(target, Store)):
-        raise StoreError(f"{target!r}, registered for {scheme}://, is not a Store class.")
-    return target.from_url(url, ttl=ttl)

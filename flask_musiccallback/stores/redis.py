@@ -48,11 +48,11 @@ from .base import (
     KeptDelivery,
     PersistentStore,
     StoreUnavailable,
-    claim_owner,
     lease_from_url,
     timeout_from_url,
     unusable_url,
 )
+from .owners import claim_owner
 
 DEFAULT_PREFIX = "musiccallback:"
 

@@ -65,11 +65,11 @@ from .base import (
     StoreError,
     StoreUnavailable,
     check_timeout,
-    claim_owner,
     lease_from_url,
     timeout_from_url,
     unusable_url,
 )
+from .owners import claim_owner
 from .watchdog import Watchdog
 
 if TYPE_CHECKING:
