@@ -13,6 +13,7 @@ of one delivery never both run it, and a job that finds its delivery taken runs 
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -91,18 +92,22 @@ def replay(
     state = get_state(app)
     store = require_persistent(state.store)
     chosen: dict[str, KeptDelivery | None] = dict.fromkeys(ids)
-    cutoff = None if older_than is None else utcnow() - older_than
+    selections: list[Iterable[KeptDelivery]] = []
+    if failed:
+        cutoff = None if older_than is None else utcnow() - older_than
+        oldest_first = reversed(store.list(status="failed", limit=None))
+        selections.append(k for k in oldest_first if cutoff is None or k.updated_at <= cutoff)
+    if pending:
+        # Enough for ``limit`` new ones, should some be chosen already.
+        wanted = None if limit is None else limit + len(chosen)
+        selections.append(store.pending(older_than or timedelta(0), wanted))
     selected = 0
-    for status, wanted in (("failed", failed), ("pending", pending)):
-        if wanted:
-            for listed in reversed(store.list(status=status, limit=None)):
-                if cutoff is not None and listed.updated_at > cutoff:
-                    continue
-                if limit is not None and selected >= limit:
-                    break
-                if listed.id not in chosen:
-                    chosen[listed.id] = listed
-                    selected += 1
+    for listed in itertools.chain.from_iterable(selections):
+        if limit is not None and selected >= limit:
+            break
+        if listed.id not in chosen:
+            chosen[listed.id] = listed
+            selected += 1
     with app.app_context():
         results = [
             _replay_one(app, state, store, delivery_id, kept, force)

@@ -13,7 +13,7 @@ from flask import Flask, request
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flask_musiccallback import ConfigurationError, Delivery, MemoryStore
+from flask_musiccallback import ConfigurationError, Delivery
 from flask_musiccallback.endpoint import KEPT_HEADERS, kept_headers
 from flask_musiccallback.families import find_task_id
 from flask_musiccallback.redact import (
@@ -31,16 +31,15 @@ from .conftest import TOKEN, URL, AppFactory, build_app
 from .live_server import exchange, request_bytes, serve
 from .payloads import encode, json_values, mutated_callbacks
 from .servers import free_port
+from .test_store_contract import DictStore
 
 HMAC_KEY = "hmac-key-that-must-stay-inside"
 API_KEY = "provider-api-key-that-must-stay-inside"
 SECRETS = (TOKEN, HMAC_KEY, API_KEY)
 
 
-class KeepingStore(MemoryStore):
-    """A persistent-looking store that keeps what it is handed, to see what a real one would."""
-
-    persistent = True
+class KeepingStore(DictStore):
+    """A persistent store that keeps what it is handed, to see what a real one would."""
 
     def __init__(self) -> None:
         super().__init__(ttl=60)

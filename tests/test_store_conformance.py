@@ -2,6 +2,8 @@
 
 Each test builds a real app on the store of the running parameter (memory, SQLite, SQLite with
 the portable claim, PostgreSQL, Redis, Flask-SQLAlchemy) and delivers callbacks to its endpoint.
+The store contract's own tests (:mod:`flask_musiccallback.contract`) run on each store at the end,
+through the same entry a store author points at a class of their own.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from flask_musiccallback import (
@@ -22,13 +25,15 @@ from flask_musiccallback import (
     task_failed,
     text_generated,
 )
-from flask_musiccallback.families import MUSIC
+from flask_musiccallback.contract import PersistentStoreContract, StoreContract, StoreFactory
 from flask_musiccallback.state import get_state
-from flask_musiccallback.stores.base import ClaimResult, Delivery
+from flask_musiccallback.stores.base import Store
 from flask_musiccallback.testing import build_callback, record_signals
 
-from .backends import StoreApp
-from .conftest import URL
+from .backends import ALL, Backend, StoreApp, make_backend
+from .backends import _factory as app_factory
+from .conftest import URL, AppFactory
+from .test_persistent_stores import with_option
 
 RECEIVED = {"status": "received"}
 DUPLICATE = {"status": "duplicate"}
@@ -211,49 +216,34 @@ def test_two_apps_on_one_backend_share_what_they_remember(store_app: StoreApp) -
     assert post(second, payload) == ((200, DUPLICATE) if shared else (200, RECEIVED))
 
 
-# Every step of the store names the claim's owner (the store contract, stores/base.py).
+# The store contract itself (flask_musiccallback.contract), through the entry a store author uses.
+
+SHIPPED_PERSISTENT = [name for name in ALL if name != "memory"]
 
 
-def claimed_delivery(owner: str) -> Delivery:
-    payload = build_callback("complete")
-    return replace(MUSIC.delivery(MUSIC.load(payload), payload), owner=owner)
+def built_store(
+    request: pytest.FixtureRequest, make_app: AppFactory, backend: Backend
+) -> StoreFactory:
+    """``make_store`` of the contract for a shipped store: built as an app configures it."""
+
+    def make(*, ttl: int, lease: int | None = None) -> Store:
+        url = backend.url if lease is None else with_option(backend.url, f"lease={lease}")
+        return get_state(app_factory(request, make_app, backend)(DEDUP_TTL=ttl, STORE=url)).store
+
+    return make
 
 
-def test_a_claim_sent_again_by_its_owner_is_its_own_and_anybody_elses_is_in_progress(
-    store_app: StoreApp,
-) -> None:
-    store = get_state(store_app()).store
-    delivery = claimed_delivery("owner-a")
-
-    assert store.claim(delivery) is ClaimResult.CLAIMED
-    assert store.claim(delivery) is ClaimResult.CLAIMED, "the answer was lost; it is the same claim"
-    assert store.claim(replace(delivery, owner="owner-b")) is ClaimResult.IN_PROGRESS
+class TestMemoryStoreContract(StoreContract):
+    @pytest.fixture
+    def make_store(
+        self, request: pytest.FixtureRequest, make_app: AppFactory, tmp_path: Path
+    ) -> StoreFactory:
+        return built_store(request, make_app, make_backend("memory", request, tmp_path))
 
 
-def test_only_the_claims_owner_settles_it(store_app: StoreApp) -> None:
-    store = get_state(store_app()).store
-    delivery = claimed_delivery("owner-a")
-    store.claim(delivery)
-
-    store.complete(replace(delivery, owner="owner-b"))
-    store.release(replace(delivery, owner="owner-b"), "not mine")
-    assert store.claim(replace(delivery, owner="owner-c")) is ClaimResult.IN_PROGRESS
-    store.complete(delivery)
-    store.complete(delivery)  # sent again after a lost answer: no harm
-    assert store.claim(replace(delivery, owner="owner-c")) is ClaimResult.DUPLICATE
-
-
-def test_a_queued_delivery_is_started_once_and_a_start_sent_again_is_its_own(
-    store_app: StoreApp,
-) -> None:
-    store = get_state(store_app()).store
-    delivery = claimed_delivery("web")
-    store.claim(delivery, queued=True)
-
-    assert store.start(delivery, "job-1")
-    assert store.start(delivery, "job-1"), "the answer was lost; it is the same start"
-    assert not store.start(delivery, "job-2"), "a copy of the job runs nothing"
-    store.release(delivery, "the web process is not the owner any more")
-    assert store.claim(replace(delivery, owner="redelivery")) is ClaimResult.IN_PROGRESS
-    store.complete(replace(delivery, owner="job-1"))
-    assert store.claim(replace(delivery, owner="redelivery")) is ClaimResult.DUPLICATE
+class TestPersistentStoreContract(PersistentStoreContract):
+    @pytest.fixture(params=SHIPPED_PERSISTENT)
+    def make_store(
+        self, request: pytest.FixtureRequest, make_app: AppFactory, tmp_path: Path
+    ) -> StoreFactory:
+        return built_store(request, make_app, make_backend(request.param, request, tmp_path))

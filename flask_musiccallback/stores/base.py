@@ -15,18 +15,26 @@ lost its claim (its lease ran out, a replay took the delivery over) changes noth
 
 A store class never imports the view: the endpoint, polling and replay all talk to it through this
 interface only.
+
+A backend's errors are translated in one place, as the ``limits`` library's storage base does:
+a store names its backend's exception types (:attr:`Store.base_exceptions`), and every method of
+the contract a store class defines is wrapped once, when the class is created, so that those
+errors leave it as :class:`StoreUnavailable` (the endpoint answers 503 and the provider retries).
+No method catches and re-raises them by hand. docs/store-contract.md is this contract for
+someone writing a store of their own.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import parse_qs
 
 from ..redact import redact_url, redact_url_secrets
@@ -34,6 +42,8 @@ from .owners import claim_owner
 
 if TYPE_CHECKING:
     from flask import Flask
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 #: Seconds a processing claim is held before another process may take it over (persistent stores).
 DEFAULT_LEASE = 300
@@ -111,6 +121,42 @@ class StoreUnavailable(StoreError):  # noqa: N818 - reads as a state: "the store
         self.reached = reached
 
 
+class NotReached(Exception):  # noqa: N818 - says what happened, as StoreUnavailable does
+    """Raised by a store, ``from`` its backend's error, when nothing could be sent (no connection
+    could be had): the boundary then says ``reached=False``, and no claim is given back later.
+
+    Optional: any other backend error is taken as one that may have reached the backend, which
+    costs a needless give-back at worst.
+    """
+
+
+#: The methods of the contract whose backend errors are translated at the boundary.
+_BOUNDARY = frozenset(
+    {"claim", "start", "defer", "complete", "release", "fail"}
+    | {"list", "get", "prune", "reclaim", "pending"}
+)
+
+
+def _translated(method: _Method) -> _Method:
+    """``method``, its store's backend errors leaving it as :class:`StoreUnavailable`.
+
+    The ``except`` clauses are evaluated only when something was raised: a call that succeeds
+    pays one frame and nothing else.
+    """
+
+    @functools.wraps(method)
+    def translated(store: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(store, *args, **kwargs)
+        except NotReached as exc:
+            cause = exc.__cause__ or exc
+            raise store.unavailable(cause, reached=False) from cause
+        except store.base_exceptions as exc:
+            raise store.unavailable(exc) from exc
+
+    return translated  # type: ignore[return-value]
+
+
 class Store(ABC):
     """Deduplicates deliveries per ``(task_id, stage)`` for ``ttl`` seconds.
 
@@ -127,11 +173,41 @@ class Store(ABC):
     and dies with the app: the request path reaches its own store with no lookup by app.
     """
 
-    #: Whether deliveries survive a restart and can be listed and replayed.
+    #: Whether deliveries survive a restart and can be listed and replayed: true of every
+    #: :class:`PersistentStore` and of nothing else. Said by subclassing it, whose abstract methods
+    #: are what keeping deliveries takes; a class setting it is refused. Read on the request path,
+    #: where an attribute costs less than ``isinstance`` of an ABC.
     persistent: ClassVar[bool] = False
 
     def __init__(self, *, ttl: int) -> None:
         self.ttl = ttl
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "persistent" in vars(cls):
+            raise TypeError(
+                f"{cls.__name__} sets persistent: subclass PersistentStore instead, whose abstract "
+                "methods are what a persistent store must do."
+            )
+        for name in _BOUNDARY.intersection(vars(cls)):
+            method = vars(cls)[name]
+            if not getattr(method, "__isabstractmethod__", False):
+                setattr(cls, name, _translated(method))
+
+    @property
+    def base_exceptions(self) -> tuple[type[BaseException], ...]:
+        """The backend's exception types, which leave every method of the contract as
+        :class:`StoreUnavailable`; none for a store without a backend to lose."""
+        return ()
+
+    def describe(self) -> str:
+        """The backend, for messages; never its password."""
+        return type(self).__name__
+
+    def unavailable(self, exc: BaseException, *, reached: bool = True) -> StoreUnavailable:
+        """What a backend error becomes at the boundary: the backend and the error, in one line
+        that is safe to log (override to leave out what the driver's message would leak)."""
+        return StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}", reached=reached)
 
     @classmethod
     def from_url(cls, url: str, *, ttl: int) -> Store:
@@ -293,13 +369,17 @@ class PersistentStore(Store):
     slowest receiver.
     """
 
-    persistent: ClassVar[bool] = True
-
     def __init__(self, *, ttl: int, lease: int = DEFAULT_LEASE) -> None:
         super().__init__(ttl=ttl)
         if lease < 1:
             raise StoreError("The lease of a persistent store must be at least one second.")
         self.lease = lease
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl: int) -> PersistentStore:
+        """Build the store from its URL, reading the ``lease`` option every persistent store
+        takes: a store that inherited :meth:`Store.from_url` would drop it without a word."""
+        return cls(ttl=ttl, lease=lease_from_url(url))
 
     @abstractmethod
     def list(
@@ -314,6 +394,16 @@ class PersistentStore(Store):
     @abstractmethod
     def get(self, delivery_id: str) -> KeptDelivery | None:
         """One kept delivery by the id :meth:`list` shows, or ``None``."""
+
+    @abstractmethod
+    def pending(self, older_than: timedelta, limit: int | None = None) -> Sequence[KeptDelivery]:
+        """Deliveries in flight (pending or processing) unchanged for ``older_than``, the longest
+        unchanged first, at most ``limit``: those the sweep and ``replay --pending`` may take over.
+
+        A query of its own, answered by the backend from an index: the sweep runs every minute in
+        every process, and must not read every kept delivery to find the few left behind. Claims
+        still held are included; :meth:`reclaim` decides, atomically, whether one may be taken.
+        """
 
     @abstractmethod
     def prune(self, older_than: timedelta) -> int:
@@ -342,6 +432,10 @@ class PersistentStore(Store):
         delivery's ``owner``) with one more attempt, and is settled with ``complete``,
         ``release`` or ``fail`` of :meth:`KeptDelivery.held` as after :meth:`claim`.
         """
+
+
+# Said here, once, for every subclass: Store.__init_subclass__ refuses a class that says it itself.
+PersistentStore.persistent = True
 
 
 def _url_option(url: str, name: str) -> str | None:

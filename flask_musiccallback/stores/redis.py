@@ -25,7 +25,7 @@ supported.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -46,8 +46,8 @@ from .base import (
     Delivery,
     DeliveryState,
     KeptDelivery,
+    NotReached,
     PersistentStore,
-    StoreUnavailable,
     lease_from_url,
     timeout_from_url,
     unusable_url,
@@ -288,6 +288,10 @@ class RedisStore(PersistentStore):
     def close(self) -> None:
         self.client.close()
 
+    @property
+    def base_exceptions(self) -> tuple[type[BaseException], ...]:
+        return (RedisError,)
+
     def _keys(self, key_id: str) -> list[str]:
         return [
             f"{self.prefix}claim:{key_id}",
@@ -296,7 +300,7 @@ class RedisStore(PersistentStore):
         ]
 
     def _call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Run one of the store's scripts in one round trip; failures become StoreUnavailable.
+        """Run one of the store's scripts in one round trip.
 
         Every delivery runs two scripts on the request path, so they are sent as ``EVALSHA`` on a
         pooled connection rather than through the client's generic command path, whose retry
@@ -314,27 +318,21 @@ class RedisStore(PersistentStore):
             return self._send(script, keys, args, sent_before=False)
         except RedisConnectionError:
             pass  # broke during the call: its answer may be lost, so it is sent once more
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
-        try:
-            return self._send(script, keys, args, sent_before=True)
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
+        return self._send(script, keys, args, sent_before=True)
 
     def _send(self, script: Script, keys: list[str], args: list[Any], *, sent_before: bool) -> Any:
-        """The script's answer; ``StoreUnavailable`` when no connection can be had, which says
-        whether an earlier try (``sent_before``) may have reached the server."""
+        """The script's answer; :class:`~.base.NotReached` when no connection can be had and no
+        earlier try (``sent_before``) may have reached the server."""
         try:
             connection = self.client.connection_pool.get_connection()
         except RedisError as exc:
-            raise self._unavailable(exc, reached=sent_before) from exc
+            if sent_before:
+                raise
+            raise NotReached from exc
         try:
             return self._evalsha(connection, script.sha, keys, args)
         except NoScriptError:
             return script(keys=keys, args=args)
-
-    def _unavailable(self, exc: RedisError, *, reached: bool = True) -> StoreUnavailable:
-        return StoreUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}", reached=reached)
 
     def _evalsha(self, connection: Any, sha: str, keys: list[str], args: list[Any]) -> Any:
         """One ``EVALSHA`` on ``connection``, which goes back to the pool, or is dropped if it
@@ -418,63 +416,87 @@ class RedisStore(PersistentStore):
         self, *, status: str | None = None, task_id: str | None = None, limit: int | None = 50
     ) -> Sequence[KeptDelivery]:
         states = None if status is None else STATUS_STATES[status]
-        # Pending deliveries have an index of their own, kept by the scripts, so that the sweep
-        # reads what is in flight, not every delivery kept for the TTL.
+        # Pending deliveries have an index of their own, kept by the scripts, so that listing
+        # them reads what is in flight, not every delivery kept for the TTL.
         index = f"{self.prefix}index" + (":inflight" if status == "pending" else "")
+
+        def wanted(kept: KeptDelivery) -> bool:
+            in_state = states is None or kept.state in states
+            return in_state and (task_id is None or kept.task_id == task_id)
+
+        return self._scan(
+            index,
+            lambda start, count: self.client.zrevrange(index, start, start + count - 1),
+            wanted,
+            limit,
+        )
+
+    def pending(self, older_than: timedelta, limit: int | None = None) -> Sequence[KeptDelivery]:
+        """The in-flight index read from its oldest change up to ``older_than`` ago, on the
+        server's clock, which timed every change."""
+        index = f"{self.prefix}index:inflight"
+        cutoff = self._server_micros() - older_than // timedelta(microseconds=1)
+        return self._scan(
+            index,
+            lambda start, count: self.client.zrangebyscore(
+                index, "-inf", cutoff, start=start, num=count
+            ),
+            lambda kept: kept.in_flight,
+            limit,
+        )
+
+    def _scan(
+        self,
+        index: str,
+        window: Callable[[int, int], Any],
+        wanted: Callable[[KeptDelivery], bool],
+        limit: int | None,
+    ) -> Sequence[KeptDelivery]:
+        """The deliveries ``wanted`` among the ids ``window(start, count)`` reads from
+        ``index``, page by page, up to ``limit``; ids whose delivery expired leave the index."""
         page = 200
         found: list[KeptDelivery] = []
         gone: list[str] = []
         start = 0
-        try:
-            while limit is None or len(found) < limit:
-                window = self.client.zrevrange(index, start, start + page - 1)
-                ids = [_text(item) for item in window]
-                if not ids:
-                    break
-                start += page
-                pipeline = self.client.pipeline(transaction=False)
-                for key_id in ids:
-                    pipeline.hgetall(f"{self.prefix}delivery:{key_id}")
-                for key_id, fields in zip(ids, pipeline.execute(), strict=True):
-                    if not fields:
-                        gone.append(key_id)
-                        continue
-                    kept = _kept({_text(k): _text(v) for k, v in fields.items()})
-                    if states is not None and kept.state not in states:
-                        continue
-                    if task_id is not None and kept.task_id != task_id:
-                        continue
+        while limit is None or len(found) < limit:
+            ids = [_text(item) for item in window(start, page)]
+            if not ids:
+                break
+            start += page
+            pipeline = self.client.pipeline(transaction=False)
+            for key_id in ids:
+                pipeline.hgetall(f"{self.prefix}delivery:{key_id}")
+            for key_id, fields in zip(ids, pipeline.execute(), strict=True):
+                if not fields:
+                    gone.append(key_id)
+                    continue
+                kept = _kept({_text(k): _text(v) for k, v in fields.items()})
+                if wanted(kept):
                     found.append(kept)
                     if limit is not None and len(found) >= limit:
                         break
-            if gone:
-                self.client.zrem(index, *gone)
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
+        if gone:
+            self.client.zrem(index, *gone)
         return found
 
+    def _server_micros(self) -> int:
+        seconds, micros = self.client.time()
+        return int(seconds) * 1_000_000 + int(micros)
+
     def get(self, delivery_id: str) -> KeptDelivery | None:
-        try:
-            fields = self.client.hgetall(f"{self.prefix}delivery:{delivery_id}")
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
+        fields = self.client.hgetall(f"{self.prefix}delivery:{delivery_id}")
         if not fields:
             return None
         return _kept({_text(k): _text(v) for k, v in fields.items()})
 
     def prune(self, older_than: timedelta) -> int:
         index = f"{self.prefix}index"
-        try:
-            seconds, micros = self.client.time()
-            now = int(seconds) * 1_000_000 + int(micros)
-            cutoff = now - older_than // timedelta(microseconds=1)
-            ids = [_text(item) for item in self.client.zrangebyscore(index, "-inf", cutoff)]
-            pipeline = self.client.pipeline(transaction=False)
-            for key_id in ids:
-                self._prune(keys=self._keys(key_id), args=[key_id, cutoff], client=pipeline)
-            return sum(int(deleted) for deleted in pipeline.execute()) if ids else 0
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
+        cutoff = self._server_micros() - older_than // timedelta(microseconds=1)
+        ids = [_text(item) for item in self.client.zrangebyscore(index, "-inf", cutoff)]
+        pipeline = self.client.pipeline(transaction=False)
+        for key_id in ids:
+            self._prune(keys=self._keys(key_id), args=[key_id, cutoff], client=pipeline)
+        return sum(int(deleted) for deleted in pipeline.execute()) if ids else 0
 
     def reclaim(
         self,

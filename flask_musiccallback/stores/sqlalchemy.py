@@ -61,6 +61,7 @@ from .base import (
     Delivery,
     DeliveryState,
     KeptDelivery,
+    NotReached,
     PersistentStore,
     StoreError,
     StoreUnavailable,
@@ -298,7 +299,8 @@ class SQLAlchemyStore(PersistentStore):
     def _run(
         self, work: Callable[[Connection], T], *, autocommit: bool = False, bounded: bool = True
     ) -> T:
-        """Run ``work`` in one transaction; the store's failures become ``StoreUnavailable``.
+        """Run ``work`` in one transaction; :class:`~.base.NotReached` when no connection could
+        be had.
 
         ``autocommit`` is for ``work`` of a single statement, which then is its own transaction:
         one round trip instead of three (``BEGIN``, the statement, ``COMMIT``).
@@ -324,10 +326,10 @@ class SQLAlchemyStore(PersistentStore):
                 if not exc.connection_invalidated:
                     raise
             return attempt(engine)
-        except IntegrityError:
-            raise
         except (SQLAlchemyError, OSError) as exc:
-            raise self._unavailable(exc, reached=reached) from exc
+            if reached:
+                raise
+            raise NotReached from exc
 
     def _run_on_driver(
         self, work: Callable[[PoolProxiedConnection, sa.Dialect], T], *, retried: bool = False
@@ -339,28 +341,24 @@ class SQLAlchemyStore(PersistentStore):
         A restart ends every pooled connection at once, so the pool is replaced as well, as
         SQLAlchemy itself invalidates the pool on a disconnect: the retry must not draw another
         dead one. Work that outlives the store's timeout is cut off, and its connection thrown
-        away, but not retried: the server is not gone, it does not answer. Any other error of
-        the driver becomes ``StoreUnavailable``.
+        away, but not retried: the server is not gone, it does not answer.
         """
         try:
             engine = self._connectable()
-        except (SQLAlchemyError, OSError) as exc:
-            raise self._unavailable(exc, reached=False) from exc
-        dialect = engine.dialect
-        try:
             connection = engine.raw_connection()
-        except (dialect.loaded_dbapi.Error, SQLAlchemyError, OSError) as exc:
-            raise self._unavailable(exc, reached=retried) from exc
+        except self.base_exceptions as exc:
+            if retried:
+                raise
+            raise NotReached from exc
+        dialect = engine.dialect
         watch = self._watchdog.watch(connection.dbapi_connection)
         try:
             with watch:
                 return work(connection, dialect)
         except dialect.loaded_dbapi.Error as exc:
             if retried or not dialect.is_disconnect(exc, connection, None):
-                raise self._unavailable(exc) from exc
+                raise
             connection.invalidate(exc)
-        except OSError as exc:
-            raise self._unavailable(exc) from exc
         finally:
             if watch.fired:
                 connection.invalidate()
@@ -369,7 +367,17 @@ class SQLAlchemyStore(PersistentStore):
         engine.dispose()
         return self._run_on_driver(work, retried=True)
 
-    def _unavailable(self, exc: BaseException, *, reached: bool = True) -> StoreUnavailable:
+    @property
+    def base_exceptions(self) -> tuple[type[BaseException], ...]:
+        """SQLAlchemy's errors, the network's, and those of the driver, which the statements
+        run on the driver (:class:`_DriverSQL`) raise as they are."""
+        engine = self._engine
+        if engine is None:
+            return (SQLAlchemyError, OSError)
+        return (SQLAlchemyError, OSError, engine.dialect.loaded_dbapi.Error)
+
+    def unavailable(self, exc: BaseException, *, reached: bool = True) -> StoreUnavailable:
+        """The driver's own words, without the SQL and its parameters (payloads)."""
         return StoreUnavailable(f"{self.describe()}: {_explain(exc)}", reached=reached)
 
     def _execute(
@@ -630,6 +638,21 @@ class SQLAlchemyStore(PersistentStore):
             statement = statement.where(table.c.state.in_([s.value for s in STATUS_STATES[status]]))
         if task_id is not None:
             statement = statement.where(table.c.task_id == task_id)
+        return self._listed(statement, limit)
+
+    def pending(self, older_than: timedelta, limit: int | None = None) -> Sequence[KeptDelivery]:
+        """One query on the ``(state, updated_at)`` index, the longest unchanged first."""
+        table = self.table
+        statement = (
+            sa.select(table)
+            .where(table.c.state.in_(_IN_FLIGHT), table.c.updated_at <= _now() - older_than)
+            .order_by(table.c.updated_at, table.c.id)
+        )
+        return self._listed(statement, limit)
+
+    def _listed(self, statement: sa.Select[Any], limit: int | None) -> Sequence[KeptDelivery]:
+        """The deliveries ``statement`` selects, at most ``limit``; not bounded by the timeout,
+        as it may scan a large table, never while the provider waits."""
         if limit is not None:
             statement = statement.limit(limit)
         rows = self._run(lambda c: c.execute(statement).all(), bounded=False)

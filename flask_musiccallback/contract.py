@@ -1,0 +1,357 @@
+"""The store contract as tests, for anyone writing a store: point them at your class.
+
+Subclass :class:`StoreContract` (or :class:`PersistentStoreContract` for a store that keeps
+deliveries) in a test module and give it a ``make_store`` fixture; pytest collects every test of
+the contract on your class, as the extension's own suite does for its stores::
+
+    import pytest
+    from flask_musiccallback.contract import PersistentStoreContract
+
+    class TestMongoStore(PersistentStoreContract):
+        @pytest.fixture
+        def make_store(self, mongo_url):
+            stores = []
+
+            def make(*, ttl, lease=300):
+                stores.append(MongoStore(mongo_url, ttl=ttl, lease=lease))
+                return stores[-1]
+
+            yield make
+            for store in stores:
+                store.close()
+
+``make_store(ttl=SECONDS)`` (and ``lease=SECONDS`` for a persistent store) builds a store on a
+backend that is empty when the test starts. The tests call the store directly, as the extension
+does, and never need Flask. docs/store-contract.md says what each method must do.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from .stores.base import (
+    ClaimResult,
+    Delivery,
+    DeliveryState,
+    KeptDelivery,
+    PersistentStore,
+    Store,
+    utcnow,
+)
+
+__all__ = ["PersistentStoreContract", "StoreContract", "StoreFactory", "delivery"]
+
+#: ``make_store(ttl=..., lease=...)``: a new store on an empty backend.
+StoreFactory = Callable[..., Store]
+
+#: The stage whose processing makes these stages stale (the extension's music family's rule).
+_SUPERSEDED_BY = {"text": "complete", "first": "complete"}
+
+
+def delivery(stage: str = "complete", *, task_id: str | None = None, owner: str = "a") -> Delivery:
+    """A delivery of a task of its own (unless ``task_id`` is given), claimed by ``owner``."""
+    task_id = task_id or f"contract-{uuid.uuid4().hex}"
+    payload = {"code": 200, "msg": "ok", "data": {"callbackType": stage, "task_id": task_id}}
+    return Delivery(
+        task_id=task_id,
+        stage=stage,
+        payload=payload,
+        received_at=utcnow(),
+        headers={"User-Agent": "flask-musiccallback contract"},
+        superseded_by=_SUPERSEDED_BY.get(stage),
+        owner=owner,
+    )
+
+
+class StoreContract:
+    """What every store does: claim atomically, then complete, release or fail, owner by owner.
+
+    Not collected itself (its name does not start with ``Test``); a subclass that does is.
+    """
+
+    @pytest.fixture
+    def make_store(self) -> StoreFactory:
+        """Overridden by the subclass: see the module's docstring."""
+        pytest.fail("Give your StoreContract subclass a make_store fixture (module docstring).")
+
+    @pytest.fixture
+    def store(self, make_store: StoreFactory) -> Store:
+        return make_store(ttl=3600)
+
+    def test_a_new_delivery_is_claimed_and_once_completed_is_a_duplicate(
+        self, store: Store
+    ) -> None:
+        first = delivery()
+        assert store.claim(first) is ClaimResult.CLAIMED
+        store.complete(first)
+        assert store.claim(replace(first, owner="b")) is ClaimResult.DUPLICATE
+
+    def test_each_stage_and_each_task_is_a_key_of_its_own(self, store: Store) -> None:
+        one = delivery("first")
+        for other in (one, replace(one, stage="text"), delivery("first")):
+            assert store.claim(other) is ClaimResult.CLAIMED
+
+    def test_a_claim_sent_again_by_its_owner_is_its_own_and_anybody_elses_is_in_progress(
+        self, store: Store
+    ) -> None:
+        claimed = delivery(owner="owner-a")
+        assert store.claim(claimed) is ClaimResult.CLAIMED
+        assert store.claim(claimed) is ClaimResult.CLAIMED, "the answer was lost; the same claim"
+        assert store.claim(replace(claimed, owner="owner-b")) is ClaimResult.IN_PROGRESS
+
+    def test_only_the_claims_owner_settles_it(self, store: Store) -> None:
+        claimed = delivery(owner="owner-a")
+        store.claim(claimed)
+
+        store.complete(replace(claimed, owner="owner-b"))
+        store.release(replace(claimed, owner="owner-b"), "not mine")
+        assert store.claim(replace(claimed, owner="owner-c")) is ClaimResult.IN_PROGRESS
+        store.complete(claimed)
+        store.complete(claimed)  # sent again after a lost answer: no harm
+        assert store.claim(replace(claimed, owner="owner-c")) is ClaimResult.DUPLICATE
+
+    def test_a_released_delivery_is_claimed_again(self, store: Store) -> None:
+        claimed = delivery()
+        store.claim(claimed)
+        store.release(claimed, "RuntimeError: the disk is full")
+        assert store.claim(replace(claimed, owner="b")) is ClaimResult.CLAIMED
+
+    def test_a_failed_delivery_is_a_duplicate(self, store: Store) -> None:
+        claimed = delivery()
+        store.claim(claimed)
+        store.fail(claimed, "RuntimeError: the disk is full")
+        assert store.claim(replace(claimed, owner="b")) is ClaimResult.DUPLICATE
+
+    def test_text_and_first_after_a_processed_complete_are_stale(self, store: Store) -> None:
+        complete = delivery("complete")
+        text = delivery("text", task_id=complete.task_id)
+        store.claim(complete)
+        assert store.claim(text) is ClaimResult.CLAIMED, "complete is not processed yet"
+        store.complete(complete)
+        later = delivery("first", task_id=complete.task_id)
+        assert store.claim(later) is ClaimResult.STALE
+        assert store.claim(delivery("first")) is ClaimResult.CLAIMED, "another task"
+
+    def test_concurrent_claims_of_one_delivery_claim_it_once(self, store: Store) -> None:
+        claimed = delivery()
+        barrier = threading.Barrier(8)
+        results: list[ClaimResult] = []
+
+        def claim(owner: str) -> None:
+            barrier.wait()
+            results.append(store.claim(replace(claimed, owner=owner)))
+
+        threads = [threading.Thread(target=claim, args=(f"owner-{n}",)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(results) == [ClaimResult.CLAIMED] + [ClaimResult.IN_PROGRESS] * 7
+
+    def test_a_queued_delivery_is_started_once_and_a_start_sent_again_is_its_own(
+        self, store: Store
+    ) -> None:
+        queued = delivery(owner="web")
+        store.claim(queued, queued=True)
+
+        assert store.start(queued, "job-1")
+        assert store.start(queued, "job-1"), "the answer was lost; it is the same start"
+        assert not store.start(queued, "job-2"), "a copy of the job runs nothing"
+        store.release(queued, "the web process is not the owner any more")
+        assert store.claim(replace(queued, owner="redelivery")) is ClaimResult.IN_PROGRESS
+        store.complete(replace(queued, owner="job-1"))
+        assert store.claim(replace(queued, owner="redelivery")) is ClaimResult.DUPLICATE
+
+    def test_a_deferred_delivery_stays_held_by_its_owner_through_the_back_off(
+        self, store: Store
+    ) -> None:
+        queued = delivery(owner="web")
+        store.claim(queued, queued=True)
+        store.start(queued, "job-1")
+        running = replace(queued, owner="job-1")
+
+        store.defer(running, "RuntimeError: the disk is full", 30.0)
+        assert store.claim(replace(queued, owner="redelivery")) is ClaimResult.IN_PROGRESS
+        store.complete(running)
+        assert store.claim(replace(queued, owner="redelivery")) is ClaimResult.DUPLICATE
+
+    def test_a_delivery_is_forgotten_once_the_ttl_has_passed(
+        self, make_store: StoreFactory
+    ) -> None:
+        store = make_store(ttl=1)
+        claimed = delivery()
+        store.claim(claimed)
+        store.complete(claimed)
+        time.sleep(1.2)
+        assert store.claim(replace(claimed, owner="b")) is ClaimResult.CLAIMED
+
+
+class PersistentStoreContract(StoreContract):
+    """What a store that keeps deliveries does besides: keep, list, reclaim, find and prune."""
+
+    @pytest.fixture
+    def store(self, make_store: StoreFactory) -> PersistentStore:
+        built = make_store(ttl=3600, lease=300)
+        assert isinstance(built, PersistentStore), "a persistent store subclasses PersistentStore"
+        return built
+
+    @pytest.fixture
+    def short_lease(self, make_store: StoreFactory) -> PersistentStore:
+        built = make_store(ttl=3600, lease=1)
+        assert isinstance(built, PersistentStore)
+        return built
+
+    def test_a_claim_is_kept_with_its_payload_headers_owner_and_lease(
+        self, store: PersistentStore
+    ) -> None:
+        claimed = delivery(owner="owner-a")
+        store.claim(claimed)
+        kept = _kept(store, claimed)
+        assert (kept.task_id, kept.stage) == (claimed.task_id, claimed.stage)
+        assert kept.state is DeliveryState.PROCESSING
+        assert kept.payload == claimed.payload
+        assert dict(kept.headers) == dict(claimed.headers)
+        assert (kept.attempts, kept.owner, kept.released) == (1, "owner-a", False)
+        assert kept.lease_expires_at is not None
+        assert kept.lease_expires_at > utcnow()
+        assert store.get(kept.id) == kept
+
+    def test_a_queued_claim_is_pending_until_a_worker_starts_it(
+        self, store: PersistentStore
+    ) -> None:
+        queued = delivery(owner="web")
+        store.claim(queued, queued=True)
+        assert _kept(store, queued).state is DeliveryState.PENDING
+        store.start(queued, "job-1")
+        started = _kept(store, queued)
+        assert (started.state, started.owner) == (DeliveryState.PROCESSING, "job-1")
+
+    def test_each_outcome_is_kept_and_listed_by_its_status(self, store: PersistentStore) -> None:
+        done, released, failed, running = delivery(), delivery(), delivery(), delivery()
+        for claimed in (done, released, failed, running):
+            store.claim(claimed)
+        store.complete(done)
+        store.release(released, "RuntimeError: try again")
+        store.fail(failed, "RuntimeError: kept for a replay")
+
+        assert _kept(store, done).state is DeliveryState.DONE
+        assert _outcome(store, released) == (DeliveryState.FAILED, True, "RuntimeError: try again")
+        assert _outcome(store, failed) == (
+            DeliveryState.FAILED,
+            False,
+            "RuntimeError: kept for a replay",
+        )
+        assert _tasks(store.list(status="done")) == {done.task_id}
+        assert _tasks(store.list(status="failed")) == {released.task_id, failed.task_id}
+        assert _tasks(store.list(status="pending")) == {running.task_id}
+        assert len(store.list(limit=2)) == 2
+        assert [kept.task_id for kept in store.list()][:1] == [failed.task_id], "newest first"
+
+    def test_a_deferred_attempt_is_counted_and_holds_the_claim_for_the_back_off(
+        self, store: PersistentStore
+    ) -> None:
+        claimed = delivery(owner="job-1")
+        store.claim(claimed)
+        store.defer(claimed, "RuntimeError: the disk is full", 600.0)
+        kept = _kept(store, claimed)
+        assert (kept.state, kept.owner, kept.attempts) == (DeliveryState.PENDING, "job-1", 2)
+        assert kept.last_error == "RuntimeError: the disk is full"
+        assert kept.lease_expires_at is not None
+        assert kept.lease_expires_at > utcnow() + timedelta(seconds=600)
+
+    def test_a_failed_delivery_is_reclaimed_by_a_new_owner_who_settles_it(
+        self, store: PersistentStore
+    ) -> None:
+        claimed = delivery(owner="owner-a")
+        store.claim(claimed)
+        store.fail(claimed, "RuntimeError: the disk is full")
+        taken = store.reclaim(_kept(store, claimed).id)
+        assert taken is not None
+        assert (taken.state, taken.attempts) == (DeliveryState.PROCESSING, 2)
+        assert taken.owner not in (None, "owner-a")
+        store.complete(taken.held())
+        assert _kept(store, claimed).state is DeliveryState.DONE
+
+    def test_reclaim_leaves_done_deliveries_and_live_claims_unless_told(
+        self, store: PersistentStore
+    ) -> None:
+        done, live = delivery(), delivery(owner="alive")
+        store.claim(done)
+        store.complete(done)
+        store.claim(live)
+        done_id, live_id = _kept(store, done).id, _kept(store, live).id
+
+        assert store.reclaim(done_id) is None
+        assert store.reclaim(live_id) is None
+        assert store.reclaim(live_id, abandoned_by="somebody else") is None
+        abandoned = store.reclaim(live_id, abandoned_by="alive", queued=True)
+        assert abandoned is not None
+        assert abandoned.state is DeliveryState.PENDING
+        forced = store.reclaim(done_id, force=True)
+        assert forced is not None
+        assert forced.state is DeliveryState.PROCESSING
+
+    def test_a_claim_whose_lease_ran_out_is_taken_over(self, short_lease: PersistentStore) -> None:
+        claimed = delivery(owner="crashed")
+        short_lease.claim(claimed)
+        time.sleep(1.2)
+        assert short_lease.claim(replace(claimed, owner="b")) is ClaimResult.CLAIMED
+        taken = _kept(short_lease, claimed)
+        assert (taken.owner, taken.attempts) == ("b", 2)
+
+    def test_pending_finds_deliveries_in_flight_unchanged_that_long_longest_first(
+        self, store: PersistentStore
+    ) -> None:
+        running, waiting, done = delivery(), delivery(), delivery()
+        store.claim(running)
+        store.claim(waiting, queued=True)
+        store.claim(done)
+        store.complete(done)
+        time.sleep(1.1)
+        store.claim(delivery())  # too recent
+
+        found = store.pending(timedelta(seconds=1))
+        assert [kept.task_id for kept in found] == [running.task_id, waiting.task_id]
+        assert [kept.task_id for kept in store.pending(timedelta(0), 1)] == [running.task_id]
+        assert len(store.pending(timedelta(0))) == 3
+        assert store.pending(timedelta(hours=1)) == []
+
+    def test_prune_deletes_finished_deliveries_and_never_a_held_claim(
+        self, store: PersistentStore
+    ) -> None:
+        finished, held = delivery(), delivery()
+        store.claim(finished)
+        store.complete(finished)
+        store.claim(held)
+        finished_id = _kept(store, finished).id
+        time.sleep(0.01)
+        assert store.prune(timedelta(0)) == 1
+        assert store.get(finished_id) is None
+        assert _kept(store, held).state is DeliveryState.PROCESSING
+
+    def test_an_unknown_id_is_neither_found_nor_reclaimed(self, store: PersistentStore) -> None:
+        for unknown in ("no-such-delivery", "987654321"):
+            assert store.get(unknown) is None
+            assert store.reclaim(unknown, force=True) is None
+
+
+def _kept(store: PersistentStore, claimed: Delivery) -> KeptDelivery:
+    [kept] = store.list(task_id=claimed.task_id)
+    return kept
+
+
+def _outcome(store: PersistentStore, claimed: Delivery) -> tuple[DeliveryState, bool, Any]:
+    kept = _kept(store, claimed)
+    return kept.state, kept.released, kept.last_error
+
+
+def _tasks(listed: Iterable[KeptDelivery]) -> set[str]:
+    return {kept.task_id for kept in listed}
