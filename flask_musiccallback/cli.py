@@ -23,7 +23,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from .config import ConfigurationError
-from .replay import Replayed, replay
+from .dispatch.replay import Replayed, replay
 from .simulate import build_callback, callback_credentials, post_callback
 from .state import get_state
 from .stores.base import (

@@ -13,17 +13,17 @@ from urllib.parse import urlencode
 
 from flask import Flask, current_app, has_app_context, has_request_context, url_for
 
-from .config import ConfigurationError, Settings
-from .dispatch import SyncDispatcher, ThreadDispatcher
+from .config import Settings
+from .dispatch import dispatcher_for
+from .dispatch.sweep import Sweeper
 from .endpoint import ENDPOINT, make_blueprint
 from .events import Stage
 from .families import MUSIC, MUSIC_NAME, Families
 from .pool import DRAIN_TIMEOUT
 from .redact import install_log_filters
-from .state import EXTENSION_NAME, Dispatcher, MusicCallbackState, get_state
+from .state import EXTENSION_NAME, MusicCallbackState, get_state
 from .stores.base import Store
 from .stores.registry import store_from_url
-from .sweep import Sweeper
 
 if TYPE_CHECKING:
     from .poll import PollResult
@@ -87,7 +87,7 @@ class MusicCallback:
             extension=self,
             settings=settings,
             store=store,
-            dispatcher=_dispatcher(settings, store),
+            dispatcher=dispatcher_for(settings, store),
         )
         app.extensions[EXTENSION_NAME] = state
         age = settings.pending_sweep_age
@@ -236,25 +236,3 @@ def _time_left(timeout: float | None) -> Callable[[], float | None]:
         return lambda: None
     deadline = time.monotonic() + timeout
     return lambda: max(0.0, deadline - time.monotonic())
-
-
-def _dispatcher(settings: Settings, store: Store) -> Dispatcher:
-    if settings.dispatch == "thread":
-        return ThreadDispatcher(settings)
-    if settings.dispatch == "celery":
-        try:
-            from .celery_dispatch import CeleryDispatcher
-        except ImportError as exc:
-            raise ConfigurationError(
-                "MUSICCALLBACK_DISPATCH='celery' needs Celery: "
-                "pip install 'flask-musiccallback[celery]'."
-            ) from exc
-        if not store.persistent:
-            logger.warning(
-                "Celery dispatch with a %s: web and worker processes do not share it, so a "
-                "delivery's outcome is not recorded where the endpoint deduplicates, and failed "
-                "deliveries are not kept. Use a Redis or SQL store.",
-                type(store).__name__,
-            )
-        return CeleryDispatcher(settings)
-    return SyncDispatcher()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .outage import Outage
@@ -13,35 +13,11 @@ from .writeback import WriteBack
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .dispatch import Job, Outcome
+    from .dispatch import Dispatcher
+    from .dispatch.sweep import Sweeper
     from .extension import MusicCallback
-    from .sweep import Sweeper
 
 EXTENSION_NAME = "musiccallback"
-
-
-class Dispatcher(Protocol):
-    """Runs the receivers of a claimed delivery: in the request, in a pool, or in a worker."""
-
-    #: Whether deliveries are claimed as waiting (``pending``) for a job that runs them later,
-    #: rather than as being processed right now by the caller.
-    queued: bool
-
-    def dispatch(self, job: Job, *, replay: bool = False) -> Outcome:
-        """Run or queue the receivers; ``replay`` marks a delivery acknowledged before."""
-        ...
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until the deliveries dispatched in this process are settled (tests, the CLI).
-
-        ``False`` when ``timeout`` seconds passed first. Work handed to another process (Celery)
-        is not waited for.
-        """
-        ...
-
-    def close(self, timeout: float | None = None) -> bool:
-        """Take no more deliveries and finish those accepted, within ``timeout`` seconds."""
-        ...
 
 
 @dataclass(eq=False)

@@ -17,10 +17,10 @@ from click.testing import Result
 from flask import Flask
 
 from flask_musiccallback import CallbackEvent, ConfigurationError, all_tracks_generated
+from flask_musiccallback.dispatch.sweep import sweep
 from flask_musiccallback.state import get_state
 from flask_musiccallback.stores.base import DeliveryState, KeptDelivery
 from flask_musiccallback.stores.owners import owner_process, process_owner
-from flask_musiccallback.sweep import sweep
 from flask_musiccallback.testing import build_callback
 
 from .backends import (

@@ -12,8 +12,8 @@ from flask.testing import FlaskClient
 from marshmallow import ValidationError
 
 from flask_musiccallback import all_tracks_generated
+from flask_musiccallback.dispatch.replay import Replayed, replay
 from flask_musiccallback.families import MUSIC, Families, Family
-from flask_musiccallback.replay import Replayed, replay
 from flask_musiccallback.state import get_state
 from flask_musiccallback.stores.base import PersistentStore
 from flask_musiccallback.testing import build_callback, record_signals

@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
+from flask_musiccallback.sweep import sweep
 
 from flask_musiccallback import (
     ClaimResult,
@@ -26,11 +27,10 @@ from flask_musiccallback import (
     StoreUnavailable,
 )
 from flask_musiccallback.contract import PersistentStoreContract, StoreFactory, delivery
+from flask_musiccallback.dispatch.replay import Replayed
 from flask_musiccallback.families import MUSIC
-from flask_musiccallback.replay import Replayed
 from flask_musiccallback.stores.base import STATUS_STATES, utcnow
 from flask_musiccallback.stores.owners import claim_owner
-from flask_musiccallback.sweep import sweep
 from flask_musiccallback.testing import build_callback
 
 from .conftest import AppFactory

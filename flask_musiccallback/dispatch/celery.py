@@ -33,11 +33,11 @@ from flask import current_app, has_app_context
 from marshmallow import ValidationError
 from werkzeug.utils import import_string
 
-from .config import ConfigKeys, ConfigurationError, Settings
-from .dispatch import Job, Outcome, process_acknowledged
-from .outage import Outage
-from .state import get_state
-from .stores.base import Delivery, utcnow
+from ..config import ConfigKeys, ConfigurationError, Settings
+from ..outage import Outage
+from ..state import get_state
+from ..stores.base import Delivery, utcnow
+from .job import Job, NotQueued, process_acknowledged
 from .sweep import sweep
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class CeleryDispatcher:
             self._celery = configured
         return self._celery
 
-    def dispatch(self, job: Job, *, replay: bool = False) -> Outcome:
+    def submit(self, job: Job) -> None:
         try:
             self.celery_app(job.app).send_task(
                 TASK_NAME,
@@ -107,14 +107,11 @@ class CeleryDispatcher:
                 retry_policy=PUBLISH_RETRY_POLICY,
             )
         except Exception as exc:
-            if not replay:  # the provider retries; a replayed delivery stays pending instead
-                job.release(f"not queued: {exc}")
             if self._broker.failed():
                 logger.error("Cannot queue deliveries with Celery; answering 503: %s", exc)
-            return Outcome.RETRY
+            raise NotQueued(str(exc)) from exc
         if self._broker.recovered():
             logger.warning("Deliveries are queued with Celery again.")
-        return Outcome.RECEIVED
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Nothing runs here: the workers, elsewhere, settle the deliveries."""

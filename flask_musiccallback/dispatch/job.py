@@ -1,21 +1,26 @@
-"""Running the receivers of a delivery, and what a receiver error means for it.
+"""The life of one delivery, in one place: claimed, run, and settled.
 
-Blinker stops at the first receiver that raises; a webhook receiver must not, or one broken
-subscriber silently starves the others. :func:`send_isolated` calls every receiver, reports each
-failure through ``receiver_failed`` and the log, and returns the failures so the caller can apply
-``MUSICCALLBACK_RECEIVER_ERRORS``.
+A callback (the endpoint) or a poll becomes a delivery, which :func:`deliver` claims in the store
+(:meth:`~..stores.base.Store.claim`) and makes a :class:`Job`. Then, by the app's dispatcher:
 
-:func:`deliver` is the one path new events take (the endpoint, polling): claim the delivery in the
-store, make it a :class:`Job`, and hand that to the app's dispatcher, which runs the receivers and
-then completes, releases or fails it: :class:`SyncDispatcher` in the request (:func:`process`),
-:class:`ThreadDispatcher` in a bounded pool and the Celery dispatcher (``celery_dispatch``) in a
-worker, both after the answer (:func:`process_acknowledged`, which retries with back-off). A
-replay (``replay``, the sweep) takes a kept delivery with ``reclaim`` instead of ``claim`` and
-hands its job to the same dispatcher.
+- ``sync``: :func:`process` runs the receivers in the request. All succeeded: ``done``
+  (:meth:`Job.complete`); one raised: released for the provider's retry (``retry`` policy, 503) or
+  kept ``failed`` (``ack`` policy, 200).
+- ``thread``, ``celery``: the job is queued (:exc:`NotQueued` when it cannot be: the claim is
+  released, 503) and the answer given. A worker runs :func:`process_acknowledged`: it starts the
+  delivery (``pending`` to ``processing``, :meth:`~..stores.base.Store.start`), runs the
+  receivers, and completes it, or records the failed attempt (:meth:`Job.defer`, ``pending``
+  again) and returns the :class:`NextAttempt`, or, after the last attempt, keeps it ``failed``.
 
-A job's writes to the store name the owner of its claim (:attr:`Delivery.owner`), and go through
-the app's :class:`~.writeback.WriteBack`: when the store cannot be reached just then, the outcome
-stands (the receivers are not run again for it) and the write is made once the store is back.
+A replay or the sweep (:mod:`.replay`) takes a kept delivery over with ``reclaim`` instead of
+``claim`` and goes through the same steps. Whoever claims gives the claim back when the delivery
+cannot go on: :func:`deliver` for a new delivery, the job itself when its receivers are
+interrupted; dispatchers only run or queue.
+
+A job's writes to the store name the owner of its claim (:attr:`~..stores.base.Delivery.owner`)
+and go through the app's :class:`~..writeback.WriteBack`: when the store cannot be reached just
+then, the outcome stands (the receivers are not run again for it) and the write is made once the
+store is back.
 """
 
 from __future__ import annotations
@@ -25,23 +30,18 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from inspect import iscoroutinefunction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from blinker import Signal
-
-from .outage import Outage
-from .pool import Pool
-from .signals import callback_duplicate, callback_received, receiver_failed
-from .stores.base import ClaimResult, Delivery, StoreUnavailable
-from .stores.owners import claim_owner
+from ..signals import callback_duplicate
+from ..stores.base import ClaimResult, Delivery, StoreUnavailable
+from ..stores.owners import claim_owner
+from .receivers import describe, run_receivers, send_isolated
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .config import Settings
-    from .families import Event, Family
-    from .state import MusicCallbackState
+    from ..families import Event, Family
+    from ..state import MusicCallbackState
 
 logger = logging.getLogger("flask_musiccallback")
 
@@ -54,63 +54,8 @@ class Outcome(str, enum.Enum):
     RETRY = "retry"
 
 
-def receiver_name(receiver: Callable[..., Any]) -> str:
-    """``module.qualname`` of a receiver, the name ``receiver_failed`` and the log report."""
-    module = getattr(receiver, "__module__", None) or "?"
-    name = getattr(receiver, "__qualname__", None) or type(receiver).__qualname__
-    return f"{module}.{name}"
-
-
-def send_isolated(
-    signal: Signal,
-    app: Flask,
-    on_error: Callable[[Callable[..., Any], Exception], None] | None = None,
-    **kwargs: Any,
-) -> list[Exception]:
-    """Send ``signal`` for ``app``, running every receiver even when one raises.
-
-    Coroutine receivers run through ``app.ensure_sync``, as Flask runs async views.
-    """
-    if signal.is_muted or not signal.receivers:
-        return []
-    failures: list[Exception] = []
-    for receiver in signal.receivers_for(app):
-        try:
-            if iscoroutinefunction(receiver):
-                app.ensure_sync(receiver)(app, **kwargs)
-            else:
-                receiver(app, **kwargs)
-        except Exception as exc:
-            failures.append(exc)
-            if on_error is not None:
-                on_error(receiver, exc)
-            else:
-                logger.exception("Receiver %s raised", receiver_name(receiver))
-    return failures
-
-
-def run_receivers(app: Flask, family: Family, event: Event) -> list[Exception]:
-    """Send ``callback_received`` and then the event's stage signal; return what raised."""
-
-    def report(receiver: Callable[..., Any], exc: Exception) -> None:
-        name = receiver_name(receiver)
-        logger.error(
-            "Receiver %s failed on task %s stage %s",
-            name,
-            event.task_id,
-            event.stage,
-            exc_info=exc,
-        )
-        send_isolated(receiver_failed, app, event=event, receiver=name, exception=exc)
-
-    failures = send_isolated(callback_received, app, report, event=event)
-    failures += send_isolated(family.signals[event.stage], app, report, event=event)
-    return failures
-
-
-def describe(failures: list[Exception]) -> str:
-    """The error text a store keeps for a failed delivery."""
-    return "; ".join(f"{type(exc).__qualname__}: {exc}" for exc in failures)
+class NotQueued(Exception):  # noqa: N818 - reads as what happened: "not queued"
+    """A dispatcher could not queue a job now (its queue is full, the broker is down)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +73,9 @@ class Job:
     #: Off the request path: the owner the job holds the claim as once it starts
     #: (:meth:`~.stores.base.Store.start`), chosen once so that a start sent again is known.
     runner: str | None = None
+    #: Whether the delivery was acknowledged before (a replay, the sweep): the provider will not
+    #: send it again, so a dispatcher must not refuse it to push back on the provider.
+    replayed: bool = False
 
     def complete(self) -> None:
         self._write("the completion", lambda: self.state.store.complete(self.delivery))
@@ -162,7 +110,8 @@ def deliver(
 
     A dispatcher that answers before the receivers run claims the delivery as ``pending``: with a
     persistent store it is then durably recorded before the answer, and stays pending, for
-    ``replay --pending`` and the sweep, if the process dies before a worker finishes it.
+    ``replay --pending`` and the sweep, if the process dies before a worker finishes it. One that
+    cannot be queued is given back, for the provider's retry.
 
     A claim whose answer never came may still have been taken: it is given back as soon as the
     store answers again, so that the provider's retry finds it free rather than held for a lease.
@@ -181,7 +130,15 @@ def deliver(
     if claim is not ClaimResult.CLAIMED:
         send_isolated(callback_duplicate, app, event=event, reason=claim.value)
         return Outcome.DUPLICATE
-    return dispatcher.dispatch(Job(app, state, family, event, delivery))
+    job = Job(app, state, family, event, delivery)
+    if not dispatcher.queued:
+        return process(job)
+    try:
+        dispatcher.submit(job)
+    except NotQueued as exc:
+        job.release(f"not queued: {exc}")
+        return Outcome.RETRY
+    return Outcome.RECEIVED
 
 
 def settle(job: Job, on_failure: Callable[[str], Outcome]) -> Outcome:
@@ -291,83 +248,3 @@ def process_acknowledged(job: Job) -> NextAttempt | None:
 
     settle(running, on_failure)
     return next_attempt
-
-
-class SyncDispatcher:
-    """``MUSICCALLBACK_DISPATCH = "sync"``: receivers run inside the request, before the answer.
-
-    The simplest and fastest mode when receivers are quick; the answer then tells the provider
-    whether they succeeded, so under ``retry`` the provider's own retries re-run a failed delivery.
-    """
-
-    queued = False
-
-    def dispatch(self, job: Job, *, replay: bool = False) -> Outcome:
-        return process(job)
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        return True
-
-    def close(self, timeout: float | None = None) -> bool:
-        return True
-
-
-class ThreadDispatcher:
-    """``MUSICCALLBACK_DISPATCH = "thread"``: answer at once, run receivers in a bounded pool.
-
-    For slow receivers in a single-machine deployment. Each delivery becomes a job of a
-    :class:`~.pool.Pool` of ``MUSICCALLBACK_THREAD_POOL_SIZE`` threads, run inside an app context
-    (there is no request context: the request was answered). When
-    ``MUSICCALLBACK_THREAD_QUEUE_SIZE`` deliveries already wait, the claim is released and the
-    endpoint answers 503, so the provider retries later instead of the process growing without
-    bound. A failed attempt is queued again after its back-off, holding no thread meanwhile.
-    A replayed delivery (``replay=True``) was accepted once already: like a retry, it does not
-    count against the queue size, and is refused only once the pool has stopped.
-    """
-
-    queued = True
-
-    def __init__(self, settings: Settings) -> None:
-        self.pool = Pool(settings.thread_pool_size, settings.thread_queue_size)
-        self._full = Outage()
-
-    def dispatch(self, job: Job, *, replay: bool = False) -> Outcome:
-        def attempt() -> None:
-            self._attempt(job)
-
-        if replay:
-            # Refused only by a stopped pool: the delivery stays pending, held for a lease.
-            return Outcome.RECEIVED if self.pool.submit_later(0.0, attempt) else Outcome.RETRY
-        if self.pool.submit(attempt):
-            self._full.recovered()
-            return Outcome.RECEIVED
-        job.release("the dispatch queue was full")
-        if self._full.failed():
-            logger.warning(
-                "The dispatch queue is full (%d deliveries waiting); answering 503 until it "
-                "has room. Raise MUSICCALLBACK_THREAD_POOL_SIZE or use celery dispatch.",
-                self.pool.waiting,
-            )
-        return Outcome.RETRY
-
-    def _attempt(self, job: Job) -> None:
-        with job.app.app_context():
-            next_attempt = process_acknowledged(job)
-        if next_attempt is None:
-            return
-        retry = next_attempt.job
-        if not self.pool.submit_later(next_attempt.delay, lambda: self._attempt(retry)):
-            logger.warning(
-                "The dispatch pool has stopped; task %s stage %s is not retried here (a "
-                "persistent store keeps it pending, for replay --pending or the sweep).",
-                job.delivery.task_id,
-                job.delivery.stage,
-            )
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until every accepted delivery is settled, retries included."""
-        return self.pool.wait_idle(timeout)
-
-    def close(self, timeout: float | None = None) -> bool:
-        """Stop taking deliveries and finish those accepted within ``timeout`` seconds."""
-        return self.pool.shutdown(timeout)

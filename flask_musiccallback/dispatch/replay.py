@@ -21,21 +21,21 @@ from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError
 
-from .dispatch import Job, Outcome
-from .state import get_state
-from .stores.base import (
+from ..state import get_state
+from ..stores.base import (
     DeliveryState,
     KeptDelivery,
     PersistentStore,
     require_persistent,
     utcnow,
 )
-from .stores.owners import owner_is_dead
+from ..stores.owners import owner_is_dead
+from .job import Job, NotQueued, process
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .state import MusicCallbackState
+    from ..state import MusicCallbackState
 
 
 class Replayed(str, enum.Enum):
@@ -149,13 +149,17 @@ def _replay_one(
         error = f"the kept payload is now read as {delivery.task_id}/{delivery.stage}"
         store.fail(taken.held(), error)
         return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
-    outcome = dispatcher.dispatch(Job(app, state, family, event, delivery), replay=True)
+    job = Job(app, state, family, event, delivery, replayed=True)
     if not dispatcher.queued:
+        process(job)
         return _settled(store, ReplayResult(delivery_id, Replayed.QUEUED, "", taken))
-    if outcome is Outcome.RECEIVED:
-        return ReplayResult(delivery_id, Replayed.QUEUED, f"attempt {taken.attempts}", taken)
-    detail = "not dispatched (see the log); it stays pending, held for a lease"
-    return ReplayResult(delivery_id, Replayed.FAILED, detail, taken)
+    try:
+        dispatcher.submit(job)
+    except NotQueued as exc:
+        # Not given back: the provider will not send it again; it stays pending for the sweep.
+        detail = f"not dispatched ({exc}); it stays pending, held for a lease"
+        return ReplayResult(delivery_id, Replayed.FAILED, detail, taken)
+    return ReplayResult(delivery_id, Replayed.QUEUED, f"attempt {taken.attempts}", taken)
 
 
 def _settled(store: PersistentStore, result: ReplayResult) -> ReplayResult:

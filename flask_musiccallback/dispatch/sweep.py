@@ -17,7 +17,7 @@ Where it runs:
   retries; under ``sync`` in the sweeper thread.
 - ``celery`` dispatch: the task ``flask_musiccallback.sweep_pending``, which every worker sends
   itself once when it starts and which a Celery beat schedule can run periodically; recovered
-  deliveries are published to the workers again (``celery_dispatch``).
+  deliveries are published to the workers again (:mod:`.celery`).
 - anywhere: ``flask musiccallback replay --pending --older-than SECONDS`` from cron.
 """
 
@@ -30,10 +30,10 @@ import weakref
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from .outage import Outage
+from ..outage import Outage
+from ..state import get_state
+from ..stores.base import StoreError
 from .replay import Replayed, ReplayResult, replay
-from .state import get_state
-from .stores.base import StoreError
 
 if TYPE_CHECKING:
     from flask import Flask
