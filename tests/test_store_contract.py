@@ -15,7 +15,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
-from flask_musiccallback.sweep import sweep
 
 from flask_musiccallback import (
     ClaimResult,
@@ -28,6 +27,7 @@ from flask_musiccallback import (
 )
 from flask_musiccallback.contract import PersistentStoreContract, StoreFactory, delivery
 from flask_musiccallback.dispatch.replay import Replayed
+from flask_musiccallback.dispatch.sweep import sweep
 from flask_musiccallback.families import MUSIC
 from flask_musiccallback.stores.base import STATUS_STATES, utcnow
 from flask_musiccallback.stores.owners import claim_owner
