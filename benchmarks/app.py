@@ -10,7 +10,9 @@ machine's state; the only difference measured is what the extension does.
     least that claiming a delivery and then recording it as done can cost, whatever the store
     does in them. With the memory store, or SQLite, there is no server and it is ``/bare``.
 
-``BENCH_STORE`` picks the store (a ``MUSICCALLBACK_STORE`` URL).
+``BENCH_STORE`` picks the store (a ``MUSICCALLBACK_STORE`` URL); ``BENCH_WITHOUT`` names fast
+paths to turn off (comma-separated, :data:`FAST_PATHS`), so that what each one buys is measured
+against the plain path it stands in for (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -60,6 +62,64 @@ def pinger(store: str) -> Callable[[], Any]:
     return lambda: None
 
 
+def _plain_sql(store: type[Any]) -> None:
+    """Statements through SQLAlchemy's ``Connection.execute`` instead of on the driver."""
+    store._drives = property(lambda self: False)
+
+
+def _plain_redis(store: type[Any]) -> None:
+    """Scripts through redis-py's generic command path instead of ``EVALSHA`` on a connection."""
+
+    def send(self: Any, script: Any, keys: list[str], args: list[Any], **kwargs: Any) -> Any:
+        return script(keys=keys, args=args, client=self.client)
+
+    store._send = send
+
+
+def _plain_parser() -> None:
+    """Every callback read by the marshmallow schema, without the envelope's fast path."""
+    from flask_musiccallback import schemas
+
+    schemas._fast_envelope = lambda payload: None
+
+
+def _synced_completions() -> None:
+    """Completions that wait for the disk, as claims do."""
+    import dataclasses
+
+    from flask_musiccallback.stores import sqlalchemy as module
+
+    build = module._Statements.build
+
+    def synced(*args: Any, **kwargs: Any) -> Any:
+        built = build(*args, **kwargs)
+        return dataclasses.replace(built, complete=built.settle)
+
+    module._Statements.build = synced  # type: ignore[method-assign]
+
+
+def _turn_off(names: str) -> None:
+    for name in filter(None, names.split(",")):
+        if name == "driver":
+            from flask_musiccallback.stores.sqlalchemy import SQLAlchemyStore
+
+            _plain_sql(SQLAlchemyStore)
+        elif name == "evalsha":
+            from flask_musiccallback.stores.redis import RedisStore
+
+            _plain_redis(RedisStore)
+        elif name == "envelope":
+            _plain_parser()
+        elif name == "unsynced":
+            _synced_completions()
+        else:
+            raise SystemExit(f"BENCH_WITHOUT: no fast path {name!r}; known: {FAST_PATHS}")
+
+
+#: The fast paths ``BENCH_WITHOUT`` can turn off.
+FAST_PATHS = ("driver", "evalsha", "envelope", "unsynced")
+
+
 def create_app(store: str) -> Flask:
     """The routes, the extension on ``store``."""
     app = Flask(__name__)
@@ -85,4 +145,5 @@ def create_app(store: str) -> Flask:
     return app
 
 
+_turn_off(os.environ.get("BENCH_WITHOUT", ""))
 app = create_app(os.environ.get("BENCH_STORE", "memory://"))

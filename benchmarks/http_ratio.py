@@ -203,7 +203,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--tracks", type=int, default=2)
     parser.add_argument("--cpu", action="store_true", help="also CPU per request, per process")
+    parser.add_argument(
+        "--without", default="", help="fast paths to turn off, comma-separated (benchmarks/app.py)"
+    )
     args = parser.parse_args()
+    os.environ["BENCH_WITHOUT"] = args.without
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
     print(
