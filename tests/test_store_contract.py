@@ -33,6 +33,7 @@ from flask_musiccallback.stores.base import STATUS_STATES, utcnow
 from flask_musiccallback.stores.owners import claim_owner
 from flask_musiccallback.testing import build_callback
 
+from .backends import child_env
 from .conftest import AppFactory
 
 _IN_FLIGHT = STATUS_STATES["pending"]
@@ -247,8 +248,9 @@ class OwnerBlindStore(DictStore):
 
 
 def test_the_contract_fails_a_store_that_ignores_the_claims_owner(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])  # this checkout's tests package
     pytester.makepyfile(
         test_third_party="""
         import pytest
