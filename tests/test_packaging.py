@@ -46,4 +46,4 @@ def test_the_wheel_ships_the_package_only(tmp_path: Path) -> None:
 
     assert top_level == {"flask_musiccallback"}
     assert "flask_musiccallback/py.typed" in names
-    assert "flask_musiccallback/stores/sqlalchemy.py" in names
+    assert "flask_musiccallback/stores/sqlalchemy/store.py" in names

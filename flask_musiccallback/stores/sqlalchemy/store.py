@@ -50,8 +50,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemy
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from ..redact import redact_url
-from .base import (
+from ...redact import redact_url
+from ..base import (
     DEFAULT_LEASE,
     DEFAULT_TIMEOUT,
     MAX_ERROR_LENGTH,
@@ -70,8 +70,8 @@ from .base import (
     timeout_from_url,
     unusable_url,
 )
-from .owners import claim_owner
-from .watchdog import Watchdog
+from ..owners import claim_owner
+from ..watchdog import Watchdog
 
 if TYPE_CHECKING:
     from flask import Flask
