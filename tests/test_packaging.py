@@ -46,4 +46,7 @@ def test_the_wheel_ships_the_package_only(tmp_path: Path) -> None:
 
     assert top_level == {"flask_musiccallback"}
     assert "flask_musiccallback/py.typed" in names
-    assert "flask_musiccallback/stores/sqlalchemy/store.py" in names
+    assert {
+        f"flask_musiccallback/stores/sqlalchemy/{module}.py"
+        for module in ("__init__", "table", "engine", "statements", "driver", "store")
+    } <= set(names)
