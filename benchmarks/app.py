@@ -87,15 +87,15 @@ def _synced_completions() -> None:
     """Completions that wait for the disk, as claims do."""
     import dataclasses
 
-    from flask_musiccallback.stores import sqlalchemy as module
+    from flask_musiccallback.stores.sqlalchemy import statements
 
-    build = module._Statements.build
+    build = statements.Statements.build
 
     def synced(*args: Any, **kwargs: Any) -> Any:
         built = build(*args, **kwargs)
         return dataclasses.replace(built, complete=built.settle)
 
-    module._Statements.build = synced  # type: ignore[method-assign]
+    statements.Statements.build = synced  # type: ignore[method-assign]
 
 
 def _turn_off(names: str) -> None:
