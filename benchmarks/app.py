@@ -83,21 +83,6 @@ def _plain_parser() -> None:
     schemas._fast_envelope = lambda payload: None
 
 
-def _synced_completions() -> None:
-    """Completions that wait for the disk, as claims do."""
-    import dataclasses
-
-    from flask_musiccallback.stores.sqlalchemy import statements
-
-    build = statements.Statements.build
-
-    def synced(*args: Any, **kwargs: Any) -> Any:
-        built = build(*args, **kwargs)
-        return dataclasses.replace(built, complete=built.settle)
-
-    statements.Statements.build = synced  # type: ignore[method-assign]
-
-
 def _turn_off(names: str) -> None:
     for name in filter(None, names.split(",")):
         if name == "driver":
@@ -110,14 +95,12 @@ def _turn_off(names: str) -> None:
             _plain_redis(RedisStore)
         elif name == "envelope":
             _plain_parser()
-        elif name == "unsynced":
-            _synced_completions()
         else:
             raise SystemExit(f"BENCH_WITHOUT: no fast path {name!r}; known: {FAST_PATHS}")
 
 
 #: The fast paths ``BENCH_WITHOUT`` can turn off.
-FAST_PATHS = ("driver", "evalsha", "envelope", "unsynced")
+FAST_PATHS = ("driver", "evalsha", "envelope")
 
 
 def create_app(store: str) -> Flask:

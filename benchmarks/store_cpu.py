@@ -99,7 +99,7 @@ def postgresql_references(url: str) -> dict[str, Work]:
     statements = store._statements(engine.dialect)
     assert statements.claim is not None
     assert statements.claim.driver is not None
-    claim, complete = statements.claim.driver, statements.complete.driver
+    claim, complete = statements.claim.driver, statements.settle.driver
     assert complete is not None
     dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     driver = psycopg.connect(dsn, autocommit=True)
@@ -134,8 +134,9 @@ def postgresql_references(url: str) -> dict[str, Work]:
                 }  # fmt: skip
                 cursor.execute(claim.sql, claim.parameters(values))
                 cursor.fetchall()
-                done = {"key_task_id": task_id, "key_stage": "complete", "state": "done",
-                        "released": False, "last_error": None, "updated_at": now}  # fmt: skip
+                done = {"key_task_id": task_id, "key_stage": "complete", "key_owner": "bench:1",
+                        "state": "done", "released": False, "last_error": None,
+                        "updated_at": now}  # fmt: skip
                 cursor.execute(complete.sql, complete.parameters(done))
 
     return {"two SELECT 1": select_one, "bare psycopg, keys only": floor}

@@ -2,7 +2,7 @@
 
 The extension's own engine (:func:`create_engine`) is tuned for the request path: it
 autocommits, never waits longer than the store's timeout, and puts its own SQLite file in WAL
-mode, whose completions may skip the wait for the disk (:func:`unsynced`); it creates its table
+mode; it creates its table
 (:func:`create_table`). A host's Flask-SQLAlchemy engine (:func:`host_engine`) is borrowed as it
 is: its settings and its migrations are the host's.
 
@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.pool import PoolProxiedConnection
 
 from ...redact import redact_url
 from ..base import StoreError, StoreUnavailable, unusable_url
@@ -108,16 +106,13 @@ def _statement_timeout(timeout: float) -> Callable[[Any, Any], None]:
     return set_statement_timeout
 
 
-#: Set in a connection's ``info`` when the extension's own SQLite file is in WAL mode.
-_WAL = "musiccallback_wal"
-
-
 def _write_ahead_log(dbapi_connection: Any, record: Any) -> None:
     """WAL: readers never wait for the writer, and a commit costs one sync instead of two.
 
     Only for the extension's own SQLite file; a host's database keeps the journal it chose. An
     optimisation only: if another process holds the file while it is switched, it stays as it is.
-    Every commit syncs (``synchronous=FULL``) unless :func:`unsynced` says otherwise.
+    Every commit syncs (``synchronous=FULL``): a claim or a completion, once answered, outlives a
+    crash of the machine.
     """
     import sqlite3
 
@@ -126,31 +121,10 @@ def _write_ahead_log(dbapi_connection: Any, record: Any) -> None:
         mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
         if mode is not None and str(mode[0]).lower() == "wal":
             cursor.execute("PRAGMA synchronous=FULL")
-            record.info[_WAL] = True
     except sqlite3.OperationalError:
         pass
     finally:
         cursor.close()
-
-
-@contextmanager
-def unsynced(connection: PoolProxiedConnection) -> Iterator[None]:
-    """Commits on ``connection`` stop waiting for the disk, on the extension's own SQLite file.
-
-    In WAL mode a commit without a sync survives a crash of the application, not one of the
-    machine; the next synced commit syncs the log up to itself. Only for the time of the block:
-    a claim must always wait for the disk. (PostgreSQL's completion says so in its statement.)
-    """
-    if not connection.info.get(_WAL):
-        yield
-        return
-    sqlite = connection.driver_connection
-    assert sqlite is not None
-    sqlite.execute("PRAGMA synchronous=NORMAL")
-    try:
-        yield
-    finally:
-        sqlite.execute("PRAGMA synchronous=FULL")
 
 
 def _has_psycopg3_only() -> bool:

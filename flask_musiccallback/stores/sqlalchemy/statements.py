@@ -55,8 +55,6 @@ class Prebuilt:
     clause: sa.UpdateBase
     #: The clause compiled for the driver, where the store runs it there.
     driver: DriverSQL | None
-    #: Whether its commit skips the wait for the disk (a completion; :func:`.engine.unsynced`).
-    unsynced: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,10 +82,8 @@ class Statements:
     insert: Prebuilt
     #: Takes a takeable row over (:func:`takeable`).
     take: Prebuilt
-    #: Settles a claimed row as failed or released.
+    #: Settles a claimed row: done, failed, or released.
     settle: Prebuilt
-    #: ``settle`` for completions, whose commit does not wait for the disk.
-    complete: Prebuilt
 
     @classmethod
     def build(
@@ -95,9 +91,9 @@ class Statements:
     ) -> Statements:
         """The statements for ``dialect``; ``drive`` compiles them for the driver as well."""
 
-        def prebuilt(clause: sa.UpdateBase, unsynced: bool = False) -> Prebuilt:
+        def prebuilt(clause: sa.UpdateBase) -> Prebuilt:
             driver = DriverSQL.compile(clause, dialect) if drive else None
-            return Prebuilt(clause, driver, unsynced)
+            return Prebuilt(clause, driver)
 
         values = {
             column.name: sa.bindparam(
@@ -157,18 +153,11 @@ class Statements:
                 updated_at=sa.bindparam("updated_at", type_=table.c.updated_at.type),
             )
         )
-        complete = settle
-        if dialect.name == "postgresql":
-            # One transaction's setting, taken in the statement itself (an InitPlan, run once):
-            # the commit of this statement alone stops waiting for the WAL to reach the disk.
-            asynchronous = sa.select(sa.func.set_config("synchronous_commit", "off", sa.true()))
-            complete = settle.where(asynchronous.scalar_subquery() == "off")
         return cls(
             claim=claim,
             insert=Prebuilt(sa.insert(table).values(values), None),
             take=Prebuilt(take, None),
             settle=prebuilt(settle),
-            complete=prebuilt(complete, unsynced=True),
         )
 
 

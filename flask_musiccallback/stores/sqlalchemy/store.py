@@ -52,7 +52,6 @@ from .engine import (
     database_url,
     host_engine,
     shown,
-    unsynced,
 )
 from .statements import Prebuilt, Statements, rows
 from .table import (
@@ -339,8 +338,7 @@ class SQLAlchemyStore(PersistentStore):
                 if statement is None:
                     return None
                 assert statement.driver is not None
-                with unsynced(connection) if statement.unsynced else nullcontext():
-                    return statement.driver.run(connection, parameters)
+                return statement.driver.run(connection, parameters)
 
             return self._run_on_driver(drive)
 
@@ -348,8 +346,7 @@ class SQLAlchemyStore(PersistentStore):
             statement = pick(self._statements(connection.dialect))
             if statement is None:
                 return None
-            with unsynced(connection.connection) if statement.unsynced else nullcontext():
-                return rows(connection.execute(statement.clause, parameters))
+            return rows(connection.execute(statement.clause, parameters))
 
         return self._run(execute, autocommit=True)
 
@@ -532,16 +529,11 @@ class SQLAlchemyStore(PersistentStore):
         released: bool,
         last_error: str | None = None,
     ) -> None:
-        """Record the outcome in one autocommitted statement.
+        """Record the outcome in one autocommitted statement, which waits for the disk as the
+        claim's does: an answered delivery's outcome outlives a crash of the database.
 
-        A completion commits without waiting for the disk (:attr:`.Statements.complete`,
-        :func:`.engine.unsynced`). A crash of the database may then lose it, never the claim
-        before it: the claim's commit waits for the disk, and so does every later claim, which
-        carries the log, completions included, up to itself. A lost completion leaves the
-        delivery as its claim left it, held under a lease; once the lease runs out a redelivery
-        or ``replay --pending`` runs it again. The worst case is a second dispatch, never a lost
-        delivery.
-        A failure is kept durably: it may be the only trace of an error.
+        (Completions that skipped the wait bought nothing measurable on the benchmark, and cost
+        a second run of receivers after a crash of the database; docs/benchmarks.md.)
         """
         parameters = {
             "key_task_id": delivery.task_id,
@@ -552,10 +544,7 @@ class SQLAlchemyStore(PersistentStore):
             "last_error": None if last_error is None else error_text(last_error),
             "updated_at": naive_now(),
         }
-        if state is DeliveryState.DONE:
-            self._execute(lambda statements: statements.complete, parameters)
-        else:
-            self._execute(lambda statements: statements.settle, parameters)
+        self._execute(lambda statements: statements.settle, parameters)
 
     def _set(self, delivery: Delivery, *conditions: sa.ColumnElement[bool], **values: Any) -> bool:
         """Update the delivery's row if ``conditions`` hold, in one round trip; whether it did."""
