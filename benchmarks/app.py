@@ -67,15 +67,6 @@ def _plain_sql(store: type[Any]) -> None:
     store._drives = property(lambda self: False)
 
 
-def _plain_redis(store: type[Any]) -> None:
-    """Scripts through redis-py's generic command path instead of ``EVALSHA`` on a connection."""
-
-    def send(self: Any, script: Any, keys: list[str], args: list[Any], **kwargs: Any) -> Any:
-        return script(keys=keys, args=args, client=self.client)
-
-    store._send = send
-
-
 def _plain_parser() -> None:
     """Every callback read by the marshmallow schema, without the envelope's fast path."""
     from flask_musiccallback import schemas
@@ -89,10 +80,6 @@ def _turn_off(names: str) -> None:
             from flask_musiccallback.stores.sqlalchemy import SQLAlchemyStore
 
             _plain_sql(SQLAlchemyStore)
-        elif name == "evalsha":
-            from flask_musiccallback.stores.redis import RedisStore
-
-            _plain_redis(RedisStore)
         elif name == "envelope":
             _plain_parser()
         else:
@@ -100,7 +87,7 @@ def _turn_off(names: str) -> None:
 
 
 #: The fast paths ``BENCH_WITHOUT`` can turn off.
-FAST_PATHS = ("driver", "evalsha", "envelope")
+FAST_PATHS = ("driver", "envelope")
 
 
 def create_app(store: str) -> Flask:

@@ -34,8 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .base import (
@@ -46,7 +45,6 @@ from .base import (
     Delivery,
     DeliveryState,
     KeptDelivery,
-    NotReached,
     PersistentStore,
     lease_from_url,
     timeout_from_url,
@@ -300,52 +298,17 @@ class RedisStore(PersistentStore):
         ]
 
     def _call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Run one of the store's scripts in one round trip.
+        """Run one of the store's scripts in one round trip, through the client.
 
-        Every delivery runs two scripts on the request path, so they are sent as ``EVALSHA`` on a
-        pooled connection rather than through the client's generic command path, whose retry
-        wrapper and metrics hooks cost more per call than this store's own Python does (see
-        docs/benchmarks.md). What that path gave is kept: the pool hands out a connection checked
-        to be open (one the server dropped while idle is replaced); a server that lost the scripts
-        (restarted, ``SCRIPT FLUSH``) is sent the script and asked again.
-
-        A connection that breaks during the call is dropped and the script sent once more on
-        another: the server may have run it before the answer was lost, and every script knows
-        its owner's own work when it sees it again, so nothing is done twice. A second break means
-        the server is gone; the caller answers 503 so that the provider retries.
+        A connection that breaks during the call is tried once more on another by the client's
+        retry (:meth:`from_url` sets it): the server may have run the script before the answer was
+        lost, and every script knows its owner's own work when it sees it again, so nothing is done
+        twice. A server that lost the scripts (restarted, ``SCRIPT FLUSH``) is sent them again.
+        Sending ``EVALSHA`` on a pooled connection of the store's own, past the client's command
+        path, bought less than a tenth of the endpoint's throughput (docs/benchmarks.md), so the
+        client's path it is.
         """
-        try:
-            return self._send(script, keys, args, sent_before=False)
-        except RedisConnectionError:
-            pass  # broke during the call: its answer may be lost, so it is sent once more
-        return self._send(script, keys, args, sent_before=True)
-
-    def _send(self, script: Script, keys: list[str], args: list[Any], *, sent_before: bool) -> Any:
-        """The script's answer; :class:`~.base.NotReached` when no connection can be had and no
-        earlier try (``sent_before``) may have reached the server."""
-        try:
-            connection = self.client.connection_pool.get_connection()
-        except RedisError as exc:
-            if sent_before:
-                raise
-            raise NotReached from exc
-        try:
-            return self._evalsha(connection, script.sha, keys, args)
-        except NoScriptError:
-            return script(keys=keys, args=args)
-
-    def _evalsha(self, connection: Any, sha: str, keys: list[str], args: list[Any]) -> Any:
-        """One ``EVALSHA`` on ``connection``, which goes back to the pool, or is dropped if it
-        broke (redis-py's Connection is not typed throughout, hence ``Any``)."""
-        pool = self.client.connection_pool
-        try:
-            connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
-            return connection.read_response()
-        except (RedisConnectionError, RedisTimeoutError):
-            connection.disconnect()
-            raise
-        finally:
-            pool.release(connection)
+        return script(keys=keys, args=args)
 
     # -- the claim and its settling ------------------------------------------------------------
 
