@@ -170,6 +170,20 @@ class StoreContract:
         store.complete(replace(queued, owner="job-1"))
         assert store.claim(replace(queued, owner="redelivery")) is ClaimResult.DUPLICATE
 
+    def test_the_next_attempt_starts_a_delivery_whose_deferral_is_not_written_yet(
+        self, store: Store
+    ) -> None:
+        queued = delivery(owner="web")
+        store.claim(queued, queued=True)
+        assert store.start(queued, "attempt-1")
+
+        # Attempt 1 failed while the store was away: its deferral waits, and attempt 2 is due.
+        assert store.start(replace(queued, owner="attempt-1"), "attempt-2")
+        store.defer(replace(queued, owner="attempt-1"), "written late", 1.0)
+        assert not store.start(replace(queued, owner="attempt-1"), "copy"), "a copy runs nothing"
+        store.complete(replace(queued, owner="attempt-2"))
+        assert store.claim(replace(queued, owner="redelivery")) is ClaimResult.DUPLICATE
+
     def test_a_deferred_delivery_stays_held_by_its_owner_through_the_back_off(
         self, store: Store
     ) -> None:

@@ -17,6 +17,7 @@ is probed once per back-off rather than once per write.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -88,7 +89,35 @@ class WriteBack:
             if self._scheduled:
                 return
             self._scheduled = True
-        self._pool.submit_later(0.0, self._drain)
+        if not self._pool.submit_later(0.0, self._drain):
+            logger.error(
+                "The write-back has stopped; %s is left unwritten.", _describe(what, delivery)
+            )
+
+    def write_now(self, delivery: Delivery) -> bool:
+        """Make, in this thread, the writes waiting for ``delivery``'s task and stage; whether
+        there were any and the store took them all.
+
+        For a redelivery that finds the delivery held by a claim this process gave up on: the
+        store has just answered, so the release need not wait for the background's back-off,
+        and the redelivery can claim the delivery at once.
+        """
+        if not self._writes:
+            return False
+        key = (delivery.task_id, delivery.stage)
+        with self._lock:
+            mine = [entry for entry in self._writes if (entry[2].task_id, entry[2].stage) == key]
+        for entry in mine:
+            try:
+                entry[0]()
+            except StoreUnavailable:
+                return False
+            self._forget(entry)
+        return bool(mine)
+
+    def _forget(self, entry: tuple[Write, str, Delivery]) -> None:
+        with self._lock, contextlib.suppress(ValueError):  # written by write_now meanwhile
+            self._writes.remove(entry)
 
     def _drain(self) -> None:
         while True:
@@ -96,7 +125,8 @@ class WriteBack:
                 if not self._writes:
                     self._scheduled = False
                     return
-                write, what, delivery = self._writes[0]
+                entry = self._writes[0]
+            write, what, delivery = entry
             try:
                 write()
             except StoreUnavailable:
@@ -113,8 +143,7 @@ class WriteBack:
                 if self._failures:
                     logger.warning("The store took %s, written late.", _describe(what, delivery))
             self._failures = 0
-            with self._lock:
-                self._writes.popleft()
+            self._forget(entry)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every kept write is written; ``False`` when ``timeout`` passed first."""

@@ -9,6 +9,7 @@ Redis servers drops the connection instead of forwarding an answer, and real ser
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -182,4 +183,25 @@ def test_receivers_that_ran_before_the_store_went_away_are_acknowledged_and_not_
         assert get_state(app).write_back.wait_idle(PATIENCE)
 
         assert post(app, payload) == DUPLICATE
+    assert calls == [task_id]
+
+
+def test_the_providers_retry_finds_the_abandoned_claim_given_back_before_the_background_does(
+    make_app: AppFactory, proxied: tuple[str, LossyProxy]
+) -> None:
+    """The store answers again while the background waits out its back-off: the retry that finds
+    the claim still held by this process gives it back itself, rather than calling it in progress.
+    """
+    url, proxy = proxied
+    app = warmed_up(make_app(STORE=url))
+    calls, _ = counting(app)
+    payload = build_callback("complete")
+    task_id = payload["data"]["task_id"]
+
+    proxy.lose_answer(task_id, refuse_after=True)
+    assert post(app, payload) == RETRY
+    time.sleep(2)  # the background's tries fail meanwhile, and its back-off grows past a second
+    proxy.heal()
+
+    assert post(app, payload) == RECEIVED
     assert calls == [task_id]

@@ -84,11 +84,7 @@ class DictStore(PersistentStore):
     def start(self, delivery: Delivery, owner: str) -> bool:
         with self._lock:
             row = self._rows.get((delivery.task_id, delivery.stage))
-            if row is not None and row.state is DeliveryState.PROCESSING and row.owner == owner:
-                return True
-            if row is None or row.state is not DeliveryState.PENDING:
-                return False
-            if row.owner != delivery.owner:
+            if row is None or not row.in_flight or row.owner not in (delivery.owner, owner):
                 return False
             self._change(row, state=DeliveryState.PROCESSING, owner=owner, hold=self.lease)
             return True

@@ -127,6 +127,9 @@ def deliver(
                 delivery,
             )
         raise
+    if claim is ClaimResult.IN_PROGRESS and state.write_back.write_now(delivery):
+        # Held by a claim this process gave up on, and given back just now.
+        claim = state.store.claim(delivery, queued=dispatcher.queued)
     if claim is not ClaimResult.CLAIMED:
         send_isolated(callback_duplicate, app, event=event, reason=claim.value)
         return Outcome.DUPLICATE

@@ -114,7 +114,7 @@ def replay(
             for delivery_id, kept in chosen.items()
         ]
     if wait and any(result.result is Replayed.QUEUED for result in results):
-        state.dispatcher.wait_idle()
+        state.extension.wait_idle(app=app)
         results = [_settled(store, result) for result in results]
     return results
 

@@ -50,8 +50,8 @@ DEFAULT_LEASE = 300
 
 #: Seconds a persistent store waits on its server, to connect and then for each answer, before the
 #: delivery is answered 503 (``?timeout=SECONDS``). A hung server costs a delivery at most two
-#: such waits (its claim; or its completion, then the release), well within the 15 s the provider
-#: waits for an answer, or the 10 s some of its callbacks allow.
+#: such waits (its claim, and its completion, which then waits in the write-back), well within the
+#: 15 s the provider waits for an answer, or the 10 s some of its callbacks allow.
 DEFAULT_TIMEOUT = 3.0
 
 #: The longest task id every store can key a delivery by (the SQL store's column holds 255).
@@ -238,7 +238,9 @@ class Store(ABC):
         ``False`` when it is not waiting for that claim any more.
 
         The ``pending`` delivery becomes ``processing``, held by ``owner`` with a fresh lease, in
-        one atomic step; one already processing for ``owner`` is this start sent again. A job
+        one atomic step; one already processing for ``owner`` is this start sent again, and one
+        still processing for ``delivery.owner`` is the job's previous attempt, whose deferral
+        waits for the store (:mod:`~flask_musiccallback.writeback`). A job
         whose delivery is not waiting for its claim (a replay or a redelivery after the lease took
         it over, or a copy of the same job that started first) must not run it: this is what
         keeps a delivery queued twice from reaching its receivers twice.
@@ -362,7 +364,7 @@ class PersistentStore(Store):
     acknowledged is lost: deliveries can be listed, shown, replayed and pruned (``flask
     musiccallback ...``).
 
-    Each claim records its owner (:func:`~.owners.process_owner`) and a lease of ``lease``
+    Each claim records its owner (:func:`~.owners.claim_owner`) and a lease of ``lease``
     seconds. A claim whose lease ran out belongs to a process presumed dead, and the next
     redelivery (or ``replay --pending``) takes it over, so a crash never blocks a task for good.
     Receivers that run longer than the lease may therefore run twice: keep the lease above the

@@ -7,7 +7,8 @@ Options in the URL's query, beside redis-py's own: ``prefix`` (of every key, def
 Per delivery, with ``ID`` = ``<task id>/<stage>`` (URL-quoted):
 
 ``<prefix>claim:ID``
-    The claim, taken with ``SET NX PX <lease>`` and holding ``hostname:pid`` while the delivery is
+    The claim, taken with ``SET NX PX <lease>`` and holding its owner (``hostname:pid/token``,
+    :func:`~.owners.claim_owner`) while the delivery is
     pending or processing, so a dead process's claim expires by itself after the lease. Once
     settled it holds ``done`` or ``failed`` for the TTL; a release deletes it, so that the next
     redelivery's ``SET NX`` succeeds.
@@ -152,15 +153,16 @@ return redis.call('HGETALL', KEYS[2])
 
 # KEYS: claim, delivery, index
 # ARGV: new owner, lease ms, ttl s, id, owner of the claim
-# A queued delivery starts: only while it waits for the claim the job was given, so that two jobs
-# never both run it; already started by the new owner, it was this start, sent again.
+# A queued delivery starts: only while it is in flight under the claim the job was given (pending,
+# or still processing under the job's previous attempt whose deferral is not written yet), so that
+# two jobs never both run it; held by the new owner already, it was this start, sent again.
 _START = (
     _NOW
     + """
 local state = redis.call('HGET', KEYS[2], 'state')
 local held = redis.call('HGET', KEYS[2], 'owner')
-if state == 'processing' and held == ARGV[1] then return 1 end
-if state ~= 'pending' or held ~= ARGV[5] then return 0 end
+if state ~= 'pending' and state ~= 'processing' then return 0 end
+if held ~= ARGV[1] and held ~= ARGV[5] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'state', 'processing', 'owner', ARGV[1],
   'lease_expires_at', stamp(now + ARGV[2] * 1000), 'updated_at', nowstamp)

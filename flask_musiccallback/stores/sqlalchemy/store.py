@@ -6,8 +6,7 @@ runs those on SQLAlchemy or on the driver (:mod:`.driver`); every retry and erro
 is here, at the store's boundary.
 
 On the request path the claim (stale check included) and the completion are one statement each,
-built once and run in autocommit: one round trip apiece. Only the claim's commit waits for the
-disk (:meth:`SQLAlchemyStore._settle` says why that loses no delivery).
+built once and run in autocommit: one round trip apiece, each commit waiting for the disk.
 """
 
 from __future__ import annotations
@@ -485,12 +484,8 @@ class SQLAlchemyStore(PersistentStore):
         table = self.table
         return self._set(
             delivery,
-            sa.or_(
-                sa.and_(
-                    table.c.state == DeliveryState.PENDING.value, table.c.owner == delivery.owner
-                ),
-                sa.and_(table.c.state == DeliveryState.PROCESSING.value, table.c.owner == owner),
-            ),
+            table.c.state.in_(IN_FLIGHT),
+            table.c.owner.in_((delivery.owner, owner)),
             state=DeliveryState.PROCESSING.value,
             owner=owner,
             lease_expires_at=now + timedelta(seconds=self.lease),
