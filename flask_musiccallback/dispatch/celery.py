@@ -175,7 +175,9 @@ def process_delivery(
         logger.error("A worker cannot read task %s stage %s: %s", task_id, stage, exc)
         unreadable = Delivery(task_id, stage, payload, utcnow(), owner=owner)
         error = f"unreadable in the worker: {exc}"
-        state.write_back.write(lambda: state.store.fail(unreadable, error), "the failure", unreadable)
+        state.write_back.write(
+            lambda: state.store.fail(unreadable, error), "the failure", unreadable
+        )
         return
     delivery = kind.delivery(event, payload, owner=owner)
     job = Job(app, state, kind, event, delivery, attempt=attempt, runner=runner)
