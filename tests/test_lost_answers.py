@@ -80,14 +80,18 @@ def warmed_up(app: Flask) -> Flask:
     return app
 
 
+def counted_delivery(app: Flask) -> tuple[Flask, list[str], dict[str, Any], str]:
+    """The app warmed up, the task ids its receiver saw, and a new delivery with its task id."""
+    calls, _ = counting(warmed_up(app))
+    payload = build_callback("complete")
+    return app, calls, payload, payload["data"]["task_id"]
+
+
 def test_a_claim_whose_answer_was_lost_is_processed_once(
     make_app: AppFactory, proxied: tuple[str, LossyProxy]
 ) -> None:
     url, proxy = proxied
-    app = warmed_up(make_app(STORE=url))
-    calls, _ = counting(app)
-    payload = build_callback("complete")
-    task_id = payload["data"]["task_id"]
+    app, calls, payload, task_id = counted_delivery(make_app(STORE=url))
 
     proxy.lose_answer(task_id)
     assert post(app, payload) == RECEIVED
@@ -123,10 +127,7 @@ def test_a_claim_abandoned_while_the_store_was_away_is_given_back_once_it_is_bac
     asked to retry, and its retry must find the claim free, not held by this process for a lease.
     """
     url, proxy = proxied
-    app = warmed_up(make_app(STORE=url))
-    calls, _ = counting(app)
-    payload = build_callback("complete")
-    task_id = payload["data"]["task_id"]
+    app, calls, payload, task_id = counted_delivery(make_app(STORE=url))
 
     proxy.lose_answer(task_id, refuse_after=True)
     assert post(app, payload) == RETRY
@@ -193,10 +194,7 @@ def test_the_providers_retry_finds_the_abandoned_claim_given_back_before_the_bac
     the claim still held by this process gives it back itself, rather than calling it in progress.
     """
     url, proxy = proxied
-    app = warmed_up(make_app(STORE=url))
-    calls, _ = counting(app)
-    payload = build_callback("complete")
-    task_id = payload["data"]["task_id"]
+    app, calls, payload, task_id = counted_delivery(make_app(STORE=url))
 
     proxy.lose_answer(task_id, refuse_after=True)
     assert post(app, payload) == RETRY

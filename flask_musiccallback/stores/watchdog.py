@@ -42,8 +42,7 @@ class Watchdog:
         self.timeout = timeout
         self._start()
         # A forked child has none of its parent's threads, and may inherit the lock held.
-        reference = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _restart(reference))
+        _watchdogs.add(self)
 
     def _start(self) -> None:
         self._lock = threading.Lock()
@@ -102,10 +101,15 @@ class Watchdog:
                 call.cut()
 
 
-def _restart(reference: weakref.ref[Watchdog]) -> None:
-    watchdog = reference()
-    if watchdog is not None:
+def _restart_all() -> None:
+    for watchdog in list(_watchdogs):
         watchdog._start()
+
+
+#: Every watchdog of the process, restarted in a forked child by one hook, registered once: a
+#: hook per watchdog would pile up with every store an app factory builds.
+_watchdogs: weakref.WeakSet[Watchdog] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_restart_all)
 
 
 def _socket_of(connection: Any) -> int | None:
