@@ -3,8 +3,10 @@
 1. verify the source cheaply, before the body is read: address, token, signature timestamp;
 2. read the body within the size limit, and parse it as a JSON object;
 3. verify the signature, which needs the task id from the body;
-4. validate the payload into an event with its family's schema;
-5. claim it in the store and dispatch the signals (:func:`~.dispatch.deliver`);
+4. find its family (the callback URL's ``family=``, its keys, the task's registration) and
+   validate the payload into an event with that family's schema;
+5. claim it in the store and dispatch the signals (:func:`~.dispatch.deliver`), or, for an
+   authenticated body no family reads, keep it (:mod:`.unreadable`);
 6. answer with one of the fixed bodies of the public contract.
 
 Every refusal is a :class:`~.verify.Rejected` raised by a step and answered in one place, so no
@@ -25,11 +27,13 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .dispatch import Outcome, deliver, send_isolated
-from .families import find_task_id
+from .families import FAMILY_ARG, Family, find_task_id
+from .families.base import Unreadable
 from .redact import REDACTED
 from .signals import callback_rejected
 from .state import EXTENSION_NAME, MusicCallbackState
-from .stores.base import MAX_TASK_ID_LENGTH, StoreUnavailable
+from .stores.base import StoreUnavailable
+from .unreadable import expected_family, keep_unreadable
 from .verify import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -62,6 +66,7 @@ _ANSWERS: dict[Outcome, tuple[bytes, int]] = {
     Outcome.RECEIVED: (_body({"status": "received"}), 200),
     Outcome.DUPLICATE: (_body({"status": "duplicate"}), 200),
     Outcome.RETRY: (_body({"status": "retry"}), 503),
+    Outcome.KEPT: (_body({"status": "kept"}), 200),
 }
 
 
@@ -183,17 +188,6 @@ def _environ_key(header: str) -> str:
 _KEPT_ENVIRON = tuple((name, _environ_key(name)) for name in KEPT_HEADERS)
 
 
-def check_task_id(task_id: str) -> None:
-    """Refuse a task id no store can key a delivery by (422), whatever the family.
-
-    Real ones are short printable ids. A longer one, or one with control characters (a NUL), would
-    fail in a SQL store on every redelivery: a 503 for ever instead of an answer.
-    """
-    if len(task_id) > MAX_TASK_ID_LENGTH or not task_id.isprintable():
-        message = f"A task id is at most {MAX_TASK_ID_LENGTH} printable characters."
-        raise Rejected(Refusal.INVALID_PAYLOAD, {"task_id": [message]})
-
-
 def kept_headers() -> dict[str, str]:
     """The request headers a persistent store records, with secrets redacted.
 
@@ -227,14 +221,17 @@ def receive() -> Response:
             raise
         if timestamp is not None:
             check_signature(settings, request.headers, find_task_id(payload), timestamp)
+        named = request.args.get(FAMILY_ARG)
         try:
-            family = state.extension.families.reading(payload)
-            event = family.load(payload)
-        except ValidationError as exc:
-            raise Rejected(Refusal.INVALID_PAYLOAD, _messages(exc)) from None
-        check_task_id(event.task_id)
+            family, event = read_event(state, payload, named)
+        except Unreadable as unreadable:
+            if not settings.secured:
+                raise Rejected(Refusal.INVALID_PAYLOAD, unreadable.errors) from None
+            return _keep(app, state, payload, body, unreadable, named)
     except Rejected as rejected:
         return _reject(app, rejected)
+    except StoreUnavailable as exc:
+        return _unavailable(state, exc)
 
     persistent = state.store.persistent
     delivery = family.delivery(
@@ -243,12 +240,59 @@ def receive() -> Response:
     try:
         outcome = deliver(app, state, family, event, delivery)
     except StoreUnavailable as exc:
-        if state.store_outage.failed():
-            logger.error("The callback store is unreachable; answering 503: %s", exc)
-        return _answer(*_ANSWERS[Outcome.RETRY])
+        return _unavailable(state, exc)
+    return _answered(state, outcome)
+
+
+def read_event(
+    state: MusicCallbackState, payload: Mapping[str, Any], named: str | None
+) -> tuple[Family, Any]:
+    """The family that reads ``payload``, and its event; :class:`Unreadable` when none does.
+
+    Routing (:meth:`~.families.Families.route`) reads the store only for a body whose keys place
+    it in no family, to ask which family its task was registered with; that read raises
+    ``StoreUnavailable`` when the store is down.
+    """
+    return state.extension.families.read(
+        payload, named=named, expected=expected_family(state, payload)
+    )
+
+
+def _keep(
+    app: Flask,
+    state: MusicCallbackState,
+    payload: Mapping[str, Any],
+    body: str,
+    unreadable: Unreadable,
+    named: str | None,
+) -> Response:
+    family = unreadable.family
+    try:
+        keep_unreadable(
+            app,
+            state,
+            payload,
+            body,
+            unreadable.errors,
+            family=None if family is None else family.name,
+            named=named,
+            headers=kept_headers() if state.store.persistent else {},
+        )
+    except StoreUnavailable as exc:
+        return _unavailable(state, exc)
+    return _answered(state, Outcome.KEPT)
+
+
+def _answered(state: MusicCallbackState, outcome: Outcome) -> Response:
     if state.store_outage.recovered():
         logger.warning("The callback store is reachable again.")
     return _answer(*_ANSWERS[outcome])
+
+
+def _unavailable(state: MusicCallbackState, exc: StoreUnavailable) -> Response:
+    if state.store_outage.failed():
+        logger.error("The callback store is unreachable; answering 503: %s", exc)
+    return _answer(*_ANSWERS[Outcome.RETRY])
 
 
 def make_blueprint(url_rule: str) -> Blueprint:

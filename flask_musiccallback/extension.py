@@ -18,7 +18,7 @@ from .dispatch import dispatcher_for
 from .dispatch.sweep import Sweeper
 from .endpoint import ENDPOINT, make_blueprint
 from .events import Stage
-from .families import MUSIC, MUSIC_NAME, Families
+from .families import BUILT_IN, FAMILY_ARG, MUSIC_NAME, Families
 from .pool import DRAIN_TIMEOUT
 from .redact import install_log_filters
 from .state import EXTENSION_NAME, MusicCallbackState, get_state
@@ -58,9 +58,10 @@ class MusicCallback:
 
     def __init__(self, app: Flask | None = None, *, store: Store | None = None) -> None:
         self._store = store
-        #: The callback families this extension reads, music first (docs/families.md);
-        #: ``music.families.register(family)`` adds one for every app it serves.
-        self.families = Families(MUSIC)
+        #: The callback families this extension reads: every built-in one, music first
+        #: (docs/families.md); ``music.families.register(family)`` adds one for every app it
+        #: serves.
+        self.families = Families(*BUILT_IN)
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._closed: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
@@ -136,12 +137,19 @@ class MusicCallback:
     def callback_url(self, **params: Any) -> str:
         """The absolute URL to pass as ``callBackUrl``, with the token and ``params`` as query.
 
+        ``family="lyrics"`` (any registered family's name) routes every callback of the task to
+        that family, whatever its body looks like: the one way to place a failure that names no
+        family (docs/families.md). An unregistered name raises ``LookupError``.
+
         ``MUSICCALLBACK_EXTERNAL_URL``, when set, is the base anywhere (behind a proxy, in CLI or
         worker code); otherwise the URL follows ``url_for``: a request context, or ``SERVER_NAME``.
         """
         app = self._current_app()
         settings = get_state(app).settings
         query = dict(params)
+        family = query.get(FAMILY_ARG)
+        if family is not None:
+            self.families.named(family)  # a URL naming no family would keep every callback
         if settings.tokens:
             query.setdefault("token", settings.tokens[0].decode())
         if settings.external_url:
@@ -159,17 +167,29 @@ class MusicCallback:
                 "to know the public address of the app."
             ) from exc
 
-    def poll(self, task_id: str) -> PollResult:
-        """Ask the provider's record-info endpoint about ``task_id`` and dispatch what is new.
+    def expect(self, task_id: str, *, family: str = MUSIC_NAME) -> None:
+        """Register a task the host submitted, with the family its callbacks belong to.
+
+        Call it with the task id the provider's submit answer returned. A callback whose body
+        names no family (most failures) is then read by ``family``; idempotent (called again, it
+        records the family given). Raises ``LookupError`` for an unregistered family and
+        ``StoreUnavailable`` when the store cannot be reached.
+        """
+        self.families.named(family)
+        get_state(self._current_app()).store.expect(task_id, family)
+
+    def poll(self, task_id: str, *, family: str = MUSIC_NAME) -> PollResult:
+        """Ask ``family``'s record endpoint about ``task_id`` and dispatch what is new.
 
         The fallback for when callbacks cannot reach the app: the answer becomes the same event a
         callback would, through the same deduplication, so no stage fires twice however polls and
         callbacks interleave. Needs ``MUSICCALLBACK_API_KEY``; raises
-        :class:`~flask_musiccallback.poll.PollError` when the provider cannot be used.
+        :class:`~flask_musiccallback.poll.PollError` when the provider cannot be used, and
+        ``LookupError`` for a family that is not registered or cannot be polled.
         """
         from .poll import poll_task  # the HTTP client is loaded only by apps that poll
 
-        return poll_task(self._current_app(), task_id)
+        return poll_task(self._current_app(), task_id, family=family)
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI 3.1 document of the endpoint, for the current app (or the only one served).

@@ -1,20 +1,11 @@
-"""Polling the provider's record-info endpoint: the fallback when callbacks cannot reach the app.
+"""Polling a family's record endpoint: the fallback when callbacks cannot reach the app.
 
-A poll is turned into the very callback the provider would have posted: the record-info answer is
-read by :class:`RecordInfoSchema`, which builds the music callback body for the task's status and
-loads it with the callback schema into the same :class:`~.events.CallbackEvent`. The event then
-takes the path every callback takes, :func:`~.dispatch.deliver` with the music family's delivery,
-so polling and callbacks share one deduplication: whichever reports a stage first fires it, and the
+A poll is turned into the very callback the provider would have posted: the family's
+``read_record`` (:attr:`~.families.Family.read_record`) reads the record's answer into the body its
+status stands for, and the family loads it into the same event a callback gives. The event then
+takes the path every callback takes, :func:`~.dispatch.deliver` with the family's delivery, so
+polling and callbacks share one deduplication: whichever reports a stage first fires it, and the
 other is a duplicate.
-
-One status names one stage (PROVIDER.md section 6). A ``SUCCESS`` poll of a task whose ``text`` and
-``first`` were never seen fires ``complete`` only, as when the provider itself skips them; a
-``text`` or ``first`` polled after ``complete`` was processed is stale.
-
-``CALLBACK_EXCEPTION`` means the provider could not deliver a callback, not that the task failed,
-so it is read by its content: tracks that all have audio are ``complete``; some audio is ``first``;
-tracks without audio are ``text``; no tracks at all is a failure, with ``errorCode`` (500 when
-there is none) and ``errorMessage``.
 """
 
 from __future__ import annotations
@@ -28,17 +19,13 @@ from typing import Any
 
 import httpx
 from flask import Flask, current_app, has_app_context
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
+from marshmallow import ValidationError
 
 from .config import ConfigKeys, ConfigurationError, Settings
 from .dispatch import Outcome, deliver
-from .events import CallbackEvent, Stage
-from .families import MUSIC_NAME
+from .families import MUSIC, MUSIC_NAME, Event, Family
 from .pool import backoff
-from .schemas import load_callback
 from .state import get_state
-
-RECORD_INFO_PATH = "/api/v1/generate/record-info"
 
 #: Seconds to wait for the provider: a short connect, and well under a minute overall.
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
@@ -48,31 +35,6 @@ DEFAULT_INTERVAL = 30.0
 
 #: The longest wait between two polls when backing off after errors, in seconds.
 MAX_BACKOFF = 300.0
-
-#: record-info statuses and the stage each one is the same as; absent statuses dispatch nothing.
-STATUS_STAGES: Mapping[str, Stage] = MappingProxyType(
-    {
-        "TEXT_SUCCESS": Stage.TEXT,
-        "FIRST_SUCCESS": Stage.FIRST,
-        "SUCCESS": Stage.COMPLETE,
-        "CREATE_TASK_FAILED": Stage.FAILED,
-        "GENERATE_AUDIO_FAILED": Stage.FAILED,
-        "SENSITIVE_WORD_ERROR": Stage.FAILED,
-    }
-)
-
-CALLBACK_EXCEPTION = "CALLBACK_EXCEPTION"
-
-#: The failure code of a failed status when the record has no ``errorCode``: the code the matching
-#: callback carries (PROVIDER.md section 3).
-FAILURE_CODES: Mapping[str, int] = MappingProxyType(
-    {
-        "CREATE_TASK_FAILED": 400,
-        "GENERATE_AUDIO_FAILED": 501,
-        "SENSITIVE_WORD_ERROR": 400,
-        CALLBACK_EXCEPTION: 500,
-    }
-)
 
 #: Provider answer codes (the HTTP status, or the body's ``code``), what they mean, and whether
 #: asking again later can help.
@@ -120,10 +82,11 @@ class PollResult:
     """What one poll found and did."""
 
     task_id: str
-    #: The record-info status, upper-cased (``PENDING``, ``SUCCESS``, ...).
+    #: The record's status, upper-cased (``PENDING``, ``SUCCESS``, ``1``, ...).
     status: str
-    #: The event the status stands for, or ``None`` when it stands for no stage yet.
-    event: CallbackEvent | None
+    #: The event the status stands for (of the polled family's event class), or ``None`` when it
+    #: stands for no stage yet.
+    event: Event | None
     #: Whether the task will change no more, so polling it again is useless.
     final: bool
     #: How the event's delivery ended (``duplicate`` when a callback or poll already fired it).
@@ -175,10 +138,11 @@ class ProviderClient:
             )
         return cls(settings.api_key, settings.api_base_url)
 
-    def record_info(self, task_id: str) -> dict[str, Any]:
-        """The record-info answer for ``task_id``, once the provider said it succeeded."""
+    def record_info(self, task_id: str, path: str = MUSIC.record_path or "") -> dict[str, Any]:
+        """The answer of the record endpoint at ``path`` for ``task_id``, once the provider
+        said it succeeded."""
         try:
-            response = self._http.get(RECORD_INFO_PATH, params={"taskId": task_id})
+            response = self._http.get(path, params={"taskId": task_id})
         except httpx.TimeoutException:
             raise PollError(
                 f"the provider at {self.base_url} did not answer in time", retryable=True
@@ -214,138 +178,62 @@ class ProviderClient:
         self.close()
 
 
-def _has_audio(track: Mapping[str, Any]) -> bool:
-    return bool(track.get("audioUrl") or track.get("audio_url"))
-
-
-def stage_for(status: str, tracks: list[dict[str, Any]]) -> Stage | None:
-    """The stage a record stands for: by its status, or by its content for CALLBACK_EXCEPTION."""
-    if status != CALLBACK_EXCEPTION:
-        return STATUS_STAGES.get(status)
-    ready = [_has_audio(track) for track in tracks]
-    if not ready:
-        return Stage.FAILED
-    if all(ready):
-        return Stage.COMPLETE
-    return Stage.FIRST if any(ready) else Stage.TEXT
-
-
-def _failure_code(status: str, error_code: Any) -> int:
+def read_record(family: Family, body: Mapping[str, Any], task_id: str) -> PollResult:
+    """A record answer as a :class:`PollResult`; a :class:`PollError` says what is wrong."""
+    assert family.read_record is not None  # checked by the caller, with a clear error
     try:
-        code = int(error_code)
-    except (TypeError, ValueError):
-        code = 0
-    return code if code and code != 200 else FAILURE_CODES.get(status, 500)
-
-
-class _RecordResponseSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    taskId = fields.String(load_default=None, allow_none=True)  # noqa: N815
-    sunoData = fields.List(fields.Dict(), load_default=None, allow_none=True)  # noqa: N815
-
-
-class _RecordDataSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    taskId = fields.String(load_default=None, allow_none=True)  # noqa: N815
-    status = fields.String(required=True)
-    response = fields.Nested(_RecordResponseSchema, load_default=None, allow_none=True)
-    errorCode = fields.Raw(load_default=None, allow_none=True)  # noqa: N815
-    errorMessage = fields.String(load_default=None, allow_none=True)  # noqa: N815
-
-
-class RecordInfoSchema(Schema):
-    """A record-info answer ``{code, msg, data: {taskId, status, response: {sunoData}, ...}}``.
-
-    Loads into a :class:`PollResult` whose event is built from the callback body the status stands
-    for, so that a persistent store keeps (and replays) a body of the same shape as a callback's.
-    The record's other keys (``param``, ``operationType``, ...) are kept in that body's ``data``.
-    """
-
-    class Meta:
-        unknown = EXCLUDE
-
-    code = fields.Integer(required=True)
-    msg = fields.String(load_default="", allow_none=True)
-    data = fields.Nested(_RecordDataSchema, required=True)
-
-    @post_load(pass_original=True)
-    def make_result(
-        self, loaded: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
-    ) -> PollResult:
-        data: dict[str, Any] = loaded["data"]
-        response: dict[str, Any] = data["response"] or {}
-        task_id = data["taskId"] or response.get("taskId")
-        if not task_id:
-            raise ValidationError({"data": {"taskId": ["Missing task id."]}})
-        status = data["status"].strip().upper()
-        tracks: list[dict[str, Any]] = response.get("sunoData") or []
-        stage = stage_for(status, tracks)
-        if stage is None:
-            return PollResult(task_id=task_id, status=status, event=None, final=False)
-        failed = stage is Stage.FAILED
-        message = data["errorMessage"]
-        body_data = {key: value for key, value in original["data"].items() if key != "response"}
-        body_data.update(callbackType="error" if failed else stage.value, task_id=task_id)
-        body_data["data"] = tracks
-        if failed and message:
-            body_data["error"] = message
-        payload = {
-            "code": _failure_code(status, data["errorCode"]) if failed else 200,
-            "msg": (message or status) if failed else (loaded["msg"] or status),
-            "data": body_data,
-        }
-        return PollResult(
-            task_id=task_id,
-            status=status,
-            event=load_callback(payload),
-            final=failed or stage is Stage.COMPLETE,
-        )
-
-
-#: The one shared instance polls are read with.
-record_info_schema = RecordInfoSchema()
-
-
-def read_record(body: Mapping[str, Any], task_id: str) -> PollResult:
-    """A record-info answer as a :class:`PollResult`; a :class:`PollError` says what is wrong."""
-    try:
-        result: PollResult = record_info_schema.load(body)
+        record = family.read_record(body)
+        event = None if record.body is None else family.load(record.body)
     except ValidationError as exc:
         raise PollError(
-            f"the provider's answer is not a usable task record: {exc.messages}"
+            f"the provider's answer is not a usable {family.name} record: {exc.messages}"
         ) from None
-    if result.task_id != task_id:
-        raise PollError(f"the provider answered about task {result.task_id}, not {task_id}")
-    return result
+    if record.task_id != task_id:
+        raise PollError(f"the provider answered about task {record.task_id}, not {task_id}")
+    return PollResult(task_id=task_id, status=record.status, event=event, final=record.final)
 
 
-def poll_task(app: Flask, task_id: str, *, client: ProviderClient | None = None) -> PollResult:
-    """Fetch ``task_id`` once and dispatch its event, if new, through the callbacks' path.
+def pollable(app: Flask, family: str) -> Family:
+    """The registered family called ``family``, if it has a record endpoint; ``LookupError``
+    saying why otherwise."""
+    kind = get_state(app).extension.families.named(family)
+    if kind.record_path is None or kind.read_record is None:
+        raise LookupError(f"The {family} family has no record endpoint to poll.")
+    return kind
+
+
+def poll_task(
+    app: Flask,
+    task_id: str,
+    *,
+    family: str = MUSIC_NAME,
+    client: ProviderClient | None = None,
+) -> PollResult:
+    """Fetch ``task_id`` from ``family``'s record endpoint once and dispatch its event, if new,
+    through the callbacks' path.
 
     Raises :class:`PollError` when the provider cannot be used, ``ConfigurationError`` without an
-    API key, and ``StoreUnavailable`` when the store is down (nothing was dispatched then).
+    API key, ``LookupError`` for a family that cannot be polled, and ``StoreUnavailable`` when the
+    store is down (nothing was dispatched then).
     """
     state = get_state(app)
+    kind = pollable(app, family)
+    path = kind.record_path or ""
     if client is None:
         with ProviderClient.from_settings(state.settings) as own_client:
-            body = own_client.record_info(task_id)
+            body = own_client.record_info(task_id, path)
     else:
-        body = client.record_info(task_id)
-    result = read_record(body, task_id)
+        body = client.record_info(task_id, path)
+    result = read_record(kind, body, task_id)
     event = result.event
     if event is None:
         return result
-    family = state.extension.families.named(MUSIC_NAME)
-    delivery = family.delivery(event, event.raw, {"Source": "poll"})
+    delivery = kind.delivery(event, event.raw, {"Source": "poll"})
     if has_app_context() and current_app._get_current_object() is app:  # type: ignore[attr-defined]
-        outcome = deliver(app, state, family, event, delivery)
+        outcome = deliver(app, state, kind, event, delivery)
     else:
         with app.app_context():
-            outcome = deliver(app, state, family, event, delivery)
+            outcome = deliver(app, state, kind, event, delivery)
     return dataclasses.replace(result, outcome=outcome)
 
 
@@ -353,6 +241,7 @@ def watch_task(
     app: Flask,
     task_id: str,
     *,
+    family: str = MUSIC_NAME,
     interval: float = DEFAULT_INTERVAL,
     timeout: float = 3600.0,
     max_errors: int = 5,
@@ -372,7 +261,7 @@ def watch_task(
     with ProviderClient.from_settings(get_state(app).settings) as client:
         while True:
             try:
-                last = poll_task(app, task_id, client=client)
+                last = poll_task(app, task_id, family=family, client=client)
             except PollError as exc:
                 errors += 1
                 if not exc.retryable or errors >= max_errors:

@@ -24,13 +24,75 @@ all_tracks_generated = _signals.signal("all-tracks-generated")
 #: Sender: the app. Kwargs: ``event``.
 task_failed = _signals.signal("task-failed")
 
-#: Every accepted new delivery, before its stage signal. Sender: the app. Kwargs: ``event``.
+# The other families (API.md section 9). Each success and failure signal is sent once per
+# ``(task_id, family, stage)``, with the family's own event class; a failure's event has
+# ``ok`` False, its ``code`` and ``msg`` as sent.
+
+#: New lyrics. Sender: the app. Kwargs: ``event`` (a ``LyricsEvent``: ``lyrics``, each with
+#: ``text``, ``title``, ``status`` and ``error``).
+lyrics_generated = _signals.signal("lyrics-generated")
+
+#: A failed lyrics task. Sender: the app. Kwargs: ``event`` (a ``LyricsEvent``).
+lyrics_failed = _signals.signal("lyrics-failed")
+
+#: A finished WAV conversion. Sender: the app. Kwargs: ``event`` (a ``WavEvent``: ``wav_url``).
+wav_converted = _signals.signal("wav-converted")
+
+#: A failed WAV conversion. Sender: the app. Kwargs: ``event`` (a ``WavEvent``).
+wav_failed = _signals.signal("wav-failed")
+
+#: A finished vocal separation or stem split. Sender: the app. Kwargs: ``event`` (a
+#: ``StemsEvent``: ``stems``, stem name to URL, and ``parts`` of the advanced split).
+stems_separated = _signals.signal("stems-separated")
+
+#: A failed vocal separation or stem split. Sender: the app. Kwargs: ``event`` (a ``StemsEvent``).
+stems_failed = _signals.signal("stems-failed")
+
+#: A finished MIDI transcription. Sender: the app. Kwargs: ``event`` (a ``MidiEvent``:
+#: ``instruments``, each with its ``notes``).
+midi_generated = _signals.signal("midi-generated")
+
+#: A failed MIDI transcription. Sender: the app. Kwargs: ``event`` (a ``MidiEvent``).
+midi_failed = _signals.signal("midi-failed")
+
+#: A finished music video. Sender: the app. Kwargs: ``event`` (a ``VideoEvent``: ``video_url``).
+video_generated = _signals.signal("video-generated")
+
+#: A failed music video. Sender: the app. Kwargs: ``event`` (a ``VideoEvent``).
+video_failed = _signals.signal("video-failed")
+
+#: New cover images. Sender: the app. Kwargs: ``event`` (a ``CoverEvent``: ``images``).
+cover_generated = _signals.signal("cover-generated")
+
+#: A failed cover image task. Sender: the app. Kwargs: ``event`` (a ``CoverEvent``).
+cover_failed = _signals.signal("cover-failed")
+
+#: A custom voice's validation phrase is ready to be recorded (status ``wait_validating``).
+#: Sender: the app. Kwargs: ``event`` (a ``VoiceEvent``: ``validate_info`` holds the phrase).
+voice_phrase_ready = _signals.signal("voice-phrase-ready")
+
+#: A custom voice is ready (status ``success``). Sender: the app. Kwargs: ``event`` (a
+#: ``VoiceEvent``: ``voice_id``).
+voice_generated = _signals.signal("voice-generated")
+
+#: A custom voice failed, or its validation did. Sender: the app. Kwargs: ``event`` (a
+#: ``VoiceEvent``: ``status`` as sent).
+voice_failed = _signals.signal("voice-failed")
+
+#: Every accepted new delivery of any family, before its stage signal. Sender: the app.
+#: Kwargs: ``event``.
 callback_received = _signals.signal("callback-received")
 
 #: A delivery that was not dispatched again. Sender: the app. Kwargs: ``event``, and ``reason``:
 #: ``"duplicate"`` (already processed), ``"in_progress"`` (being processed right now) or
 #: ``"stale"`` (a ``text`` or ``first`` after that task's ``complete`` was processed).
 callback_duplicate = _signals.signal("callback-duplicate")
+
+#: An authenticated body that no family reads, answered 200 ``{"status": "kept"}`` and kept by a
+#: persistent store as ``unreadable`` (``replay --unreadable`` reads it again). Sender: the app.
+#: Kwargs: ``payload`` (the JSON body), ``errors`` (what failed, a dict) and ``family`` (the
+#: family that tried to read it, or ``None`` when none did).
+callback_unreadable = _signals.signal("callback-unreadable")
 
 #: A refused request. Sender: the app. Kwargs: ``reason`` (``unauthorized``, ``forbidden``,
 #: ``too_large``, ``invalid_json`` or ``invalid_payload``), ``errors`` (a dict, may be empty) and
@@ -46,8 +108,24 @@ __all__ = [
     "callback_duplicate",
     "callback_received",
     "callback_rejected",
+    "callback_unreadable",
+    "cover_failed",
+    "cover_generated",
     "first_track_generated",
+    "lyrics_failed",
+    "lyrics_generated",
+    "midi_failed",
+    "midi_generated",
     "receiver_failed",
+    "stems_failed",
+    "stems_separated",
     "task_failed",
     "text_generated",
+    "video_failed",
+    "video_generated",
+    "voice_failed",
+    "voice_generated",
+    "voice_phrase_ready",
+    "wav_converted",
+    "wav_failed",
 ]

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from .events import Stage
-from .families import find_task_id
+from .families import MUSIC_NAME, Family, built_in, find_task_id
+from .families.examples import SIMULATED_MEDIA_HOST as SIMULATED_MEDIA_HOST
 from .state import get_state
 from .verify import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
@@ -27,75 +28,36 @@ if TYPE_CHECKING:
     from flask.testing import FlaskClient
     from werkzeug.test import TestResponse
 
-#: The stage each ``callbackType`` stands for, and the ``msg`` the provider sends with it.
-_MESSAGES = {
-    "text": "Text generation completed.",
-    "first": "First track generation completed.",
-    "complete": "All generated successfully.",
-    "error": "Audio generation failed.",
-    "failed": "Audio generation failed.",
-}
-
-#: The host of the media links in simulated callbacks: a reserved name (RFC 2606) that never
-#: resolves, so that nothing simulated is mistaken for, or fetched from, a real server.
-SIMULATED_MEDIA_HOST = "cdn.example.invalid"
-
-_TITLES = ("Neon Harbor", "Paper Satellites", "Slow Tide", "Copper Morning", "Glass Orchard")
-
-
-def _track(task_id: str, index: int, stage: str, created_ms: int) -> dict[str, Any]:
-    audio_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{task_id}/{index}"))
-    cdn = f"https://{SIMULATED_MEDIA_HOST}"
-    finished = stage == "complete" or (stage == "first" and index == 0)
-    return {
-        "id": audio_id,
-        "audio_url": f"{cdn}/{audio_id}.mp3" if finished else "",
-        "source_audio_url": f"{cdn}/source/{audio_id}.mp3" if finished else "",
-        "stream_audio_url": f"{cdn}/stream/{audio_id}",
-        "source_stream_audio_url": f"{cdn}/source/stream/{audio_id}",
-        "image_url": f"{cdn}/image_{audio_id}.jpeg",
-        "source_image_url": f"{cdn}/source/image_{audio_id}.jpeg",
-        "prompt": "[Verse]\nLights on the water, engines in the rain\n[Chorus]\nHold on",
-        "model_name": "chirp-v4",
-        "title": _TITLES[index % len(_TITLES)],
-        "tags": "synthwave, dreamy, female vocals",
-        "createTime": created_ms + index,
-        **({"duration": round(150.0 + 13.88 * index, 2)} if finished else {}),
-    }
-
 
 def build_callback(
     stage: Stage | str = "complete",
     *,
+    family: str | Family = MUSIC_NAME,
     task_id: str | None = None,
     tracks: int = 2,
     code: int | None = None,
     msg: str | None = None,
+    reseller: str = "sunoapi",
 ) -> dict[str, Any]:
-    """A realistic callback body for ``stage`` (``text``, ``first``, ``complete``, ``failed``...).
+    """A realistic callback body of ``family`` for ``stage`` (``complete``, ``failed``; music
+    also ``text`` and ``first``), spelled as ``reseller`` (``"sunoapi"`` or ``"kie"``) sends it.
 
-    The text stage and failures carry no tracks, as on the wire; ``code`` defaults to 200, or 501
-    for a failure. ``stage="failed"`` sends ``callbackType: "error"``, the value real traffic uses.
+    ``tracks`` is how many results a success carries where a family has several (tracks, lyrics,
+    images); ``code`` defaults to 200, or to the family's failure code for ``failed``. ``family``
+    is a built-in family's name, or a :class:`~.families.Family` of the host's own that has an
+    ``example``.
     """
-    stage = str(stage)
-    callback_type = "error" if stage == "failed" else stage
-    failing = callback_type in ("error", "failed")
-    if code is None:
-        code = 501 if failing else 200
-    task_id = task_id or uuid.uuid4().hex
-    created_ms = int(time.time() * 1000)
-    with_tracks = stage in ("first", "complete") and code == 200
-    return {
-        "code": code,
-        "msg": msg if msg is not None else _MESSAGES.get(callback_type, "OK"),
-        "data": {
-            "callbackType": callback_type,
-            "task_id": task_id,
-            "data": [_track(task_id, i, stage, created_ms) for i in range(tracks)]
-            if with_tracks
-            else [],
-        },
-    }
+    kind = built_in(family) if isinstance(family, str) else family
+    if kind.example is None:
+        raise ValueError(f"The {kind.name} family has no example bodies.")
+    return kind.example(
+        str(stage),
+        task_id=task_id or uuid.uuid4().hex,
+        code=code,
+        msg=msg,
+        reseller=reseller,
+        count=tracks,
+    )
 
 
 def signature_headers(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from .config import Settings
 from .outage import Outage
 from .stores.base import Store
+from .unreadable import LoggedOnce
 from .writeback import WriteBack
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ class MusicCallbackState:
     store_outage: Outage = field(default_factory=Outage)
     #: The store writes kept while the store could not be reached.
     write_back: WriteBack = field(default_factory=WriteBack)
+    #: The unreadable bodies this process logged already (:mod:`.unreadable`).
+    unreadable_logged: LoggedOnce = field(default_factory=LoggedOnce)
 
 
 def get_state(app: Flask) -> MusicCallbackState:

@@ -52,6 +52,8 @@ class Outcome(str, enum.Enum):
     RECEIVED = "received"
     DUPLICATE = "duplicate"
     RETRY = "retry"
+    #: An authenticated body that no family reads, kept instead of refused (API.md section 9).
+    KEPT = "kept"
 
 
 class NotQueued(Exception):  # noqa: N818 - reads as what happened: "not queued"

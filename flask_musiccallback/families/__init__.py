@@ -1,6 +1,37 @@
-"""Callback families: one module each, on the seam of :mod:`.base` (docs/families.md)."""
+"""Callback families: one module each, on the seam of :mod:`.base` (docs/families.md).
 
-from .base import Event, Families, Family, find_task_id
+:data:`BUILT_IN` is every family the provider calls back with, in the order an extension
+registers them: music first, so that it is the default a failure nothing else places goes to.
+"""
+
+from .base import FAMILY_ARG, Event, Example, Families, Family, Record, find_task_id
 from .music import MUSIC, MUSIC_NAME
+from .wav import WAV, WavEvent
 
-__all__ = ["MUSIC", "MUSIC_NAME", "Event", "Families", "Family", "find_task_id"]
+#: The provider's families, as every extension reads them (``music.families``).
+BUILT_IN: tuple[Family, ...] = (MUSIC, WAV)
+
+
+def built_in(name: str) -> Family:
+    """The built-in family called ``name``; ``LookupError`` for another name."""
+    for family in BUILT_IN:
+        if family.name == name:
+            return family
+    raise LookupError(f"No built-in callback family is named {name!r}.")
+
+
+__all__ = [
+    "BUILT_IN",
+    "FAMILY_ARG",
+    "MUSIC",
+    "MUSIC_NAME",
+    "WAV",
+    "Event",
+    "Example",
+    "Families",
+    "Family",
+    "Record",
+    "WavEvent",
+    "built_in",
+    "find_task_id",
+]

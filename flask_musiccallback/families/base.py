@@ -3,10 +3,11 @@ extension reads.
 
 The provider calls back with one envelope shape for many task kinds (music, lyrics, WAV, stems,
 MIDI, video, cover, voice). The pipeline knows none of them: it asks the extension's
-:class:`Families` which family a payload belongs to, loads it with that family's schema, keys the
-delivery by ``(task_id, family, stage)``, and sends the signal that family names for the event's
-stage. Supporting another kind means one module that builds a :class:`Family` and a
-``music.families.register(...)`` call, not a change to the endpoint, polling, replay or workers.
+:class:`Families` which family a callback belongs to (:meth:`Families.route`), loads it with
+that family's schema, keys the delivery by ``(task_id, family, stage)``, and sends the signal that
+family names for the event's stage. Supporting another kind means one module that builds a
+:class:`Family` and a ``music.families.register(...)`` call, not a change to the endpoint,
+polling, replay or workers (docs/families.md).
 """
 
 from __future__ import annotations
@@ -20,12 +21,26 @@ from typing import Any, Protocol, cast
 from blinker import Signal
 from marshmallow import Schema, ValidationError
 
-from ..stores.base import Delivery
+from ..stores.base import MAX_TASK_ID_LENGTH, Delivery
 from ..stores.owners import claim_owner
+
+#: The query argument of the callback URL that names the family (``callback_url(family=...)``).
+FAMILY_ARG = "family"
+
+#: The stage of every family's failure.
+FAILED = "failed"
+
+#: What a kept body that no family reads is keyed under (``unreadable:<digest>``), so no family
+#: may take it as its name.
+UNREADABLE = "unreadable"
 
 
 class Event(Protocol):
-    """What the pipeline needs of any family's event: a task id and a stage to deduplicate on."""
+    """What the pipeline needs of any family's event: a task id and a stage to deduplicate on.
+
+    The built-in families' events subclass :class:`~flask_musiccallback.events.FamilyEvent`,
+    which has these and the other common fields; a host's own family may use any frozen class.
+    """
 
     @property
     def task_id(self) -> str: ...
@@ -37,28 +52,83 @@ class Event(Protocol):
     def received_at(self) -> datetime: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A task record fetched from a family's record endpoint, read as the callback it stands for.
+
+    Polling turns a record into the very body the provider would have posted, so the event it
+    loads, and what a persistent store keeps, are the same as a callback's.
+    """
+
+    task_id: str
+    #: The record's status, upper-cased as the provider spells it (``PENDING``, ``SUCCESS``, ``1``).
+    status: str
+    #: The callback body the status stands for, or ``None`` while the task has no result yet.
+    body: Mapping[str, Any] | None
+    #: Whether the task will change no more, so polling it again is useless.
+    final: bool
+
+
+class Example(Protocol):
+    """Builds a realistic callback body of a family (the simulator, the testing kit, the docs).
+
+    ``reseller`` is ``"sunoapi"`` or ``"kie"``: the two spell some keys differently, and a host
+    must be able to try both. ``count`` is how many results (tracks, lyrics, images) a success
+    carries, where a family has several.
+    """
+
+    def __call__(
+        self,
+        stage: str,
+        *,
+        task_id: str,
+        code: int | None = None,
+        msg: str | None = None,
+        reseller: str = "sunoapi",
+        count: int = 2,
+    ) -> dict[str, Any]: ...
+
+
+def _nothing(payload: Mapping[str, Any]) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Family:
-    """One kind of callback: how to recognise it, read it, and announce each of its stages."""
+    """One kind of callback: how to recognise it, read it, poll it, and announce its stages."""
 
-    #: A short name: in logs, in Celery messages (a worker looks the family up by it), and as a
-    #: prefix of store keys.
+    #: A short name: ``event.family``, the ``family=`` of a callback URL, the prefix of store
+    #: keys, and what a Celery message names (a worker looks the family up by it).
     name: str
     #: The schema that defines the family's payload (and its OpenAPI description).
     schema: Schema
     #: Loads a payload into the family's event; raises ``ValidationError``. Usually
     #: ``schema.load``; a family may put a faster path in front of it.
     load: Callable[[Mapping[str, Any]], Any]
-    #: The signal sent for a new delivery of each stage.
+    #: The signal sent for a new delivery of each stage; its keys are the family's stages.
     signals: Mapping[str, Signal]
-    #: Whether a payload belongs to this family. Families registered later are asked first, so
-    #: a family that accepts every payload (the music one) is the catch-all when registered first.
-    detect: Callable[[Mapping[str, Any]], bool] = field(default=lambda payload: True)
+    #: Whether a body's keys name this family beyond doubt. Only then is it read by its shape:
+    #: a body no family's keys name (most failures) goes by what the receiver knows of its task
+    #: (:meth:`Families.route`). The default names nothing: such a family is reached by URL or
+    #: by ``expect`` only.
+    detect: Callable[[Mapping[str, Any]], bool] = _nothing
     #: For a stage, the stage whose processing makes a later delivery of it stale.
     superseded_by: Mapping[str, str] = field(default_factory=dict)
     #: Whether the store keys stages bare (``complete``) instead of ``name:stage``. Only the music
     #: family does: its keys predate families, and stores written before must keep deduplicating.
     bare_keys: bool = False
+    #: The path of the family's record endpoint, polled with ``?taskId=``; ``None``: not pollable.
+    record_path: str | None = None
+    #: Reads a record endpoint's answer (the whole ``{code, msg, data}``) into a :class:`Record`;
+    #: raises ``ValidationError`` for an answer that is no usable record.
+    read_record: Callable[[Mapping[str, Any]], Record] | None = None
+    #: Builds realistic bodies of the family (:class:`Example`), for the simulator and tests.
+    example: Example | None = None
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The family's stages, successes first, as its signals name them."""
+        return tuple(str(stage) for stage in self.signals)
 
     def delivery(
         self,
@@ -78,11 +148,11 @@ class Family:
         later = self.superseded_by.get(event.stage)
         return Delivery(
             task_id=event.task_id,
-            stage=self._store_stage(event.stage),
+            stage=self.store_stage(event.stage),
             payload=payload,
             received_at=event.received_at,
             headers=headers or {},
-            superseded_by=None if later is None else self._store_stage(later),
+            superseded_by=None if later is None else self.store_stage(later),
             body=body,
             owner=claim_owner() if owner is None else owner,
         )
@@ -96,18 +166,23 @@ class Family:
         event: Event = self.load(payload)
         return cast(Event, dataclasses.replace(cast(Any, event), received_at=received_at))
 
-    def _store_stage(self, stage: str) -> str:
+    def store_stage(self, stage: str) -> str:
+        """The stage as the store keys it: ``name:stage``, or bare for :attr:`bare_keys`."""
         return str(stage) if self.bare_keys else f"{self.name}:{stage}"
 
 
 class Families:
-    """The callback families one extension reads, in the order they are asked about a payload.
+    """The callback families one extension reads.
 
     Kept on the extension object (``music.families``), not in the process, so that two
     extensions in one process (two services mounted together, tests) read different families,
     and so that registering happens where the extension is built, before any app exists. A
     Celery worker builds the same extension from the same module, so it finds a family by the
     name the web process published.
+
+    The first family registered is the *default*: a failure that nothing else places is its (the
+    music family, for every extension). Families are asked about a body's shape in the reverse
+    order of registration, so a family a host registers is asked before the built-in ones.
     """
 
     def __init__(self, *families: Family) -> None:
@@ -124,13 +199,17 @@ class Families:
         """
         if family.name in self._named:
             raise ValueError(f"A callback family named {family.name!r} is registered already.")
+        if ":" in family.name or not family.name or family.name == UNREADABLE:
+            raise ValueError(
+                f"A family's name must be non-empty, have no ':' and not be {UNREADABLE!r}."
+            )
         if family.bare_keys and any(other.bare_keys for other in self._asked):
             raise ValueError("Only one callback family may key its stages bare.")
         self._named[family.name] = family
         self._asked = (family, *self._asked)
 
     def named(self, name: str) -> Family:
-        """The family called ``name``, to read a delivery handed over by name (a worker)."""
+        """The family called ``name``; ``LookupError`` when none is registered."""
         try:
             return self._named[name]
         except KeyError:
@@ -138,15 +217,125 @@ class Families:
                 f"No callback family named {name!r} is registered on this extension."
             ) from None
 
-    def reading(self, payload: Mapping[str, Any]) -> Family:
-        """The first family whose ``detect`` accepts the payload; ``ValidationError`` if none."""
+    def __contains__(self, name: object) -> bool:
+        return name in self._named
+
+    @property
+    def default(self) -> Family:
+        """The family a failure goes to when nothing else places it: the first registered."""
+        return self._asked[-1]
+
+    def by_shape(self, payload: Mapping[str, Any]) -> Family | None:
+        """The first family whose keys the body has (:attr:`Family.detect`), or ``None``."""
         for family in self._asked:
             if family.detect(payload):
                 return family
-        raise ValidationError("No callback family reads this payload.")
+        return None
+
+    def route(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        named: str | None = None,
+        expected: Callable[[], str | None] = lambda: None,
+    ) -> Family | None:
+        """The family that reads a callback, by what is known of it, surest first.
+
+        1. ``named``: the family the host put in the callback URL. Raises ``LookupError`` for a
+           name no family has.
+        2. The body's keys, when they name a family beyond doubt (a WAV link, a stem, lyrics).
+        3. ``expected()``: the family the task was registered with (``music.expect``). Asked only
+           here, so that the store is read only for a body its keys do not place.
+        4. A failure (a ``code`` other than 200) goes to :attr:`default`.
+
+        ``None`` when nothing places the body: no family reads it.
+
+        A registered task's family comes after the keys, not before as the public contract lists
+        them: where a body's keys name a family, no registration can make another family read it,
+        and reading the registration first would cost a persistent store a round trip for every
+        callback instead of for the few that need it.
+        """
+        if named is not None:
+            return self.named(named)
+        family = self.by_shape(payload)
+        if family is not None:
+            return family
+        name = expected()
+        if name is not None and name in self._named:
+            return self._named[name]
+        if is_failure(payload):
+            return self.default
+        return None
+
+    def read(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        named: str | None = None,
+        expected: Callable[[], str | None] = lambda: None,
+    ) -> tuple[Family, Any]:
+        """The family that reads ``payload`` (:meth:`route`), and its event.
+
+        Raises :class:`Unreadable` when no family reads it, with the family that tried and its
+        errors: a ``family=`` naming no family, a body nothing places, a schema's refusal, or a
+        task id no store can key a delivery by.
+        """
+        try:
+            family = self.route(payload, named=named, expected=expected)
+        except LookupError as exc:
+            raise Unreadable(None, {FAMILY_ARG: [str(exc)]}) from None
+        if family is None:
+            raise Unreadable(None, {"_schema": ["No callback family reads this body."]})
+        try:
+            event = family.load(payload)
+        except ValidationError as exc:
+            messages = exc.messages
+            raise Unreadable(
+                family, messages if isinstance(messages, dict) else {"_schema": messages}
+            ) from None
+        task_id = event.task_id
+        if len(task_id) > MAX_TASK_ID_LENGTH or not task_id.isprintable():
+            message = f"A task id is at most {MAX_TASK_ID_LENGTH} printable characters."
+            raise Unreadable(family, {"task_id": [message]})
+        return family, event
+
+    def keyed(self, stage_key: str) -> Family:
+        """The family whose deliveries the store keys as ``stage_key`` (a kept delivery's stage).
+
+        ``LookupError`` when no registered family keys stages that way.
+        """
+        name, colon, _ = stage_key.partition(":")
+        if colon:
+            return self.named(name)
+        for family in self._asked:
+            if family.bare_keys:
+                return family
+        raise LookupError(f"No callback family keys its deliveries as {stage_key!r}.")
 
     def __iter__(self) -> Iterator[Family]:
+        """The families, in the order a body's shape is asked about."""
         return iter(self._asked)
+
+
+class Unreadable(Exception):  # noqa: N818 - names what the body is
+    """No family reads a body: ``family`` is the one that tried (``None`` when none did), and
+    ``errors`` says why, as marshmallow's messages do."""
+
+    def __init__(self, family: Family | None, errors: dict[str, Any]) -> None:
+        super().__init__(errors)
+        self.family = family
+        self.errors = errors
+
+
+def is_failure(payload: Mapping[str, Any]) -> bool:
+    """Whether the envelope's ``code`` says the task failed: a number, or numeric text, not 200."""
+    code = payload.get("code")
+    if isinstance(code, str):
+        try:
+            code = int(code.strip())
+        except ValueError:
+            return False
+    return isinstance(code, int) and not isinstance(code, bool) and code != 200
 
 
 def find_task_id(payload: Mapping[str, Any]) -> str | None:

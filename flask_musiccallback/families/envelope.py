@@ -1,0 +1,99 @@
+"""What every family's body shares: the ``{code, msg, data}`` envelope, the task id wherever a
+reseller puts it, and blank strings read as "not there".
+
+The families other than music build their schemas from these pieces, so that the envelope is
+read one way everywhere: ``code`` as a bounded whole number (numeric text too), the task id at
+``data.task_id``, ``data.taskId`` or the top level (PROVIDER.md section 4), and ``raw`` always the
+body as received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields
+
+from ..schemas import StatusCode
+
+#: The code of a success; any other is a failure, whatever else the body says.
+SUCCESS_CODE = 200
+
+
+class Text(fields.String):
+    """An optional string, with ``""`` read as ``None``: the provider sends blanks for "not yet"."""
+
+    def __init__(self, description: str | None = None, **kwargs: Any) -> None:
+        metadata = {"description": description} if description else {}
+        kwargs.setdefault("load_default", None)
+        super().__init__(allow_none=True, metadata=metadata, **kwargs)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str | None:
+        text: str = super()._deserialize(value, attr, data, **kwargs)
+        return text or None
+
+
+class DataSchema(Schema):
+    """The envelope's ``data``, as far as every family reads it: the task id, both spellings."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    task_id = Text("The task id (kie.ai, and most sunoapi.org families).")
+    taskId = Text("The task id, as other bodies spell it.")  # noqa: N815
+
+
+class EnvelopeSchema(Schema):
+    """``{code, msg, data}``; a family's schema subclasses it and nests its own ``data``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    code = StatusCode(
+        required=True, metadata={"description": "200 is success; any other code is a failure."}
+    )
+    msg = fields.String(load_default="", allow_none=True, metadata={"description": "Status text."})
+    task_id = Text("The task id, where a body puts it at the top level (sunoapi.org's MIDI).")
+    taskId = Text("The task id, top-level spelling.")  # noqa: N815
+
+
+def task_id_of(loaded: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    """The task id of a loaded envelope, wherever it was; ``ValidationError`` when nowhere."""
+    task_id = data.get("task_id") or data.get("taskId") or loaded["task_id"] or loaded["taskId"]
+    if not task_id:
+        raise ValidationError({"data": {"task_id": ["Missing task id."]}})
+    return str(task_id)
+
+
+def common_fields(
+    loaded: Mapping[str, Any], original: Mapping[str, Any], data: Mapping[str, Any], stage: str
+) -> dict[str, Any]:
+    """The fields every event has (:class:`~flask_musiccallback.events.FamilyEvent`), read from
+    a loaded envelope; ``original`` is the body as received, kept as ``raw``."""
+    return {
+        "task_id": task_id_of(loaded, data),
+        "stage": stage,
+        "code": loaded["code"],
+        "msg": loaded["msg"] or "",
+        "raw": MappingProxyType(original) if isinstance(original, dict) else original,
+        "received_at": datetime.now(timezone.utc),
+    }
+
+
+def data_of(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The body's ``data`` when it is an object, else an empty mapping: for ``detect``, which
+    runs before validation on anything that parsed as JSON."""
+    data = body.get("data")
+    return data if isinstance(data, dict) else _EMPTY
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def has_any(data: Mapping[str, Any], keys: tuple[str, ...]) -> bool:
+    """Whether ``data`` has one of ``keys``, whatever its value (a failure sends them ``null``)."""
+    return any(key in data for key in keys)

@@ -1,0 +1,132 @@
+"""The WAV conversion family: one lossless file made from a generated track.
+
+A success carries the file's link, which sunoapi.org spells ``audioWavUrl``, kie.ai's Chinese
+docs ``audio_wav_url``, and one integrator saw under ``response.audioWavUrl`` (PROVIDER.md
+section 4); a failure carries the key set to ``null``. Any of the spellings names the family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
+
+from ..events import FamilyEvent
+from ..signals import wav_converted, wav_failed
+from .base import FAILED, Family
+from .envelope import SUCCESS_CODE, DataSchema, EnvelopeSchema, Text, common_fields, data_of
+from .examples import envelope_example, media_url, task_id_key
+from .records import BY_CONTENT, record_reader
+
+WAV_NAME = "wav"
+COMPLETE = "complete"
+
+#: The keys a WAV link arrives under, any of which names the family.
+WAV_KEYS = ("audioWavUrl", "audio_wav_url")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WavEvent(FamilyEvent):
+    """A WAV conversion's callback: ``wav_url`` on success, ``None`` on failure."""
+
+    family: ClassVar[str] = WAV_NAME
+
+    wav_url: str | None
+
+
+class _WavResponseSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    audioWavUrl = Text("The WAV link, where one integrator saw it.")  # noqa: N815
+
+
+class WavDataSchema(DataSchema):
+    audioWavUrl = Text("The WAV file's link (sunoapi.org); `null` on failure.")  # noqa: N815
+    audio_wav_url = Text("The WAV file's link, as kie.ai's Chinese docs spell it.")
+    response = fields.Nested(_WavResponseSchema, load_default=None, allow_none=True)
+
+
+class WavSchema(EnvelopeSchema):
+    """A WAV conversion callback, loaded into a :class:`WavEvent`."""
+
+    data = fields.Nested(WavDataSchema, load_default=None, allow_none=True)
+
+    @post_load(pass_original=True)
+    def make_event(
+        self, loaded: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
+    ) -> WavEvent:
+        data: dict[str, Any] = loaded["data"] or {}
+        response: dict[str, Any] = data.get("response") or {}
+        url = data.get("audioWavUrl") or data.get("audio_wav_url") or response.get("audioWavUrl")
+        if loaded["code"] != SUCCESS_CODE:
+            return WavEvent(**common_fields(loaded, original, data, FAILED), wav_url=url)
+        if url is None:
+            raise ValidationError({"data": {"audioWavUrl": ["A success without its WAV link."]}})
+        return WavEvent(**common_fields(loaded, original, data, COMPLETE), wav_url=url)
+
+
+wav_schema = WavSchema()
+
+
+def is_wav(body: Mapping[str, Any]) -> bool:
+    """A WAV link's key, at ``data`` or at ``data.response``."""
+    data = data_of(body)
+    if any(key in data for key in WAV_KEYS):
+        return True
+    response = data.get("response")
+    return isinstance(response, dict) and "audioWavUrl" in response
+
+
+def _success_data(response: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    url = response.get("audioWavUrl") or data.get("audioWavUrl")
+    if not url:
+        raise ValidationError("The record holds no WAV link.")
+    return {"audioWavUrl": url}
+
+
+def example(
+    stage: str,
+    *,
+    task_id: str,
+    code: int | None = None,
+    msg: str | None = None,
+    reseller: str = "sunoapi",
+    count: int = 1,
+) -> dict[str, Any]:
+    """A WAV callback as each reseller sends it."""
+    key = "audio_wav_url" if reseller == "kie" else "audioWavUrl"
+    url = media_url(task_id, "wav") if stage == COMPLETE else None
+    return envelope_example(
+        stage,
+        {task_id_key(reseller): task_id, key: url},
+        code=code,
+        msg=msg,
+        success="success",
+        failure="Internal Error - Please try again later",
+    )
+
+
+WAV = Family(
+    name=WAV_NAME,
+    schema=wav_schema,
+    load=wav_schema.load,
+    signals=MappingProxyType({COMPLETE: wav_converted, FAILED: wav_failed}),
+    detect=is_wav,
+    record_path="/api/v1/wav/record-info",
+    read_record=record_reader(
+        {
+            "PENDING": None,
+            "SUCCESS": COMPLETE,
+            "CREATE_TASK_FAILED": FAILED,
+            "GENERATE_WAV_FAILED": FAILED,
+            "CALLBACK_EXCEPTION": BY_CONTENT,
+        },
+        _success_data,
+        failure_data={"audioWavUrl": None},
+    ),
+    example=example,
+)
