@@ -24,6 +24,8 @@ from flask.cli import AppGroup
 
 from .config import ConfigurationError
 from .dispatch.replay import Replayed, replay
+from .families import MUSIC_NAME
+from .families.examples import RESELLERS
 from .simulate import build_callback, callback_credentials, post_callback
 from .state import get_state
 from .stores.base import (
@@ -129,11 +131,25 @@ def _over_http(app: Flask, url: str) -> Callable[[Mapping[str, Any]], Answer]:
 
 @musiccallback.command("simulate")
 @click.option(
+    "--family",
+    default=MUSIC_NAME,
+    show_default=True,
+    help="The family of the callbacks: music, lyrics, wav, stems, midi, video, cover, voice.",
+)
+@click.option(
     "--stage",
     "stages",
     multiple=True,
-    type=click.Choice(["text", "first", "complete", "failed", "error"]),
-    help="A stage to send; repeat for several, in order.  [default: text, first, complete]",
+    help="A stage of the family to send (music: text, first, complete, failed; most others: "
+    "complete, failed; voice also phrase); repeat for several, in order.  "
+    "[default: music: text, first, complete; others: complete]",
+)
+@click.option(
+    "--reseller",
+    type=click.Choice(RESELLERS),
+    default=RESELLERS[0],
+    show_default=True,
+    help="Whose spelling of the keys to send: sunoapi.org's or kie.ai's.",
 )
 @click.option("--task-id", help="The task id of the callbacks.  [default: a new one]")
 @click.option(
@@ -141,7 +157,7 @@ def _over_http(app: Flask, url: str) -> Callable[[Mapping[str, Any]], Answer]:
     type=click.IntRange(0, 50),
     default=2,
     show_default=True,
-    help="Tracks in first and complete callbacks.",
+    help="Results in a success: tracks of first and complete callbacks, lyrics, images.",
 )
 @click.option(
     "--code",
@@ -150,7 +166,13 @@ def _over_http(app: Flask, url: str) -> Callable[[Mapping[str, Any]], Answer]:
 )
 @click.option("--url", help="Post over HTTP to this URL instead of the app's own endpoint.")
 def simulate_command(
-    stages: tuple[str, ...], task_id: str | None, tracks: int, code: int | None, url: str | None
+    family: str,
+    stages: tuple[str, ...],
+    reseller: str,
+    task_id: str | None,
+    tracks: int,
+    code: int | None,
+    url: str | None,
 ) -> None:
     """Send realistic callbacks, tokened and signed as the configuration requires.
 
@@ -158,13 +180,30 @@ def simulate_command(
     deduplication and receivers. Prints each answer; exits 1 if any was refused.
     """
     app = _app()
+    try:
+        kind = get_state(app).extension.families.named(family)
+    except LookupError as exc:
+        raise click.BadParameter(str(exc), param_hint="--family") from None
+    if kind.example is None:
+        raise click.BadParameter(
+            f"the {family} family has no example bodies", param_hint="--family"
+        )
+    allowed = (*kind.stages, "error") if kind.name == MUSIC_NAME else kind.stages
+    for stage in stages:
+        if stage not in allowed:
+            choices = ", ".join(allowed)
+            raise click.BadParameter(f"{stage!r} is not one of {choices}", param_hint="--stage")
     task_id = task_id or f"sim-{uuid.uuid4().hex[:16]}"
     send = _over_http(app, url) if url else _in_process(app)
-    click.echo(f"Task {task_id} -> {url or 'the app in-process'}")
+    click.echo(f"Task {task_id} ({family}) -> {url or 'the app in-process'}")
     refused = False
-    for stage in stages or DEFAULT_STAGES:
-        status, body = send(build_callback(stage, task_id=task_id, tracks=tracks, code=code))
-        click.echo(f"{stage:<9} {status} {body.strip()}")
+    default = DEFAULT_STAGES if kind.name == MUSIC_NAME else (kind.stages[0],)
+    for stage in stages or default:
+        body = build_callback(
+            stage, family=kind, task_id=task_id, tracks=tracks, code=code, reseller=reseller
+        )
+        status, answer = send(body)
+        click.echo(f"{stage:<9} {status} {answer.strip()}")
         refused |= status >= 400
     if refused:
         raise CommandError("the endpoint did not accept every callback")
@@ -180,11 +219,18 @@ def _describe(result: PollResult) -> str:
         return f"{what} already dispatched (duplicate)"
     if result.outcome is Outcome.RETRY:
         return f"{what} receivers failed; polling again retries them"
-    return f"{what} dispatched ({len(result.event.tracks)} tracks)"
+    tracks = getattr(result.event, "tracks", None)  # the music family's events only
+    return f"{what} dispatched" + ("" if tracks is None else f" ({len(tracks)} tracks)")
 
 
 @musiccallback.command("poll")
 @click.argument("task_id")
+@click.option(
+    "--family",
+    default=MUSIC_NAME,
+    show_default=True,
+    help="The task's family, whose record endpoint is asked.",
+)
 @click.option("--watch", is_flag=True, help="Poll until the task ends, showing each new status.")
 @click.option(
     "--interval",
@@ -200,16 +246,20 @@ def _describe(result: PollResult) -> str:
     show_default=True,
     help="Seconds after which --watch gives up.",
 )
-def poll_command(task_id: str, watch: bool, interval: float, timeout: float) -> None:
-    """Fetch TASK_ID from the provider's record-info endpoint and dispatch what is new.
+def poll_command(task_id: str, family: str, watch: bool, interval: float, timeout: float) -> None:
+    """Fetch TASK_ID from its family's record endpoint and dispatch what is new.
 
     Uses MUSICCALLBACK_API_KEY and MUSICCALLBACK_API_BASE_URL. Stages already delivered by a
     callback (or an earlier poll) are not dispatched again.
     """
     from .dispatch import Outcome
-    from .poll import PollError, WatchTimeout, poll_task, watch_task
+    from .poll import PollError, WatchTimeout, poll_task, pollable, watch_task
 
     app = _app()
+    try:
+        pollable(app, family)
+    except LookupError as exc:
+        raise click.BadParameter(str(exc), param_hint="--family") from None
     shown: list[tuple[str, bool]] = []
 
     def show(result: PollResult) -> None:
@@ -225,10 +275,16 @@ def poll_command(task_id: str, watch: bool, interval: float, timeout: float) -> 
     try:
         if watch:
             watch_task(
-                app, task_id, interval=interval, timeout=timeout, on_result=show, on_retry=warn
+                app,
+                task_id,
+                family=family,
+                interval=interval,
+                timeout=timeout,
+                on_result=show,
+                on_retry=warn,
             )
             return
-        result = poll_task(app, task_id)
+        result = poll_task(app, task_id, family=family)
     except WatchTimeout as exc:
         raise PollTimeoutError(str(exc)) from None
     except PollError as exc:
@@ -349,11 +405,17 @@ def show_command(delivery_id: str) -> None:
     type=click.FloatRange(min=0),
     help="With --failed or --pending: only deliveries unchanged for this many seconds (for cron).",
 )
+@click.option(
+    "--unreadable",
+    is_flag=True,
+    help="Every body kept because no family read it, read again with the families installed now.",
+)
 @click.option("--force", is_flag=True, help="Take finished deliveries and live claims too.")
 def replay_command(
     delivery_ids: tuple[str, ...],
     failed: bool,
     pending: bool,
+    unreadable: bool,
     seconds: float | None,
     force: bool,
 ) -> None:
@@ -364,8 +426,10 @@ def replay_command(
     published to the workers ("queued"). Exits with status 1 when any delivery was not found,
     could not be dispatched, or failed again.
     """
-    if not (delivery_ids or failed or pending):
-        raise click.UsageError("Name deliveries by ID, or give --failed or --pending.")
+    if not (delivery_ids or failed or pending or unreadable):
+        raise click.UsageError(
+            "Name deliveries by ID, or give --failed, --pending or --unreadable."
+        )
     _persistent_store()
     older_than = None if seconds is None else timedelta(seconds=seconds)
     with _store_errors():
@@ -374,6 +438,7 @@ def replay_command(
             delivery_ids,
             failed=failed,
             pending=pending,
+            unreadable=unreadable,
             force=force,
             older_than=older_than,
             wait=True,
@@ -386,6 +451,8 @@ def replay_command(
         sys.exit(1)
 
 
+#: Results that make ``replay`` exit 1. A body still unreadable is not one: it stays kept, and
+#: ``replay --unreadable`` in a cron job must not fail for each body no family reads yet.
 _REPLAY_FAILURES = (Replayed.FAILED, Replayed.NOT_FOUND, Replayed.INVALID)
 
 

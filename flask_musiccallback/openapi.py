@@ -1,10 +1,11 @@
 """The OpenAPI 3.1 document of an app's callback endpoint, generated from the schemas that parse it.
 
-The request body comes from :mod:`.schemas` through apispec's marshmallow plugin, so the document
-cannot drift from what the endpoint accepts; what marshmallow cannot say (the camelCase aliases the
-``pre_load`` hook folds, the two forms of ``createTime``) is added here, next to the generation.
-The security schemes, the responses and the server follow the app's settings: the document states
-what this app answers, never a secret. Nothing here runs on the request path.
+The request body comes from every registered family's schema (:mod:`.families`) through
+apispec's marshmallow plugin, so the document cannot drift from what the endpoint accepts; what
+marshmallow cannot say (the camelCase aliases the music ``pre_load`` hook folds, the two forms of
+``createTime``) is added here, next to the generation. The security schemes, the responses and
+the server follow the app's settings: the document states what this app answers, never a secret.
+Nothing here runs on the request path.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from flask import Flask
 from marshmallow import Schema, fields, validate
 
 from .config import Settings
+from .families import FAMILY_ARG, MUSIC, Families, Family
 from .redact import TOKEN_PARAM
-from .schemas import TRACK_ALIASES, CallbackSchema, Timestamp
+from .schemas import TRACK_ALIASES, Timestamp
 from .state import get_state
 from .verify import SIGNATURE_HEADER, TIMESTAMP_HEADER, Refusal
 
@@ -55,8 +57,11 @@ class AcceptedAnswerSchema(Schema):
 
     status = fields.String(
         required=True,
-        validate=validate.OneOf(["received", "duplicate"]),
-        metadata={"description": "`received` for a new delivery, `duplicate` for a repeat."},
+        validate=validate.OneOf(["received", "duplicate", "kept"]),
+        metadata={
+            "description": "`received` for a new delivery, `duplicate` for a repeat, `kept` for "
+            "an authenticated body no family reads (kept to be read again after an upgrade)."
+        },
     )
 
 
@@ -159,10 +164,13 @@ def _responses(settings: Settings) -> dict[str, Any]:
     refused = {
         Refusal.UNAUTHORIZED: bool(settings.tokens or settings.hmac_keys),
         Refusal.FORBIDDEN: bool(settings.allowed_networks),
+        # Behind a source check, a body no family reads is kept (200), never refused.
+        Refusal.INVALID_PAYLOAD: not settings.secured,
     }
+    kept = " or kept (a body no family reads)" if settings.secured else ""
     responses: dict[str, Any] = {
         "200": {
-            "description": "Handled (or queued), or a duplicate: the provider must not retry.",
+            "description": f"Handled (or queued), a duplicate{kept}: the provider must not retry.",
             "content": _json(
                 {"$ref": "#/components/schemas/AcceptedAnswer"}, {"status": "received"}
             ),
@@ -191,8 +199,10 @@ def _responses(settings: Settings) -> dict[str, Any]:
     return responses
 
 
-def _add_aliases(document: dict[str, Any]) -> None:
+def _add_aliases(document: dict[str, Any], music: str) -> None:
     """Document each camelCase alias of a track field as a property of its own."""
+    if music != _schema_name(MUSIC):
+        return  # an extension whose default family is not the music one
     properties = document["components"]["schemas"]["Track"]["properties"]
     for alias, target in TRACK_ALIASES.items():
         if alias in properties or target not in properties:
@@ -202,8 +212,26 @@ def _add_aliases(document: dict[str, Any]) -> None:
         properties[alias] = prop
 
 
-def build_document(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI document for an app configured with ``settings``."""
+def _schema_name(family: Family) -> str:
+    return f"{family.name.title().replace('_', '').replace('-', '')}Callback"
+
+
+def _family_parameter(families: Families) -> dict[str, Any]:
+    names = sorted(family.name for family in families)
+    return {
+        "name": FAMILY_ARG,
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": names},
+        "description": "The family the task's callbacks belong to, as "
+        "`callback_url(family=...)` puts it: the body is read by that family whatever it looks "
+        "like. Without it, the body's keys decide, then the family the task was registered with "
+        "(`expect`), and a failure nothing places is read as music.",
+    }
+
+
+def build_document(settings: Settings, families: Families) -> dict[str, Any]:
+    """The OpenAPI document for an app configured with ``settings`` reading ``families``."""
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Music generation callback",
@@ -219,7 +247,20 @@ def build_document(settings: Settings) -> dict[str, Any]:
         **({"servers": [{"url": settings.external_url}]} if settings.external_url else {}),
     )
     plugin.converter.add_attribute_function(_timestamp_property)  # type: ignore[union-attr]
-    spec.components.schema("Callback", schema=CallbackSchema)
+    bodies = []
+    for family in families:
+        name = _schema_name(family)
+        spec.components.schema(name, schema=family.schema)
+        bodies.append({"$ref": f"#/components/schemas/{name}"})
+    spec.components.schema(
+        "Callback",
+        component={
+            "anyOf": bodies,
+            "description": "One callback of any family: "
+            + ", ".join(family.name for family in families)
+            + ".",
+        },
+    )
     spec.components.schema("AcceptedAnswer", schema=AcceptedAnswerSchema)
     spec.components.schema("RejectedAnswer", schema=RejectedAnswerSchema)
     spec.components.schema("RetryAnswer", schema=RetryAnswerSchema)
@@ -227,7 +268,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
     path, parameters = _path(settings.url_rule)
     operation: dict[str, Any] = {
         "operationId": OPERATION_ID,
-        "summary": "Receive one callback of a music generation task",
+        "summary": "Receive one callback of a music generation task, of any family",
         "requestBody": {
             "required": True,
             "description": f"One JSON object in UTF-8, at most {settings.max_content_length} "
@@ -241,14 +282,14 @@ def build_document(settings: Settings) -> dict[str, Any]:
     }
     if settings.allowed_networks:
         operation["description"] = "Only callers inside the configured IP allow-list are served."
-    if parameters:
-        operation["parameters"] = parameters
+    operation["parameters"] = [*parameters, _family_parameter(families)]
     spec.path(path=path, operations={"post": operation})
     document = spec.to_dict()
-    _add_aliases(document)
+    _add_aliases(document, _schema_name(families.default))
     return document
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:
     """The OpenAPI document of ``app``'s endpoint, as a JSON-ready dict."""
-    return build_document(get_state(app).settings)
+    state = get_state(app)
+    return build_document(state.settings, state.extension.families)

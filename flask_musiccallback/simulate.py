@@ -107,20 +107,21 @@ def post_callback(
     client: FlaskClient | None = None,
     authenticate: bool = True,
     headers: Mapping[str, str] | None = None,
+    query: Mapping[str, str] | None = None,
 ) -> TestResponse:
     """Post ``payload`` to ``app``'s own endpoint in this process, as the provider would.
 
     Through Flask's test client rather than a socket, so ``simulate`` needs no server running, and
     yet every check, the deduplication and the receivers run as for real traffic. The answer comes
     as soon as the endpoint gives it: under ``thread`` dispatch the receivers may still be running.
-    ``authenticate=False`` sends no token and no signature, as a stranger would; ``headers`` are
-    added last and win.
+    ``authenticate=False`` sends no token and no signature, as a stranger would; ``headers`` and
+    ``query`` (``{"family": "lyrics"}``, as a family's callback URL has it) are added last and win.
     """
     credentials = callback_credentials(app, payload) if authenticate else Credentials()
     client = client if client is not None else app.test_client()
     return client.post(
         get_state(app).settings.url_rule,
-        query_string=dict(credentials.query),
+        query_string={**credentials.query, **(query or {})},
         json=dict(payload),
         headers={**credentials.headers, **(headers or {})},
         environ_base={"REMOTE_ADDR": credentials.remote_addr},

@@ -17,6 +17,7 @@ from flask import Flask
 
 from . import signals as _signals
 from .events import Stage
+from .families import FAMILY_ARG, MUSIC_NAME
 from .simulate import (
     SIMULATED_MEDIA_HOST,
     Credentials,
@@ -95,10 +96,13 @@ class CallbackClient:
         self,
         payload_or_stage: Mapping[str, Any] | Stage | str = "complete",
         *,
+        family: str = MUSIC_NAME,
         task_id: str | None = None,
         tracks: int = 2,
         code: int | None = None,
         msg: str | None = None,
+        reseller: str = "sunoapi",
+        family_in_url: bool = False,
         authenticate: bool = True,
         headers: Mapping[str, str] | None = None,
     ) -> TestResponse:
@@ -110,18 +114,33 @@ class CallbackClient:
         A test of the answer alone, or of its timing, posts with
         :func:`~flask_musiccallback.simulate.post_callback`.
 
-        ``payload_or_stage`` is a whole body, or a stage given to :func:`build_callback` with
-        ``task_id``, ``tracks``, ``code`` and ``msg``. ``authenticate=False`` sends it with no
-        token and no signature, as a stranger would; ``headers`` are added last and win.
+        ``payload_or_stage`` is a whole body, or a stage of ``family`` (any family registered on
+        the app's extension) given to :func:`build_callback` with ``task_id``, ``tracks``,
+        ``code``, ``msg`` and ``reseller``. ``family_in_url`` posts to the callback URL that
+        names the family, as ``music.callback_url(family=...)`` gives it. ``authenticate=False``
+        sends it with no token and no signature, as a stranger would; ``headers`` are added last
+        and win.
         """
         if isinstance(payload_or_stage, Mapping):
             payload = dict(payload_or_stage)
         else:
+            kind = get_state(self.app).extension.families.named(family)
             payload = build_callback(
-                payload_or_stage, task_id=task_id, tracks=tracks, code=code, msg=msg
+                payload_or_stage,
+                family=kind,
+                task_id=task_id,
+                tracks=tracks,
+                code=code,
+                msg=msg,
+                reseller=reseller,
             )
         response = post_callback(
-            self.app, payload, client=self.client, authenticate=authenticate, headers=headers
+            self.app,
+            payload,
+            client=self.client,
+            authenticate=authenticate,
+            headers=headers,
+            query={FAMILY_ARG: family} if family_in_url else None,
         )
         if not get_state(self.app).dispatcher.wait_idle(self.timeout):
             raise TimeoutError(

@@ -14,7 +14,7 @@ returns. What a receiver does depends on the task id's first word:
 - ``stuck-...`` hangs on its first attempt (until the worker is killed);
 - anything else just records.
 
-The host also reads a family of its own (the WAV family of :mod:`tests.wav_family`), which its
+The host also reads a family of its own (the KARAOKE family of :mod:`tests.karaoke_family`), which its
 workers must find by name on their own extension.
 """
 
@@ -33,7 +33,7 @@ from flask_musiccallback import CallbackEvent, MusicCallback, all_tracks_generat
 from flask_musiccallback.state import get_state
 from flask_musiccallback.stores.base import KeptDelivery, PersistentStore
 
-from .wav_family import WAV, WavEvent, wav_ready
+from .karaoke_family import KARAOKE, KaraokeEvent, karaoke_ready
 
 TOKEN = "celery-host-token"
 URL = f"/music-callback?token={TOKEN}"
@@ -67,11 +67,11 @@ def create_app(broker_url: str, records_url: str, **config: Any) -> Flask:
     )
     app.config.update(config)
     music = MusicCallback(app)
-    music.families.register(WAV)
+    music.families.register(KARAOKE)
     celery_init_app(app)
     all_tracks_generated.connect(record, sender=app)
     task_failed.connect(record, sender=app)
-    wav_ready.connect(record, sender=app)
+    karaoke_ready.connect(record, sender=app)
     return app
 
 
@@ -103,7 +103,7 @@ def kept(app: Flask, task_id: str, state: str, timeout: float = 20) -> KeptDeliv
         time.sleep(0.05)
 
 
-def record(sender: Flask, event: CallbackEvent | WavEvent, **extra: Any) -> None:
+def record(sender: Flask, event: CallbackEvent | KaraokeEvent, **extra: Any) -> None:
     """Note this attempt in Redis, then behave as the task id says."""
     attempt = {
         "task_id": event.task_id,

@@ -29,7 +29,7 @@ from .conftest import URL as PLAIN_URL
 from .conftest import AppFactory
 from .servers import free_port
 from .servers_redis import celery_worker, redis_server
-from .wav_family import wav_payload
+from .karaoke_family import karaoke_payload
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +96,10 @@ def test_the_failure_stage_reaches_its_signal_in_the_worker(web: Flask) -> None:
 
 def test_the_worker_reads_a_family_registered_on_the_hosts_extension(web: Flask) -> None:
     task_id = task("ok")
-    assert post(web, wav_payload(task_id)) == (200, {"status": "received"})
+    assert post(web, karaoke_payload(task_id)) == (200, {"status": "received"})
     [seen] = attempts(web, task_id, 1)
     assert seen["stage"] == "complete"
-    assert kept(web, task_id, "done").stage == "wav:complete"
+    assert kept(web, task_id, "done").stage == "karaoke:complete"
 
 
 def test_a_redelivery_is_a_duplicate_and_runs_nothing(web: Flask) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError
 
+from ..families.base import Unreadable
 from ..state import get_state
 from ..stores.base import (
     DeliveryState,
@@ -30,7 +31,8 @@ from ..stores.base import (
     utcnow,
 )
 from ..stores.owners import owner_is_dead
-from .job import Job, NotQueued, process
+from ..unreadable import FAMILY_HEADER, expected_family
+from .job import Job, NotQueued, Outcome, deliver, process
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -53,6 +55,8 @@ class Replayed(str, enum.Enum):
     NOT_FOUND = "not_found"
     #: The kept payload no longer loads; the delivery is marked failed with the reason.
     INVALID = "invalid"
+    #: A body kept as unreadable that no family installed now reads either; it stays kept.
+    UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ def replay(
     *,
     failed: bool = False,
     pending: bool = False,
+    unreadable: bool = False,
     force: bool = False,
     older_than: timedelta | None = None,
     limit: int | None = None,
@@ -85,6 +90,10 @@ def replay(
     claims (use it when you know better than the lease). Deliveries are dispatched oldest first,
     so a task's stages replay in the order they came.
 
+    ``unreadable`` reads every body kept as unreadable again, with the families installed now
+    (an id of one does the same): one that now reads is delivered as a new callback would be,
+    deduplication included, and its unreadable copy deleted; the others stay kept.
+
     Under ``thread`` and ``celery`` dispatch the results are :attr:`Replayed.QUEUED`; ``wait``
     waits until this process's pool is idle (every job of it, not only these) and reports how the
     deliveries it ran ended. Celery's workers are not waited for.
@@ -93,6 +102,8 @@ def replay(
     store = require_persistent(state.store)
     chosen: dict[str, KeptDelivery | None] = dict.fromkeys(ids)
     selections: list[Iterable[KeptDelivery]] = []
+    if unreadable:
+        selections.append(reversed(store.list(status="unreadable", limit=None)))
     if failed:
         cutoff = None if older_than is None else utcnow() - older_than
         oldest_first = reversed(store.list(status="failed", limit=None))
@@ -130,6 +141,8 @@ def _replay_one(
     kept = kept if kept is not None else store.get(delivery_id)
     if kept is None:
         return ReplayResult(delivery_id, Replayed.NOT_FOUND, "no such delivery")
+    if kept.state is DeliveryState.UNREADABLE:
+        return _reread(app, state, store, kept)
     dispatcher = state.dispatcher
     dead = kept.owner if kept.in_flight and owner_is_dead(kept.owner) else None
     taken = store.reclaim(delivery_id, force=force, abandoned_by=dead, queued=dispatcher.queued)
@@ -138,8 +151,12 @@ def _replay_one(
         why = f"{current.state}" + (f", held by {current.owner}" if current.in_flight else "")
         return ReplayResult(delivery_id, Replayed.SKIPPED, why + "; --force takes it", current)
     try:
-        family = state.extension.families.reading(taken.payload)
+        family = state.extension.families.keyed(taken.stage)
         event = family.reload(taken.payload, taken.received_at)
+    except LookupError as exc:
+        error = f"the kept delivery's family is not registered here: {exc}"
+        store.fail(taken.held(), error)
+        return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
     except ValidationError as exc:
         error = f"the kept payload no longer loads: {exc.messages}"
         store.fail(taken.held(), error)
@@ -160,6 +177,38 @@ def _replay_one(
         detail = f"not dispatched ({exc}); it stays pending, held for a lease"
         return ReplayResult(delivery_id, Replayed.FAILED, detail, taken)
     return ReplayResult(delivery_id, Replayed.QUEUED, f"attempt {taken.attempts}", taken)
+
+
+def _reread(
+    app: Flask, state: MusicCallbackState, store: PersistentStore, kept: KeptDelivery
+) -> ReplayResult:
+    """Read a body kept as unreadable again, routed as the endpoint routed it, and deliver it
+    under its family's key if it reads now.
+
+    Through :func:`~.job.deliver`, as a callback: the claim deduplicates it against what a poll
+    or a later callback delivered meanwhile. Once the body has its own delivery (done, queued, a
+    duplicate, or failed and kept for ``replay --failed``), the unreadable copy is deleted.
+    """
+    named = kept.headers.get(FAMILY_HEADER)
+    try:
+        family, _ = state.extension.families.read(
+            kept.payload, named=named, expected=expected_family(state, kept.payload)
+        )
+    except Unreadable as exc:
+        detail = f"still no family reads it: {exc.errors}"
+        return ReplayResult(kept.id, Replayed.UNREADABLE, detail, kept)
+    event = family.reload(kept.payload, kept.received_at)
+    delivery = family.delivery(event, kept.payload, kept.headers)
+    outcome = deliver(app, state, family, event, delivery)
+    store.delete(kept.id)
+    read_as = f"read as {family.name} {event.stage}"
+    if outcome is Outcome.DUPLICATE:
+        return ReplayResult(kept.id, Replayed.SKIPPED, f"{read_as}: a duplicate", kept)
+    if outcome is Outcome.RETRY:
+        return ReplayResult(kept.id, Replayed.FAILED, f"{read_as}: a receiver failed", kept)
+    if state.dispatcher.queued:
+        return ReplayResult(kept.id, Replayed.QUEUED, read_as, kept)
+    return ReplayResult(kept.id, Replayed.DONE, read_as, kept)
 
 
 def _settled(store: PersistentStore, result: ReplayResult) -> ReplayResult:
