@@ -27,27 +27,39 @@ does, and never need Flask. docs/store-contract.md says what each method must do
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from .stores.base import (
+    MAX_STAGE_LENGTH,
+    MAX_TASK_ID_LENGTH,
+    UNREADABLE_PREFIX,
     ClaimResult,
     Delivery,
     DeliveryState,
     KeptDelivery,
     PersistentStore,
     Store,
+    unreadable_stage,
     utcnow,
 )
+from .stores.tasks import TaskState
 
-__all__ = ["PersistentStoreContract", "StoreContract", "StoreFactory", "delivery"]
+__all__ = [
+    "PersistentStoreContract",
+    "StoreContract",
+    "StoreFactory",
+    "delivery",
+    "unreadable_delivery",
+]
 
 #: ``make_store(ttl=..., lease=...)``: a new store on an empty backend.
 StoreFactory = Callable[..., Store]
@@ -69,6 +81,37 @@ def delivery(stage: str = "complete", *, task_id: str | None = None, owner: str 
         superseded_by=_SUPERSEDED_BY.get(stage),
         owner=owner,
     )
+
+
+def unreadable_delivery(*, task_id: str | None = None, owner: str = "a") -> Delivery:
+    """A body no family reads (of a task of its own unless ``task_id`` is given), keyed as the
+    endpoint keys it for :meth:`PersistentStore.keep_unreadable`."""
+    task_id = task_id or f"contract-{uuid.uuid4().hex}"
+    payload = {"code": 200, "msg": "ok", "data": {"callbackType": "mystery", "task_id": task_id}}
+    body = json.dumps(payload, separators=(",", ":"))
+    return Delivery(
+        task_id=task_id,
+        stage=unreadable_stage(body.encode()),
+        payload=payload,
+        received_at=utcnow(),
+        headers={"User-Agent": "flask-musiccallback contract"},
+        body=body,
+        owner=owner,
+    )
+
+
+def _longest_task_id() -> str:
+    """A task id of its own, as long as every store must take, in characters that are not
+    bytes."""
+    return uuid.uuid4().hex.ljust(MAX_TASK_ID_LENGTH, "é")
+
+
+#: How far a store's clock (its server's, for some) may be from this process's.
+_CLOCK_SLACK = timedelta(seconds=60)
+
+
+def _about_now(moment: datetime | None, before: datetime) -> bool:
+    return moment is not None and before - _CLOCK_SLACK <= moment <= utcnow() + _CLOCK_SLACK
 
 
 class StoreContract:
@@ -206,6 +249,45 @@ class StoreContract:
         store.complete(claimed)
         time.sleep(1.2)
         assert store.claim(replace(claimed, owner="b")) is ClaimResult.CLAIMED
+
+    def test_an_expected_task_is_open_with_its_family_and_nothing_heard_of_yet(
+        self, store: Store
+    ) -> None:
+        task_id, before = f"contract-{uuid.uuid4().hex}", utcnow()
+        store.expect(task_id, "lyrics")
+        task = store.task(task_id)
+        assert task is not None
+        assert (task.task_id, task.family, task.state) == (task_id, "lyrics", TaskState.OPEN)
+        assert (dict(task.stages), task.polls) == ({}, 0)
+        assert _about_now(task.expected_at, before), task.expected_at
+        assert _about_now(task.updated_at, before), task.updated_at
+
+    def test_a_task_expected_again_takes_the_new_family_and_keeps_when_it_was_expected(
+        self, store: Store
+    ) -> None:
+        task_id = f"contract-{uuid.uuid4().hex}"
+        store.expect(task_id, "music")
+        first = store.task(task_id)
+        time.sleep(0.01)
+        store.expect(task_id, "wav")
+        again = store.task(task_id)
+        assert first is not None
+        assert again is not None
+        assert (again.family, again.state, again.polls) == ("wav", TaskState.OPEN, 0)
+        assert again.expected_at == first.expected_at
+        assert again.updated_at >= first.updated_at
+
+    def test_a_task_never_expected_is_none(self, store: Store) -> None:
+        store.expect(f"contract-{uuid.uuid4().hex}", "music")
+        assert store.task(f"contract-{uuid.uuid4().hex}") is None
+
+    def test_a_task_id_of_the_longest_length_is_expected(self, store: Store) -> None:
+        task_id = _longest_task_id()
+        store.expect(task_id, "stems")
+        task = store.task(task_id)
+        assert task is not None
+        assert (task.task_id, task.family) == (task_id, "stems")
+        assert store.task(task_id[:-1]) is None, "the whole id is the key"
 
 
 class PersistentStoreContract(StoreContract):
@@ -355,6 +437,117 @@ class PersistentStoreContract(StoreContract):
         for unknown in ("no-such-delivery", "987654321"):
             assert store.get(unknown) is None
             assert store.reclaim(unknown, force=True) is None
+
+    def test_an_unreadable_body_is_kept_held_by_nobody_with_its_error(
+        self, store: PersistentStore
+    ) -> None:
+        body = unreadable_delivery()
+        assert store.keep_unreadable(body, "data.callbackType: not a known stage")
+        kept = _kept(store, body)
+        assert (kept.task_id, kept.stage) == (body.task_id, body.stage)
+        assert (kept.state, kept.attempts) == (DeliveryState.UNREADABLE, 1)
+        assert kept.last_error == "data.callbackType: not a known stage"
+        assert (kept.owner, kept.lease_expires_at, kept.released) == (None, None, False)
+        assert kept.payload == body.payload
+        assert dict(kept.headers) == dict(body.headers)
+        assert store.get(kept.id) == kept
+
+    def test_the_same_unreadable_body_again_is_kept_once_and_left_as_it_was(
+        self, store: PersistentStore
+    ) -> None:
+        body = unreadable_delivery()
+        assert store.keep_unreadable(body, "the first error")
+        first = _kept(store, body)
+        again = replace(body, owner="b", received_at=utcnow())
+        assert not store.keep_unreadable(again, "another error")
+        assert _kept(store, body) == first
+
+    def test_unreadable_bodies_are_listed_by_their_status_and_no_other(
+        self, store: PersistentStore
+    ) -> None:
+        body, done, running = unreadable_delivery(), delivery(), delivery()
+        store.keep_unreadable(body, "unreadable")
+        store.claim(done)
+        store.complete(done)
+        store.claim(running)
+        assert _tasks(store.list(status="unreadable")) == {body.task_id}
+        for status in ("pending", "done", "failed"):
+            assert body.task_id not in _tasks(store.list(status=status)), status
+        assert body.task_id in _tasks(store.list())
+
+    def test_an_unreadable_body_is_never_pending_nor_reclaimed_even_by_force(
+        self, store: PersistentStore
+    ) -> None:
+        body = unreadable_delivery()
+        store.keep_unreadable(body, "unreadable")
+        kept_id = _kept(store, body).id
+        time.sleep(0.01)
+        assert store.pending(timedelta(0)) == []
+        assert store.reclaim(kept_id) is None
+        assert store.reclaim(kept_id, abandoned_by="") is None
+        assert store.reclaim(kept_id, force=True) is None
+        assert store.reclaim(kept_id, force=True, queued=True) is None
+        still = _kept(store, body)
+        assert (still.state, still.attempts, still.owner) == (DeliveryState.UNREADABLE, 1, None)
+
+    def test_keeping_an_unreadable_body_leaves_the_tasks_claims_alone(
+        self, store: PersistentStore
+    ) -> None:
+        claimed = delivery(owner="owner-a")
+        store.claim(claimed)
+        body = unreadable_delivery(task_id=claimed.task_id)
+        assert store.keep_unreadable(body, "unreadable")
+        assert store.claim(replace(claimed, owner="owner-b")) is ClaimResult.IN_PROGRESS
+        store.complete(claimed)
+        assert store.claim(replace(claimed, owner="owner-b")) is ClaimResult.DUPLICATE
+        other = delivery("failed", task_id=claimed.task_id)
+        assert store.claim(other) is ClaimResult.CLAIMED
+        states = {kept.stage: kept.state for kept in store.list(task_id=claimed.task_id)}
+        assert states == {
+            "complete": DeliveryState.DONE,
+            "failed": DeliveryState.PROCESSING,
+            body.stage: DeliveryState.UNREADABLE,
+        }
+
+    def test_an_unreadable_body_is_pruned_once_old(self, store: PersistentStore) -> None:
+        body = unreadable_delivery()
+        store.keep_unreadable(body, "unreadable")
+        kept_id = _kept(store, body).id
+        assert store.prune(timedelta(hours=1)) == 0
+        time.sleep(0.01)
+        assert store.prune(timedelta(0)) == 1
+        assert store.get(kept_id) is None
+        assert store.keep_unreadable(body, "unreadable"), "pruned, it is kept anew"
+
+    def test_delete_forgets_one_kept_delivery_and_says_whether_there_was_one(
+        self, store: PersistentStore
+    ) -> None:
+        body, done = unreadable_delivery(), delivery()
+        store.keep_unreadable(body, "unreadable")
+        store.claim(done)
+        store.complete(done)
+        kept_id = _kept(store, body).id
+
+        assert store.delete(kept_id)
+        assert store.get(kept_id) is None
+        assert store.list(status="unreadable") == []
+        assert not store.delete(kept_id), "deleted already"
+        assert _kept(store, done).state is DeliveryState.DONE, "the others stay"
+        assert store.keep_unreadable(body, "unreadable"), "deleted, it is kept anew"
+        for unknown in ("no-such-delivery", "987654321"):
+            assert not store.delete(unknown)
+
+    def test_an_unreadable_body_of_the_longest_task_id_and_stage_is_kept(
+        self, store: PersistentStore
+    ) -> None:
+        body = unreadable_delivery(task_id=_longest_task_id())
+        assert len(body.stage) <= MAX_STAGE_LENGTH, "the endpoint's key fits"
+        longest = replace(body, stage=body.stage.ljust(MAX_STAGE_LENGTH, "f"))
+        for kept in (body, longest):
+            assert store.keep_unreadable(kept, "unreadable")
+            [found] = [k for k in store.list(task_id=kept.task_id) if k.stage == kept.stage]
+            assert store.get(found.id) == found
+            assert found.stage.startswith(UNREADABLE_PREFIX)
 
 
 def _kept(store: PersistentStore, claimed: Delivery) -> KeptDelivery:

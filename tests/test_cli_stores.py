@@ -14,6 +14,7 @@ from flask import Flask
 
 import flask_musiccallback
 from flask_musiccallback import all_tracks_generated, text_generated
+from flask_musiccallback.contract import unreadable_delivery
 from flask_musiccallback.stores.base import DeliveryState
 from flask_musiccallback.testing import build_callback, record_signals
 
@@ -98,6 +99,23 @@ def test_show_prints_state_attempts_error_headers_and_raw_payload(app: Flask) ->
     assert "Content-Type: application/json" in result.output
     assert '"task_id": "shown"' in result.output
     assert payload["data"]["data"][0]["audio_url"] in result.output
+
+
+def test_unreadable_bodies_are_listed_by_their_status_and_shown(app: Flask) -> None:
+    post(app, build_callback("complete", task_id="readable"))
+    body = unreadable_delivery(task_id="mystery")
+    persistent_store(app).keep_unreadable(body, "data.callbackType: Not a known stage.")
+
+    listed = run(app, "list", "--status", "unreadable")
+    assert listed.exit_code == 0, listed.output
+    [_header, row] = listed.output.splitlines()
+    assert row.split()[1:4] == ["unreadable", "mystery", body.stage]
+    assert "mystery" not in run(app, "list", "--status", "done").output
+    shown = run(app, "show", row.split()[0])
+    assert shown.exit_code == 0, shown.output
+    assert "state:       unreadable\n" in shown.output
+    assert "last error:  data.callbackType: Not a known stage." in shown.output
+    assert '"callbackType": "mystery"' in shown.output
 
 
 def test_show_of_an_unknown_delivery_exits_1(app: Flask) -> None:

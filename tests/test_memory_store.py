@@ -111,3 +111,31 @@ def test_concurrent_claims_of_one_key_grant_exactly_one() -> None:
         thread.join()
     assert results.count(ClaimResult.CLAIMED) == 1
     assert results.count(ClaimResult.IN_PROGRESS) == 15
+
+
+def test_tasks_are_forgotten_after_the_ttl() -> None:
+    store = MemoryStore(ttl=1)
+    store.expect("t", "music")
+    time.sleep(1.05)
+    assert store.task("t") is None
+
+
+def test_tasks_are_bounded_dropping_the_least_recently_expected() -> None:
+    store = MemoryStore(ttl=3600, max_entries=50)
+    store.expect("first", "music")
+    for index in range(1000):
+        store.expect(str(index), "music")
+        store.expect("first", "lyrics")
+    assert store.task("0") is None
+    assert store.task("999") is not None
+    assert store.task("first") is not None, "expected again, it is the newest"
+
+
+def test_deliveries_never_push_tasks_out() -> None:
+    store = MemoryStore(ttl=3600, max_entries=10)
+    store.expect("t", "wav")
+    for index in range(100):
+        store.claim(delivery(task_id=str(index)))
+    task = store.task("t")
+    assert task is not None
+    assert task.family == "wav"

@@ -8,8 +8,9 @@ from datetime import datetime, timezone
 
 import redis
 
+from flask_musiccallback.contract import unreadable_delivery
 from flask_musiccallback.stores.base import ClaimResult, Delivery, DeliveryState
-from flask_musiccallback.stores.redis import RedisStore
+from flask_musiccallback.stores.redis import RedisStore, delivery_id
 from flask_musiccallback.stores.registry import store_from_url
 from flask_musiccallback.testing import build_callback
 
@@ -92,6 +93,51 @@ def test_only_deliveries_in_flight_are_in_the_in_flight_index(redis_url: str) ->
     assert {kept.task_id for kept in pending} == {"running", "waiting"}
     store.complete(running)
     assert [kept.task_id for kept in store.list(status="pending")] == ["waiting"]
+
+
+def test_an_unreadable_body_has_an_index_of_its_own_and_no_claim(redis_url: str) -> None:
+    store = store_from_url(redis_url + "?prefix=unread:", ttl=600)
+    assert isinstance(store, RedisStore)
+    done = delivery("done")
+    store.claim(done)
+    store.complete(done)
+    body = unreadable_delivery(task_id="mystery")
+    store.keep_unreadable(body, "no family reads it")
+    key_id = delivery_id(body.task_id, body.stage)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.zrange("unread:index:unreadable", 0, -1) == [key_id]
+    assert client.zcard("unread:index:inflight") == 0
+    assert client.zcard("unread:index") == 2
+    assert not client.exists(f"unread:claim:{key_id}")
+    assert 0 < client.ttl(f"unread:delivery:{key_id}") <= 600
+
+    assert store.delete(key_id)
+    assert client.zcard("unread:index:unreadable") == 0
+    assert client.zrange("unread:index", 0, -1) == ["done/complete"]
+
+
+def test_a_task_is_a_hash_expiring_with_the_ttl_from_when_it_was_last_expected(
+    redis_url: str,
+) -> None:
+    store = store_from_url(redis_url + "?prefix=tasks:", ttl=600)
+    store.expect("t1", "lyrics")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.hget("tasks:task:t1", "family") == "lyrics"
+    assert 0 < client.ttl("tasks:task:t1") <= 600
+    client.expire("tasks:task:t1", 5)
+    store.expect("t1", "music")
+    assert client.ttl("tasks:task:t1") > 5
+
+
+def test_the_stages_of_a_task_are_fields_of_its_hash(redis_url: str) -> None:
+    """The form reconciliation writes them in: ``HSETNX stage:<name> <µs>``, the first time."""
+    store = store_from_url(redis_url + "?prefix=stages:", ttl=600)
+    store.expect("t1", "music")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.hset("stages:task:t1", "stage:complete", "1748773323000001")
+    task = store.task("t1")
+    assert task is not None
+    assert dict(task.stages) == {"complete": datetime(2025, 6, 1, 10, 22, 3, 1, timezone.utc)}
 
 
 def test_a_server_that_lost_the_scripts_is_sent_them_again(redis_url: str) -> None:

@@ -16,8 +16,10 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_musiccallback import MusicCallback, StoreError
+from flask_musiccallback.contract import unreadable_delivery
 from flask_musiccallback.stores.base import ClaimResult, Delivery
-from flask_musiccallback.stores.sqlalchemy import DEFAULT_TABLE, SQLAlchemyStore
+from flask_musiccallback.stores.sqlalchemy import DEFAULT_TABLE, SQLAlchemyStore, table_items
+from flask_musiccallback.stores.sqlalchemy.tasks import DEFAULT_TASKS_TABLE, tasks_table_name
 from flask_musiccallback.testing import build_callback
 
 from .backends import sqlite_url
@@ -25,6 +27,7 @@ from .conftest import URL, AppFactory
 from .servers import PostgresServer
 
 TABLE = DEFAULT_TABLE
+TASKS = DEFAULT_TASKS_TABLE
 
 
 def host_app(database_url: str, **config: Any) -> Flask:
@@ -55,10 +58,10 @@ def test_the_table_joins_db_metadata_when_flask_sqlalchemy_comes_first(tmp_path:
     app = host_app(sqlite_url(tmp_path))
     db = SQLAlchemy(app)
     MusicCallback(app)
-    assert TABLE in db.metadata.tables
+    assert {TABLE, TASKS} <= set(db.metadata.tables)
     with app.app_context():
         db.create_all()
-    assert TABLE in tables(app, db)
+    assert {TABLE, TASKS} <= set(tables(app, db))
     assert deliver(app) == (200, {"status": "received"})
 
 
@@ -67,9 +70,9 @@ def test_the_table_joins_db_metadata_when_the_extension_comes_first(tmp_path: Pa
     MusicCallback(app)
     db = SQLAlchemy(app)
     with app.app_context():
-        assert TABLE in db.metadata.tables
+        assert {TABLE, TASKS} <= set(db.metadata.tables)
         db.create_all()
-    assert TABLE in tables(app, db)
+    assert {TABLE, TASKS} <= set(tables(app, db))
     assert deliver(app) == (200, {"status": "received"})
 
 
@@ -84,7 +87,7 @@ def test_a_bind_key_puts_the_table_in_that_binds_database(tmp_path: Path) -> Non
     assert "received_callbacks" in db.metadatas["callbacks"].tables
     with app.app_context():
         db.create_all()
-    assert tables(app, db, "callbacks") == ["received_callbacks"]
+    assert tables(app, db, "callbacks") == ["received_callbacks", "received_callbacks_tasks"]
     assert tables(app, db) == []
     assert deliver(app) == (200, {"status": "received"})
 
@@ -223,7 +226,8 @@ def test_its_own_engine_creates_its_table_in_the_instance_folder_for_a_relative_
     MusicCallback(app)
     assert deliver(app) == (200, {"status": "received"})
     database = tmp_path / "instance" / "cb.db"
-    assert sa.inspect(sa.create_engine(f"sqlite:///{database}")).get_table_names() == ["d"]
+    created = sa.inspect(sa.create_engine(f"sqlite:///{database}")).get_table_names()
+    assert created == ["d", "d_tasks"]
 
 
 def test_an_in_memory_sqlite_database_is_refused_at_start_up(make_app: AppFactory) -> None:
@@ -273,6 +277,88 @@ def test_stores_starting_together_on_a_fresh_database_create_the_table_once(
         store.close()
     assert results == [ClaimResult.CLAIMED] * len(stores)
 
+
+def test_the_tasks_table_is_named_after_the_deliveries_table() -> None:
+    assert tasks_table_name(DEFAULT_TABLE) == TASKS == "musiccallback_tasks"
+    assert tasks_table_name("shop_deliveries") == "shop_tasks"
+    assert tasks_table_name("received_callbacks") == "received_callbacks_tasks"
+
+
+def test_the_tasks_table_has_room_for_reconciliation_and_an_index_on_state_and_time(
+    tmp_path: Path,
+) -> None:
+    store = SQLAlchemyStore(sqlite_url(tmp_path), ttl=60)
+    store.expect("t", "music")
+    store.close()
+    inspector = sa.inspect(sa.create_engine(sqlite_url(tmp_path)))
+    columns = {column["name"]: column for column in inspector.get_columns(TASKS)}
+    assert list(columns) == [
+        "task_id", "family", "state", "stages", "expected_at", "polls", "next_poll_at",
+        "owner", "lease_expires_at", "created_at", "updated_at",
+    ]  # fmt: skip
+    assert inspector.get_pk_constraint(TASKS)["constrained_columns"] == ["task_id"]
+    nullable = {name for name, column in columns.items() if column["nullable"]}
+    assert nullable == {"expected_at", "next_poll_at", "owner", "lease_expires_at"}
+    indexes = {tuple(index["column_names"]) for index in inspector.get_indexes(TASKS)}
+    assert ("state", "updated_at") in indexes
+
+
+def test_a_database_made_before_the_tasks_table_gets_it_on_first_use(tmp_path: Path) -> None:
+    engine = sa.create_engine(sqlite_url(tmp_path))
+    sa.Table(TABLE, sa.MetaData(), *table_items(TABLE)).create(engine)
+    engine.dispose()
+    store = SQLAlchemyStore(sqlite_url(tmp_path), ttl=60)
+    store.expect("t", "lyrics")
+    task = store.task("t")
+    store.close()
+    assert task is not None
+    assert task.family == "lyrics"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_expecting_a_task_is_one_upsert_statement(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgresql_url")
+    engine = sa.create_engine(url)
+    store = SQLAlchemyStore(engine=engine, ttl=60)
+    store.expect("t", "music")  # creates the tables first
+    sent: list[str] = []
+    sa.event.listen(
+        engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: sent.append(sql)
+    )
+    try:
+        store.expect("t", "lyrics")
+        task = store.task("t")
+    finally:
+        engine.dispose()
+    assert task is not None
+    assert task.family == "lyrics"
+    [upsert, _select] = sent
+    assert "ON CONFLICT (task_id) DO UPDATE" in upsert
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_unreadable_body_kept_on_the_driver_reads_back_as_one_kept_through_sqlalchemy(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgresql_url")
+    engine = sa.create_engine(url)
+    on_driver = SQLAlchemyStore(url, ttl=3600, table_name="on_driver")
+    through_sqlalchemy = SQLAlchemyStore(engine=engine, ttl=3600, table_name="through_sqlalchemy")
+    body = unreadable_delivery(task_id="task-ü-🎵")
+    try:
+        for store in (on_driver, through_sqlalchemy):
+            assert store.keep_unreadable(body, "data: Fehler ⚡")
+            assert not store.keep_unreadable(body, "data: Fehler ⚡")
+        stored = {
+            table: _stored(engine, table) for table in ("on_driver", "through_sqlalchemy")
+        }
+    finally:
+        on_driver.close()
+        engine.dispose()
+    assert stored["on_driver"] == stored["through_sqlalchemy"]
+    assert json.loads(stored["on_driver"][1]) == body.payload
 
 
 def test_its_own_sqlite_file_uses_write_ahead_logging(make_app: AppFactory, tmp_path: Path) -> None:

@@ -25,12 +25,18 @@ from flask_musiccallback import (
     Store,
     StoreUnavailable,
 )
-from flask_musiccallback.contract import PersistentStoreContract, StoreFactory, delivery
+from flask_musiccallback.contract import (
+    PersistentStoreContract,
+    StoreFactory,
+    delivery,
+    unreadable_delivery,
+)
 from flask_musiccallback.dispatch.replay import Replayed
 from flask_musiccallback.dispatch.sweep import sweep
 from flask_musiccallback.families import MUSIC
 from flask_musiccallback.stores.base import STATUS_STATES, utcnow
 from flask_musiccallback.stores.owners import claim_owner
+from flask_musiccallback.stores.tasks import TaskRecord, TaskState
 from flask_musiccallback.testing import build_callback
 
 from .backends import child_env
@@ -40,12 +46,14 @@ _IN_FLIGHT = STATUS_STATES["pending"]
 
 
 class DictStore(PersistentStore):
-    """Every delivery in one dictionary; each step of the contract one critical section."""
+    """Every delivery and every task in a dictionary; each step of the contract one critical
+    section."""
 
     def __init__(self, *, ttl: int, lease: int = 300) -> None:
         super().__init__(ttl=ttl, lease=lease)
         self._lock = threading.Lock()
         self._rows: dict[tuple[str, str], KeptDelivery] = {}
+        self._tasks: dict[str, TaskRecord] = {}
         self._ids = itertools.count(1)
 
     # -- the claim and its settling ----------------------------------------------------------
@@ -125,6 +133,46 @@ class DictStore(PersistentStore):
                     hold=None,
                 )
 
+    def keep_unreadable(self, delivery: Delivery, error: str) -> bool:
+        now = utcnow()
+        with self._lock:
+            key = (delivery.task_id, delivery.stage)
+            if key in self._rows:
+                return False
+            self._rows[key] = KeptDelivery(
+                id=str(next(self._ids)),
+                task_id=delivery.task_id,
+                stage=delivery.stage,
+                state=DeliveryState.UNREADABLE,
+                payload=delivery.payload,
+                headers=delivery.headers,
+                attempts=1,
+                last_error=error,
+                released=False,
+                owner=None,
+                lease_expires_at=None,
+                received_at=delivery.received_at,
+                created_at=now,
+                updated_at=now,
+            )
+            return True
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def expect(self, task_id: str, family: str) -> None:
+        now = utcnow()
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                task = TaskRecord(task_id, family, TaskState.OPEN, {}, now, now, 0)
+            self._tasks[task_id] = replace(
+                task, family=family, expected_at=task.expected_at or now, updated_at=now
+            )
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        with self._lock:
+            return self._tasks.get(task_id)
+
     # -- what the command line, replay and the sweep use --------------------------------------
 
     def list(
@@ -138,7 +186,15 @@ class DictStore(PersistentStore):
 
     def get(self, delivery_id: str) -> KeptDelivery | None:
         with self._lock:
-            return next((row for row in self._rows.values() if row.id == delivery_id), None)
+            return self._by_id(delivery_id)
+
+    def delete(self, delivery_id: str) -> bool:
+        with self._lock:
+            row = self._by_id(delivery_id)
+            if row is None:
+                return False
+            del self._rows[(row.task_id, row.stage)]
+            return True
 
     def pending(self, older_than: timedelta, limit: int | None = None) -> Sequence[KeptDelivery]:
         cutoff = utcnow() - older_than
@@ -168,8 +224,8 @@ class DictStore(PersistentStore):
     ) -> KeptDelivery | None:
         now = utcnow()
         with self._lock:
-            row = next((row for row in self._rows.values() if row.id == delivery_id), None)
-            if row is None:
+            row = self._by_id(delivery_id)
+            if row is None or row.state is DeliveryState.UNREADABLE:
                 return None
             free = not _leased(row, now) or (abandoned_by is not None and row.owner == abandoned_by)
             failed = row.state is DeliveryState.FAILED
@@ -193,6 +249,9 @@ class DictStore(PersistentStore):
         if row is None or row.updated_at < now - timedelta(seconds=self.ttl):
             return None
         return row
+
+    def _by_id(self, delivery_id: str) -> KeptDelivery | None:
+        return next((row for row in self._rows.values() if row.id == delivery_id), None)
 
     def _takeable(self, row: KeptDelivery, now: datetime) -> bool:
         released = row.state is DeliveryState.FAILED and row.released
@@ -280,6 +339,26 @@ def test_a_backend_error_leaves_a_third_party_store_as_store_unavailable() -> No
         DownStore(ttl=60).claim(delivery())
     assert raised.value.reached
     assert isinstance(raised.value.__cause__, ConnectionRefusedError)
+
+
+@pytest.mark.parametrize(
+    ("method", "arguments"),
+    [
+        ("expect", ("task", "music")),
+        ("task", ("task",)),
+        ("keep_unreadable", (unreadable_delivery(), "unreadable")),
+        ("delete", ("1",)),
+    ],
+)
+def test_tasks_and_unreadable_bodies_leave_a_backend_error_as_store_unavailable(
+    method: str, arguments: tuple[object, ...]
+) -> None:
+    def down(self: DictStore, *arguments: object) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    store_class = type("DownStore", (DownStore,), {method: down})
+    with pytest.raises(StoreUnavailable, match="ConnectionRefusedError"):
+        getattr(store_class(ttl=60), method)(*arguments)
 
 
 def test_a_store_cannot_say_it_is_persistent_without_subclassing_persistent_store() -> None:

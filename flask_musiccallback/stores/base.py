@@ -13,6 +13,10 @@ backend did it, the connection broke before saying so) is recognised as done by 
 when it is sent again, instead of being refused as somebody else's; and a step of an owner that
 lost its claim (its lease ran out, a replay took the delivery over) changes nothing.
 
+Besides deliveries, every store records the tasks the host submitted (:meth:`Store.expect`,
+:mod:`.tasks`), and a persistent store keeps the authenticated bodies no callback family could
+read (:meth:`PersistentStore.keep_unreadable`), so that they can be read again later.
+
 A store class never imports the view: the endpoint, polling and replay all talk to it through this
 interface only.
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import json
 import math
 from abc import ABC, abstractmethod
@@ -39,6 +44,7 @@ from urllib.parse import parse_qs
 
 from ..redact import redact_url, redact_url_secrets
 from .owners import claim_owner
+from .tasks import TaskRecord
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -56,6 +62,12 @@ DEFAULT_TIMEOUT = 3.0
 
 #: The longest task id every store can key a delivery by (the SQL store's column holds 255).
 MAX_TASK_ID_LENGTH = 255
+
+#: The longest stage every store can key a delivery by (the SQL store's column holds 64).
+MAX_STAGE_LENGTH = 64
+
+#: How the stage of a kept unreadable body starts (:func:`unreadable_stage`).
+UNREADABLE_PREFIX = "unreadable:"
 
 #: The longest error text a persistent store keeps with a delivery.
 MAX_ERROR_LENGTH = 4000
@@ -132,8 +144,8 @@ class NotReached(Exception):  # noqa: N818 - says what happened, as StoreUnavail
 
 #: The methods of the contract whose backend errors are translated at the boundary.
 _BOUNDARY = frozenset(
-    {"claim", "start", "defer", "complete", "release", "fail"}
-    | {"list", "get", "prune", "reclaim", "pending"}
+    {"claim", "start", "defer", "complete", "release", "fail", "expect", "task"}
+    | {"list", "get", "prune", "reclaim", "pending", "keep_unreadable", "delete"}
 )
 
 
@@ -271,6 +283,20 @@ class Store(ABC):
         """Record that receivers failed on a delivery held by ``delivery.owner`` that was
         acknowledged anyway."""
 
+    @abstractmethod
+    def expect(self, task_id: str, family: str) -> None:
+        """Record that the host submitted ``task_id`` as ``family``, in one atomic step.
+
+        A new task is ``open``, expected now. Expected again, it takes the family given (the host
+        knows best) and keeps the time it was first expected, its state and its stages: the host
+        may call it on every submission's answer, retries included. Every store records tasks,
+        the memory store too, because a callback whose body names no family is routed by them.
+        """
+
+    @abstractmethod
+    def task(self, task_id: str) -> TaskRecord | None:
+        """The task as recorded, or ``None`` when it never was (or was forgotten)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, empty by design
         """Release connections; called when the host shuts the extension down."""
 
@@ -286,6 +312,9 @@ class DeliveryState(str, enum.Enum):
     DONE = "done"
     #: A receiver failed: released for a redelivery (``retry``) or acknowledged (``ack``).
     FAILED = "failed"
+    #: An authenticated body no callback family could read, kept to be read again later
+    #: (:meth:`PersistentStore.keep_unreadable`); it is never claimed, only read and deleted.
+    UNREADABLE = "unreadable"
 
     def __str__(self) -> str:
         return self.value
@@ -297,7 +326,17 @@ STATUS_STATES: Mapping[str, tuple[DeliveryState, ...]] = {
     "pending": (DeliveryState.PENDING, DeliveryState.PROCESSING),
     "done": (DeliveryState.DONE,),
     "failed": (DeliveryState.FAILED,),
+    "unreadable": (DeliveryState.UNREADABLE,),
 }
+
+
+def unreadable_stage(body: bytes) -> str:
+    """The stage that keys a kept unreadable body, with its task id (or a placeholder).
+
+    Derived from the body alone, so that the provider's redelivery of the same body finds it
+    kept already; a 40-digit digest leaves the whole within :data:`MAX_STAGE_LENGTH`.
+    """
+    return UNREADABLE_PREFIX + hashlib.blake2b(body, digest_size=20).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,8 +428,8 @@ class PersistentStore(Store):
     ) -> Sequence[KeptDelivery]:
         """Kept deliveries, most recently changed first.
 
-        ``status`` is ``pending``, ``done`` or ``failed`` (see :data:`STATUS_STATES`); ``limit``
-        ``None`` lists them all.
+        ``status`` is ``pending``, ``done``, ``failed`` or ``unreadable`` (see
+        :data:`STATUS_STATES`); ``limit`` ``None`` lists them all.
         """
 
     @abstractmethod
@@ -411,7 +450,30 @@ class PersistentStore(Store):
     def prune(self, older_than: timedelta) -> int:
         """Delete deliveries unchanged for ``older_than``, except claims still held; say how many.
 
-        Once pruned, a redelivery of the same task and stage is processed again.
+        Once pruned, a redelivery of the same task and stage is processed again (and an
+        unreadable body kept again).
+        """
+
+    @abstractmethod
+    def keep_unreadable(self, delivery: Delivery, error: str) -> bool:
+        """Keep an authenticated body that no family could read, ``unreadable``, with ``error``
+        (why it could not be read); ``False`` when its key is kept already.
+
+        The caller keys it: ``delivery.task_id`` is the task id found in the body, or a
+        placeholder, and ``delivery.stage`` is :func:`unreadable_stage` of the body. It is kept
+        as a claim's delivery is (payload, headers, ``received_at``, one attempt) but held by
+        nobody, with no lease, in one atomic step: a key kept already is left as it is, so the
+        provider's redelivery of the same body keeps it once. Nothing takes it over (no claim,
+        no sweep, no :meth:`reclaim`, even with ``force``): it is read again and then deleted
+        (:meth:`delete`), or pruned like a finished delivery.
+        """
+
+    @abstractmethod
+    def delete(self, delivery_id: str) -> bool:
+        """Forget one kept delivery by the id :meth:`list` shows; ``False`` if there was none.
+
+        For an unreadable body that now reads, once it was dispatched under its family's own key;
+        as after :meth:`prune`, a redelivery of the deleted key is not a duplicate.
         """
 
     @abstractmethod
@@ -429,7 +491,8 @@ class PersistentStore(Store):
         while its claim is still held by ``abandoned_by``, an owner known to be dead
         (:func:`~.owners.owner_is_dead`): the condition is checked in the same atomic step, so a
         claim that a live process took meanwhile is left alone. ``force`` takes any, done ones and
-        live claims included. The delivery is then processing (``pending`` with ``queued``, as after
+        live claims included, but never an unreadable body: no family's receivers can run it. The
+        delivery is then processing (``pending`` with ``queued``, as after
         ``claim(queued=True)``), held by a new owner (:func:`~.owners.claim_owner`, the returned
         delivery's ``owner``) with one more attempt, and is settled with ``complete``,
         ``release`` or ``fail`` of :meth:`KeptDelivery.held` as after :meth:`claim`.

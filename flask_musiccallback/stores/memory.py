@@ -8,6 +8,9 @@ Memory stays bounded by two limits: entries expire ``ttl`` seconds after their l
 oldest entries are dropped once there are more than ``max_entries``. Entries sit in an
 :class:`~collections.OrderedDict` in the order of their last change, which with one TTL is also the
 order in which they expire, so both limits are enforced by popping from the front: O(1) per claim.
+
+Tasks (:meth:`MemoryStore.expect`) are remembered the same way, in a dictionary of their own with
+the same two limits: a burst of deliveries never pushes out the tasks that route them.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from ..redact import redact_url
-from .base import ClaimResult, Delivery, Store, StoreError
+from .base import ClaimResult, Delivery, Store, StoreError, utcnow
+from .tasks import TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -29,13 +34,16 @@ if TYPE_CHECKING:
 DEFAULT_MAX_ENTRIES = 100_000
 
 _Key = tuple[str, str]
+_K = TypeVar("_K")
+_V = TypeVar("_V", bound="_Expiring")
 
 
 class MemoryStore(Store):
     """Per process, per app, bounded by ``ttl`` and ``max_entries``.
 
     With the ``ack`` policy a receiver failure is reported (``receiver_failed``, the log) but not
-    kept: there is nothing here to replay after a restart.
+    kept: there is nothing here to replay after a restart. Tasks are forgotten ``ttl`` seconds
+    after they were last expected, and beyond ``max_entries`` of them the oldest go first.
     """
 
     def __init__(self, *, ttl: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
@@ -45,6 +53,7 @@ class MemoryStore(Store):
         self.max_entries = max_entries
         self._lock = threading.Lock()
         self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
+        self._tasks: OrderedDict[str, _Task] = OrderedDict()
         self._serves_an_app = False
 
     @classmethod
@@ -76,7 +85,7 @@ class MemoryStore(Store):
         now = time.monotonic()
         entries = self._entries
         with self._lock:
-            self._evict(now)
+            _evict(entries, now)
             entry = entries.get(key)
             if entry is not None:
                 if entry.done:
@@ -91,8 +100,7 @@ class MemoryStore(Store):
                 if later is not None and later.done:
                     return ClaimResult.STALE
             entries[key] = _Entry(False, now + self.ttl, delivery.owner)
-            if len(entries) > self.max_entries:
-                entries.popitem(last=False)
+            self._bound(entries)
             return ClaimResult.CLAIMED
 
     def start(self, delivery: Delivery, owner: str) -> bool:
@@ -126,6 +134,41 @@ class MemoryStore(Store):
             self._entries[key] = _Entry(True, time.monotonic() + self.ttl, None)
             self._entries.move_to_end(key)
 
+    def expect(self, task_id: str, family: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            tasks = self._tasks
+            _evict(tasks, now)
+            moment = utcnow()
+            task = tasks.get(task_id)
+            if task is None:
+                tasks[task_id] = _Task(family, now + self.ttl, moment, moment)
+                self._bound(tasks)
+                return
+            task.family, task.expires_at, task.updated_at = family, now + self.ttl, moment
+            task.expected_at = task.expected_at or moment
+            tasks.move_to_end(task_id)
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.expires_at <= time.monotonic():
+                return None
+            return TaskRecord(
+                task_id=task_id,
+                family=task.family,
+                state=task.state,
+                stages=dict(task.stages),
+                expected_at=task.expected_at,
+                updated_at=task.updated_at,
+                polls=task.polls,
+            )
+
+    def _bound(self, entries: OrderedDict[_K, _V]) -> None:
+        """Drop the oldest entry past ``max_entries``; called with the lock, after one insert."""
+        if len(entries) > self.max_entries:
+            entries.popitem(last=False)
+
     def _held(self, delivery: Delivery, *owners: str) -> _Entry | None:
         """The delivery's entry while one of ``owners`` holds its claim; called with the lock."""
         entry = self._entries.get((delivery.task_id, delivery.stage))
@@ -133,14 +176,18 @@ class MemoryStore(Store):
             return None
         return entry
 
-    def _evict(self, now: float) -> None:
-        """Drop expired entries; they sit at the front because every change moves to the end."""
-        entries = self._entries
-        while entries:
-            key, entry = next(iter(entries.items()))
-            if entry.expires_at > now:
-                return
-            del entries[key]
+
+class _Expiring(Protocol):
+    expires_at: float
+
+
+def _evict(entries: OrderedDict[_K, _V], now: float) -> None:
+    """Drop expired entries; they sit at the front because every change moves to the end."""
+    while entries:
+        key, entry = next(iter(entries.items()))
+        if entry.expires_at > now:
+            return
+        del entries[key]
 
 
 @dataclass(slots=True)
@@ -153,3 +200,17 @@ class _Entry:
     expires_at: float
     #: Who holds the claim while it is not settled.
     owner: str | None
+
+
+@dataclass(slots=True)
+class _Task:
+    """What the store remembers of a task (:class:`~.tasks.TaskRecord`)."""
+
+    family: str
+    #: When it is forgotten, on the monotonic clock.
+    expires_at: float
+    expected_at: datetime | None
+    updated_at: datetime
+    state: TaskState = TaskState.OPEN
+    stages: dict[str, datetime] = field(default_factory=dict)
+    polls: int = 0

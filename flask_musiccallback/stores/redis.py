@@ -16,7 +16,16 @@ Per delivery, with ``ID`` = ``<task id>/<stage>`` (URL-quoted):
     A hash with the payload, headers, state, attempts, last error and timestamps, expiring ``ttl``
     seconds after its last change.
 ``<prefix>index``
-    A sorted set of IDs scored by their last change, for listing newest first and pruning.
+    A sorted set of IDs scored by their last change, for listing newest first and pruning;
+    ``<prefix>index:inflight`` and ``<prefix>index:unreadable`` hold those pending or processing
+    (for the sweep) and the unreadable bodies kept (for reading them again), so that neither reads
+    every delivery kept for the TTL.
+
+An unreadable body (:meth:`RedisStore.keep_unreadable`) has a hash and no claim: nothing claims it.
+
+Per task, ``<prefix>task:<task id>`` is a hash of its family, state, polls and times, with a field
+``stage:<stage>`` per stage heard of (the time it was first received, so a later one is an
+``HSETNX``), expiring ``ttl`` seconds after the task was last expected.
 
 Every transition is one Lua script, atomic in Redis, timed by the Redis server's clock; the claim
 takes a single round trip. All keys of one store live on one server: Redis Cluster is not
@@ -52,20 +61,28 @@ from .base import (
     unusable_url,
 )
 from .owners import claim_owner
+from .tasks import TaskRecord, TaskState
 
 DEFAULT_PREFIX = "musiccallback:"
 
 # Redis time in microseconds, shared by every script below: fine enough that two changes never
 # share a time, so listing by last change keeps their order. ``stamp`` formats a time exactly.
-# ``inflight`` indexes the deliveries pending or processing, beside the index of all of them
-# (KEYS[3]); it is derived from that key, which keeps every key of a store under one prefix.
-_NOW = """
+_CLOCK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function stamp(moment) return string.format('%.0f', moment) end
 local nowstamp = stamp(now)
-local inflight = KEYS[3] .. ':inflight'
 """
+
+# ``inflight`` indexes the deliveries pending or processing, ``unreadable`` the unreadable bodies,
+# beside the index of all of them (KEYS[3]); both are derived from that key, which keeps every key
+# of a store under one prefix.
+_INDEXES = """
+local inflight = KEYS[3] .. ':inflight'
+local unreadable = KEYS[3] .. ':unreadable'
+"""
+
+_NOW = _CLOCK + _INDEXES
 
 # KEYS: claim, delivery, index, claim of the superseding stage (or the claim again)
 # ARGV: owner, lease ms, ttl s, state, id, task id, stage, payload, headers, received µs, stale?
@@ -129,11 +146,12 @@ return 1
 # KEYS: claim, delivery, index
 # ARGV: owner, lease ms, ttl s, id, force ('1' | '0'), dead owner (or ''), state
 # Takes the claim for this owner, counting an attempt: a replay. Taken by this owner already,
-# it was this take, sent again after a lost answer.
+# it was this take, sent again after a lost answer. An unreadable body is never taken.
 _TAKE = (
     _NOW
     + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+if redis.call('HGET', KEYS[2], 'state') == 'unreadable' then return false end
 if redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then return redis.call('HGETALL', KEYS[2]) end
 if ARGV[5] ~= '1' then
   local held = redis.call('GET', KEYS[1])
@@ -195,17 +213,71 @@ return 1
 )
 
 # KEYS: claim, delivery, index
+# ARGV: id, ttl s, task id, stage, payload, headers, received µs, error
+# An unreadable body, kept unless its key is: held by nobody, and in no index a claim reads.
+_KEEP = (
+    _NOW
+    + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'id', ARGV[1], 'task_id', ARGV[3], 'stage', ARGV[4],
+  'state', 'unreadable', 'released', '0', 'owner', '', 'lease_expires_at', '', 'attempts', '1',
+  'last_error', ARGV[8], 'payload', ARGV[5], 'headers', ARGV[6], 'received_at', ARGV[7],
+  'created_at', nowstamp, 'updated_at', nowstamp)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local forgotten = stamp(now - ARGV[2] * 1000000)
+for _, index in ipairs({KEYS[3], unreadable}) do
+  redis.call('ZADD', index, nowstamp, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', forgotten)
+end
+return 1
+"""
+)
+
+# KEYS: claim, delivery, index
+# ARGV: id
+# Forgets a delivery: its claim, its hash, its place in every index; 1 if it was kept.
+_FORGET = (
+    _INDEXES
+    + """
+redis.call('DEL', KEYS[1])
+for _, index in ipairs({KEYS[3], inflight, unreadable}) do redis.call('ZREM', index, ARGV[1]) end
+return redis.call('DEL', KEYS[2])
+"""
+)
+
+# KEYS: claim, delivery, index
 # ARGV: id, cutoff µs
-_PRUNE = """
+# Forgets a delivery unchanged since the cutoff, unless a claim holds it.
+_PRUNE = (
+    """
 local updated = tonumber(redis.call('HGET', KEYS[2], 'updated_at'))
 if updated and updated >= tonumber(ARGV[2]) then return 0 end
 local held = redis.call('GET', KEYS[1])
 if held and held ~= 'done' and held ~= 'failed' then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[3] .. ':inflight', ARGV[1])
-return redis.call('DEL', KEYS[2])
 """
+    + _FORGET
+)
+
+# KEYS: task
+# ARGV: task id, family, ttl s
+# A task expected: created open, expected now; expected again, its family and time of change
+# only, so that a retried submission keeps when it was first expected.
+_EXPECT = (
+    _CLOCK
+    + """
+local new = {created_at = nowstamp, expected_at = nowstamp, state = 'open', polls = '0'}
+for field, value in pairs(new) do redis.call('HSETNX', KEYS[1], field, value) end
+redis.call('HSET', KEYS[1], 'task_id', ARGV[1], 'family', ARGV[2], 'updated_at', nowstamp)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+)
+
+#: How a task's hash names the field of each stage heard of.
+_STAGE_FIELD = "stage:"
+
+#: The index of its own each ``--status`` lists from (the scripts keep them), beside ``index``.
+_STATUS_INDEXES = {"pending": ":inflight", "unreadable": ":unreadable"}
 
 
 def delivery_id(task_id: str, stage: str) -> str:
@@ -220,10 +292,12 @@ def _micros(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def _moment(value: str | None) -> datetime | None:
-    if not value:
-        return None
+def _instant(value: str) -> datetime:
     return _EPOCH + timedelta(microseconds=int(value))
+
+
+def _moment(value: str | None) -> datetime | None:
+    return _instant(value) if value else None
 
 
 class RedisStore(PersistentStore):
@@ -250,6 +324,9 @@ class RedisStore(PersistentStore):
         self._start = client.register_script(_START)
         self._defer = client.register_script(_DEFER)
         self._prune = client.register_script(_PRUNE)
+        self._keep = client.register_script(_KEEP)
+        self._forget = client.register_script(_FORGET)
+        self._expect = client.register_script(_EXPECT)
 
     @classmethod
     def from_url(cls, url: str, *, ttl: int) -> RedisStore:
@@ -375,15 +452,60 @@ class RedisStore(PersistentStore):
             [outcome, delivery.owner, self.ttl, error[:MAX_ERROR_LENGTH], key_id],
         )
 
+    def keep_unreadable(self, delivery: Delivery, error: str) -> bool:
+        key_id = delivery_id(delivery.task_id, delivery.stage)
+        kept = self._call(
+            self._keep,
+            self._keys(key_id),
+            [
+                key_id,
+                self.ttl,
+                delivery.task_id,
+                delivery.stage,
+                delivery.payload_json(),
+                json.dumps(dict(delivery.headers), separators=(",", ":")),
+                _micros(delivery.received_at),
+                error[:MAX_ERROR_LENGTH],
+            ],
+        )
+        return bool(int(kept))
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def _task_key(self, task_id: str) -> str:
+        return f"{self.prefix}task:{task_id}"
+
+    def expect(self, task_id: str, family: str) -> None:
+        self._call(self._expect, [self._task_key(task_id)], [task_id, family, self.ttl])
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        kept = self.client.hgetall(self._task_key(task_id))
+        if not kept:
+            return None
+        fields = {_text(k): _text(v) for k, v in kept.items()}
+        return TaskRecord(
+            task_id=task_id,
+            family=fields["family"],
+            state=TaskState(fields["state"]),
+            stages={
+                name.removeprefix(_STAGE_FIELD): _instant(value)
+                for name, value in fields.items()
+                if name.startswith(_STAGE_FIELD)
+            },
+            expected_at=_moment(fields.get("expected_at")),
+            updated_at=_instant(fields["updated_at"]),
+            polls=int(fields.get("polls") or 0),
+        )
+
     # -- what the command line and replay use --------------------------------------------------
 
     def list(
         self, *, status: str | None = None, task_id: str | None = None, limit: int | None = 50
     ) -> Sequence[KeptDelivery]:
         states = None if status is None else STATUS_STATES[status]
-        # Pending deliveries have an index of their own, kept by the scripts, so that listing
-        # them reads what is in flight, not every delivery kept for the TTL.
-        index = f"{self.prefix}index" + (":inflight" if status == "pending" else "")
+        # Pending deliveries and unreadable bodies have indexes of their own, kept by the
+        # scripts, so that listing them reads those, not every delivery kept for the TTL.
+        index = f"{self.prefix}index" + _STATUS_INDEXES.get(status or "", "")
 
         def wanted(kept: KeptDelivery) -> bool:
             in_state = states is None or kept.state in states
@@ -453,6 +575,10 @@ class RedisStore(PersistentStore):
         if not fields:
             return None
         return _kept({_text(k): _text(v) for k, v in fields.items()})
+
+    def delete(self, delivery_id: str) -> bool:
+        deleted = self._call(self._forget, self._keys(delivery_id), [delivery_id])
+        return bool(int(deleted))
 
     def prune(self, older_than: timedelta) -> int:
         index = f"{self.prefix}index"

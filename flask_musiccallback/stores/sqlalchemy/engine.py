@@ -2,8 +2,8 @@
 
 The extension's own engine (:func:`create_engine`) is tuned for the request path: it
 autocommits, never waits longer than the store's timeout, and puts its own SQLite file in WAL
-mode; it creates its table
-(:func:`create_table`). A host's Flask-SQLAlchemy engine (:func:`host_engine`) is borrowed as it
+mode; it creates its tables
+(:func:`create_tables`). A host's Flask-SQLAlchemy engine (:func:`host_engine`) is borrowed as it
 is: its settings and its migrations are the host's.
 
 Apart from the store because none of this is about deliveries: it is what a connection is, and
@@ -137,8 +137,9 @@ def _has_psycopg3_only() -> bool:
     )
 
 
-def create_table(engine: Engine, table: sa.Table) -> None:
-    """Create the table if missing; safe when several processes start on a fresh database.
+def create_tables(engine: Engine, *tables: sa.Table) -> None:
+    """Create the tables that are missing; safe when several processes start on a fresh
+    database, and on a database made before a table was added (the tasks table).
 
     Two processes may both see no table and both create it: the loser's error is harmless once
     the table is there, so it is checked again before giving up, on the same connection: a
@@ -147,13 +148,14 @@ def create_table(engine: Engine, table: sa.Table) -> None:
     if engine.url.get_backend_name() == "sqlite" and engine.url.database:
         os.makedirs(os.path.dirname(os.path.abspath(engine.url.database)), exist_ok=True)
     with engine.connect() as connection:
-        try:
-            table.create(connection, checkfirst=True)
-            connection.commit()
-        except DBAPIError:
-            connection.rollback()
-            if not sa.inspect(connection).has_table(table.name):
-                raise
+        for table in tables:
+            try:
+                table.create(connection, checkfirst=True)
+                connection.commit()
+            except DBAPIError:
+                connection.rollback()
+                if not sa.inspect(connection).has_table(table.name):
+                    raise
 
 
 def host_engine(db: SQLAlchemy, app: Flask | None, bind_key: str | None) -> Engine:

@@ -1,10 +1,13 @@
-"""The request path's statements: the claim and the settlements, built once per store.
+"""The request path's statements: the claim, the settlements and the keeping of an unreadable
+body, built once per store.
 
 The claim is one atomic statement on SQLite and PostgreSQL: ``INSERT ... ON CONFLICT (task_id,
 stage) DO UPDATE ... WHERE`` the existing row may be taken (released after an error, a lease run
 out, remembered longer than the TTL). On other databases it is an ``INSERT`` and, on a unique
 violation, a conditional ``UPDATE``, which the database also runs atomically. The unique key on
-``(task_id, stage)`` decides; nothing is checked first and inserted after.
+``(task_id, stage)`` decides; nothing is checked first and inserted after. An unreadable body is
+kept the same way, by ``INSERT ... ON CONFLICT DO NOTHING`` (or an ``INSERT`` whose unique
+violation says it is kept already).
 
 Apart from the store because these statements are what a provider waits on: each is built once
 with bound parameters and run alone in autocommit, one round trip apiece, and this is the one
@@ -84,6 +87,9 @@ class Statements:
     take: Prebuilt
     #: Settles a claimed row: done, failed, or released.
     settle: Prebuilt
+    #: ``INSERT ... ON CONFLICT DO NOTHING``: keeps an unreadable body unless its key is kept
+    #: already; ``None`` where the dialect has no such insert (then it is ``insert``).
+    keep: Prebuilt | None
 
     @classmethod
     def build(
@@ -103,7 +109,7 @@ class Statements:
             for column in table.c
             if column.name != "id"
         }
-        claim = None
+        claim = keep = None
         if upsert:
             superseded_by = sa.bindparam("superseded_by", type_=table.c.stage.type)
             forgotten_before = sa.bindparam("forgotten_before", type_=sa.DateTime())
@@ -113,7 +119,16 @@ class Statements:
                 table.c.state == DeliveryState.DONE.value,
                 table.c.updated_at >= forgotten_before,
             )
-            insert = _dialect_insert(dialect.name, table).from_select(
+            keeping = (
+                dialect_insert(dialect.name, table)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=[table.c.task_id, table.c.stage])
+            )
+            if dialect.insert_returning:
+                # Said, or SQLAlchemy returns the id by itself and the row count is lost.
+                keeping = keeping.returning(table.c.id)
+            keep = prebuilt(keeping)
+            insert = dialect_insert(dialect.name, table).from_select(
                 list(values), sa.select(*values.values()).where(~stale)
             )
             taken = {name: insert.excluded[name] for name in TAKEN}
@@ -158,10 +173,12 @@ class Statements:
             insert=Prebuilt(sa.insert(table).values(values), None),
             take=Prebuilt(take, None),
             settle=prebuilt(settle),
+            keep=keep,
         )
 
 
-def _dialect_insert(dialect_name: str, table: sa.Table) -> Any:
+def dialect_insert(dialect_name: str, table: sa.Table) -> Any:
+    """The ``INSERT`` of a dialect with ``ON CONFLICT`` (SQLite's, PostgreSQL's)."""
     if dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 

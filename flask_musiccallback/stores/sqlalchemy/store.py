@@ -1,9 +1,9 @@
 """The store: claims, settlements and queries on the deliveries table, and how they are run.
 
-It holds what the other modules of this package are for: the table (:mod:`.table`), a
-connection to it (:mod:`.engine`), the request path's statements (:mod:`.statements`), and
-runs those on SQLAlchemy or on the driver (:mod:`.driver`); every retry and error translation
-is here, at the store's boundary.
+It holds what the other modules of this package are for: the tables (:mod:`.table`, and
+:mod:`.tasks` beside it), a connection to them (:mod:`.engine`), the request path's statements
+(:mod:`.statements`), and runs those on SQLAlchemy or on the driver (:mod:`.driver`); every
+retry and error translation is here, at the store's boundary.
 
 On the request path the claim (stale check included) and the completion are one statement each,
 built once and run in autocommit: one round trip apiece, each commit waiting for the disk.
@@ -43,11 +43,12 @@ from ..base import (
     timeout_from_url,
 )
 from ..owners import claim_owner
+from ..tasks import TaskRecord
 from ..watchdog import Watchdog
 from .engine import (
     STATEMENT_TIMEOUT,
     create_engine,
-    create_table,
+    create_tables,
     database_url,
     host_engine,
     shown,
@@ -66,6 +67,14 @@ from .table import (
     naive_now,
     table_items,
 )
+from .tasks import (
+    expect_upsert,
+    expected_again,
+    new_task,
+    task_items,
+    task_record,
+    tasks_table_name,
+)
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -77,11 +86,13 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class SQLAlchemyStore(PersistentStore):
-    """Deliveries kept in one table, claimed atomically by its unique ``(task_id, stage)`` key.
+    """Deliveries kept in one table, claimed atomically by its unique ``(task_id, stage)`` key,
+    and tasks in a second one named after it (:func:`.tasks.tasks_table_name`).
 
     Pass ``url`` (or ``engine``) for a database of the extension's own, ``db`` for a
     Flask-SQLAlchemy extension object, or nothing to use the app's Flask-SQLAlchemy ``db`` (what
-    ``sqlalchemy://`` means). With ``db`` or ``sqlalchemy://`` the table is the host's to create.
+    ``sqlalchemy://`` means). With ``db`` or ``sqlalchemy://`` the tables are the host's to
+    create.
     """
 
     #: Dialects whose claim is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``; others insert,
@@ -109,10 +120,11 @@ class SQLAlchemyStore(PersistentStore):
         if not _NAME.match(table_name):
             raise StoreError(f"Not a usable table name: {table_name!r}.")
         self.table_name = table_name
+        self.tasks_table_name = tasks_table_name(table_name)
         self.bind_key = bind_key
         self._url = database_url(url) if isinstance(url, str) else url
         self._engine = engine
-        #: Whether the table is the extension's to create (its own engine), not the host's.
+        #: Whether the tables are the extension's to create (its own engine), not the host's.
         self.creates_table = db is None and (url is not None or engine is not None)
         #: The Flask-SQLAlchemy object given in code; ``None`` looks up each app's own.
         self._given_db = db
@@ -124,8 +136,13 @@ class SQLAlchemyStore(PersistentStore):
         self._autocommits = self._url is not None
         self._built: Statements | None = None
         self._table: sa.Table | None = None
+        self._tasks_table: sa.Table | None = None
         if self.creates_table:
-            self._table = sa.Table(table_name, sa.MetaData(), *table_items(table_name))
+            metadata = sa.MetaData()
+            self._table = sa.Table(table_name, metadata, *table_items(table_name))
+            self._tasks_table = sa.Table(
+                self.tasks_table_name, metadata, *task_items(self.tasks_table_name)
+            )
         if db is not None:
             self._use_db(db)
 
@@ -158,7 +175,7 @@ class SQLAlchemyStore(PersistentStore):
         (which keeps an engine per app): this store serves the first app, and any other gets a
         new one alike, with its own engine and statements.
 
-        With ``sqlalchemy://`` the table joins ``db.metadata`` now if Flask-SQLAlchemy is already
+        With ``sqlalchemy://`` the tables join ``db.metadata`` now if Flask-SQLAlchemy is already
         set up on the app, or else when the app's first context is pushed, which comes before
         any ``db.create_all()``, migration command or request: either extension may be
         initialised first.
@@ -192,23 +209,32 @@ class SQLAlchemyStore(PersistentStore):
             appcontext_pushed.disconnect(self._find_db, sender=app)
 
     def _use_db(self, db: SQLAlchemy) -> None:
-        """Put the table in ``db``'s metadata for the bind, or reuse the one already there."""
+        """Put the tables in ``db``'s metadata for the bind, or reuse those already there."""
+        self._tasks_table = host_table(db, self.tasks_table_name, self.bind_key, task_items)
         self._table = host_table(db, self.table_name, self.bind_key)
         self._db = db
 
     @property
     def table(self) -> sa.Table:
         """The deliveries table; with ``sqlalchemy://``, known once Flask-SQLAlchemy is found."""
-        if self._table is None:
+        return self._tables()[0]
+
+    @property
+    def tasks_table(self) -> sa.Table:
+        """The tasks table, known when the deliveries table is."""
+        return self._tables()[1]
+
+    def _tables(self) -> tuple[sa.Table, sa.Table]:
+        if self._table is None or self._tasks_table is None:
             app = self._app
             if app is not None:
                 self._find_db(app)
-            if self._table is None:
+            if self._table is None or self._tasks_table is None:
                 raise StoreUnavailable(
                     "MUSICCALLBACK_STORE is sqlalchemy://, but Flask-SQLAlchemy is not set up on "
                     "this app: call db.init_app(app), or give a database URL instead."
                 )
-        return self._table
+        return self._table, self._tasks_table
 
     def _connectable(self) -> Engine:
         """The engine, created or looked up once, and the table ready on it."""
@@ -224,7 +250,7 @@ class SQLAlchemyStore(PersistentStore):
                     else host_engine(db, self._app, self.bind_key)
                 )
             if self.creates_table and not self._ready:
-                create_table(self._engine, table)
+                create_tables(self._engine, table, self.tasks_table)
             self._ready = True
             return self._engine
 
@@ -390,20 +416,10 @@ class SQLAlchemyStore(PersistentStore):
     def claim(self, delivery: Delivery, *, queued: bool = False) -> ClaimResult:
         now = naive_now()
         parameters = {
-            "task_id": delivery.task_id,
-            "stage": delivery.stage,
+            **_new_row(delivery, now),
             "state": (DeliveryState.PENDING if queued else DeliveryState.PROCESSING).value,
-            "released": False,
-            "attempts": 1,
-            "last_error": None,
             "owner": delivery.owner,
             "lease_expires_at": now + timedelta(seconds=self.lease),
-            # JSON text, written as it is (:mod:`.statements`): the body as received.
-            "payload": delivery.payload_json(),
-            "headers": json.dumps(dict(delivery.headers)),
-            "received_at": naive(delivery.received_at),
-            "created_at": now,
-            "updated_at": now,
             "superseded_by": delivery.superseded_by,
             "now": now,
             "forgotten_before": now - timedelta(seconds=self.ttl),
@@ -444,6 +460,23 @@ class SQLAlchemyStore(PersistentStore):
         if row is not None and row.state in FINISHED and not row.released:
             return ClaimResult.DUPLICATE
         return ClaimResult.IN_PROGRESS
+
+    def keep_unreadable(self, delivery: Delivery, error: str) -> bool:
+        """One ``INSERT ... ON CONFLICT DO NOTHING`` (:mod:`.statements`), on the request path's
+        way: a row inserted is a body kept now, none is one kept already."""
+        parameters = {
+            **_new_row(delivery, naive_now()),
+            "state": DeliveryState.UNREADABLE.value,
+            "last_error": error_text(error),
+        }
+        inserted = self._execute(lambda statements: statements.keep, parameters)
+        if inserted is not None:
+            return inserted == 1
+        try:
+            self._execute(lambda statements: statements.insert, parameters)
+        except IntegrityError:
+            return False
+        return True
 
     def _insert_or_take(self, parameters: Mapping[str, Any]) -> bool:
         """The claim for dialects without ``ON CONFLICT ... WHERE``: insert, else take over."""
@@ -554,6 +587,39 @@ class SQLAlchemyStore(PersistentStore):
         rowcount: int = self._run(lambda c: c.execute(statement).rowcount, autocommit=True)
         return rowcount == 1
 
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def expect(self, task_id: str, family: str) -> None:
+        """One upsert on SQLite and PostgreSQL (:func:`.tasks.expect_upsert`); elsewhere an
+        ``INSERT`` and, on a unique violation, the ``UPDATE`` the upsert would have done."""
+        table = self.tasks_table
+        values = new_task(task_id, family, naive_now())
+
+        def upsert(connection: Connection) -> bool:
+            dialect = connection.dialect.name
+            if dialect not in self.upsert_dialects:
+                return False
+            connection.execute(expect_upsert(table, dialect), values)
+            return True
+
+        if self._run(upsert, autocommit=True):
+            return
+        try:
+            self._run(lambda c: c.execute(sa.insert(table), values), autocommit=True)
+        except IntegrityError:
+            again = (
+                sa.update(table)
+                .where(table.c.task_id == task_id)
+                .values(expected_again(table, values))
+            )
+            self._run(lambda c: c.execute(again), autocommit=True)
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        table = self.tasks_table
+        statement = sa.select(table).where(table.c.task_id == task_id)
+        row = self._run(lambda c: c.execute(statement).first())
+        return None if row is None else task_record(row)
+
     # -- what the command line and replay use --------------------------------------------------
 
     def list(
@@ -593,7 +659,16 @@ class SQLAlchemyStore(PersistentStore):
         row = self._run(lambda c: c.execute(statement).first())
         return None if row is None else kept(row)
 
+    def delete(self, delivery_id: str) -> bool:
+        if not delivery_id.isdigit():
+            return False
+        table = self.table
+        statement = sa.delete(table).where(table.c.id == int(delivery_id))
+        deleted: int = self._run(lambda c: c.execute(statement).rowcount, autocommit=True)
+        return deleted == 1
+
     def prune(self, older_than: timedelta) -> int:
+        """Finished deliveries, and those no claim holds: unreadable bodies, abandoned claims."""
         table = self.table
         now = naive_now()
         statement = sa.delete(table).where(
@@ -627,10 +702,11 @@ class SQLAlchemyStore(PersistentStore):
             table.c.state == DeliveryState.FAILED.value,
             sa.and_(table.c.state.in_(IN_FLIGHT), free),
         )
+        readable = table.c.state != DeliveryState.UNREADABLE.value
         state = DeliveryState.PENDING if queued else DeliveryState.PROCESSING
         statement = (
             sa.update(table)
-            .where(key, sa.true() if force else takeable)
+            .where(key, readable if force else takeable)
             .values(
                 state=state.value,
                 released=False,
@@ -648,6 +724,25 @@ class SQLAlchemyStore(PersistentStore):
 
         row = self._run(take)
         return None if row is None else kept(row)
+
+
+def _new_row(delivery: Delivery, now: datetime) -> dict[str, Any]:
+    """The columns of ``delivery``'s row as it is first kept, held by nobody yet."""
+    return {
+        "task_id": delivery.task_id,
+        "stage": delivery.stage,
+        "released": False,
+        "attempts": 1,
+        "last_error": None,
+        "owner": None,
+        "lease_expires_at": None,
+        # JSON text, written as it is (:mod:`.statements`): the body as received.
+        "payload": delivery.payload_json(),
+        "headers": json.dumps(dict(delivery.headers)),
+        "received_at": naive(delivery.received_at),
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def _explain(exc: BaseException) -> str:

@@ -8,12 +8,19 @@ without a zone (:func:`naive`), as every dialect stores and compares them alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..base import MAX_ERROR_LENGTH, MAX_TASK_ID_LENGTH, DeliveryState, KeptDelivery
+from ..base import (
+    MAX_ERROR_LENGTH,
+    MAX_STAGE_LENGTH,
+    MAX_TASK_ID_LENGTH,
+    DeliveryState,
+    KeptDelivery,
+)
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -31,7 +38,7 @@ def table_items(name: str) -> list[sa.schema.SchemaItem]:
     return [
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
         sa.Column("task_id", sa.String(MAX_TASK_ID_LENGTH), nullable=False),
-        sa.Column("stage", sa.String(64), nullable=False),
+        sa.Column("stage", sa.String(MAX_STAGE_LENGTH), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("released", sa.Boolean(), nullable=False, default=False),
         sa.Column("attempts", sa.Integer(), nullable=False, default=1),
@@ -54,7 +61,8 @@ def naive(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
-def _aware(moment: datetime) -> datetime:
+def aware(moment: datetime) -> datetime:
+    """A time read from the table, in UTC again."""
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
 
@@ -118,17 +126,23 @@ def kept(row: sa.Row[Any]) -> KeptDelivery:
         last_error=row.last_error,
         released=bool(row.released),
         owner=row.owner,
-        lease_expires_at=None if lease is None else _aware(lease),
-        received_at=_aware(row.received_at),
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
+        lease_expires_at=None if lease is None else aware(lease),
+        received_at=aware(row.received_at),
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
     )
 
 
-def host_table(db: SQLAlchemy, name: str, bind_key: str | None) -> sa.Table:
-    """The table in ``db``'s metadata for the bind: the one already there, else a new one."""
+def host_table(
+    db: SQLAlchemy,
+    name: str,
+    bind_key: str | None,
+    items: Callable[[str], list[sa.schema.SchemaItem]] = table_items,
+) -> sa.Table:
+    """The table ``name`` (of ``items``) in ``db``'s metadata for the bind: the one already
+    there, else a new one."""
     metadata = db.metadatas.get(bind_key)
     table = None if metadata is None else metadata.tables.get(name)
     if table is None:
-        table = db.Table(name, *table_items(name), bind_key=bind_key)
+        table = db.Table(name, *items(name), bind_key=bind_key)
     return table
