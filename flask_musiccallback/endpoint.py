@@ -28,12 +28,12 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .dispatch import Outcome, deliver, send_isolated
 from .families import FAMILY_ARG, Family, find_task_id
-from .families.base import Unreadable
+from .families.base import Unreadable, registered_family
 from .redact import REDACTED
 from .signals import callback_rejected
 from .state import EXTENSION_NAME, MusicCallbackState
 from .stores.base import StoreUnavailable
-from .unreadable import expected_family, keep_unreadable
+from .unreadable import keep_unreadable
 from .verify import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -254,7 +254,7 @@ def read_event(
     ``StoreUnavailable`` when the store is down.
     """
     return state.extension.families.read(
-        payload, named=named, expected=expected_family(state, payload)
+        payload, named=named, expected=registered_family(state.store, payload)
     )
 
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from .config import Settings
 from .outage import Outage
+from .seen import LoggedOnce
 from .stores.base import Store
-from .unreadable import LoggedOnce
 from .writeback import WriteBack
 
 if TYPE_CHECKING:

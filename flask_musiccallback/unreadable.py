@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .dispatch import send_isolated
-from .families.base import UNREADABLE, find_task_id
+from .families.base import FAMILY_HEADER, UNREADABLE, find_task_id
 from .signals import callback_unreadable
 from .stores.base import MAX_TASK_ID_LENGTH, Delivery, PersistentStore
 
@@ -34,52 +32,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flask_musiccallback")
 
-#: The pseudo-header a kept body records the ``family=`` of its callback URL under, so that
-#: ``replay --unreadable`` routes it as the endpoint would have.
-FAMILY_HEADER = "Callback-Family"
-
 #: The task id a kept body is filed under when it has none a store can key.
 NO_TASK_ID = "-"
-
-#: How many distinct bodies a process remembers having logged.
-LOGGED_BODIES = 1024
-
-
-class LoggedOnce:
-    """The digests of the bodies already logged by this process, the oldest forgotten first, so
-    that a provider retrying one body does not fill the log, and a flood of distinct ones cannot
-    fill the memory."""
-
-    def __init__(self, size: int = LOGGED_BODIES) -> None:
-        self._size = size
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def first(self, digest: str) -> bool:
-        """Whether ``digest`` is new to this process (and remember it)."""
-        with self._lock:
-            if digest in self._seen:
-                self._seen.move_to_end(digest)
-                return False
-            self._seen[digest] = None
-            if len(self._seen) > self._size:
-                self._seen.popitem(last=False)
-            return True
-
-
-def expected_family(
-    state: MusicCallbackState, payload: Mapping[str, Any]
-) -> Callable[[], str | None]:
-    """What :meth:`~.families.Families.route` asks, last, of a body its keys do not place: the
-    family the body's task was registered with (``music.expect``), read from the store."""
-
-    def expected() -> str | None:
-        task_id = find_task_id(payload)
-        record = state.store.task(task_id) if task_id else None
-        return None if record is None else record.family
-
-    return expected
-
 
 def unreadable_key(body: str, payload: Mapping[str, Any]) -> tuple[str, str]:
     """The ``(task_id, stage)`` a kept body is filed under: its task id when it has a usable

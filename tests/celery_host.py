@@ -14,8 +14,8 @@ returns. What a receiver does depends on the task id's first word:
 - ``stuck-...`` hangs on its first attempt (until the worker is killed);
 - anything else just records.
 
-The host also reads a family of its own (the KARAOKE family of :mod:`tests.karaoke_family`), which its
-workers must find by name on their own extension.
+The host also reads a family of its own (the karaoke family of :mod:`tests.karaoke_family`), which
+its workers must find by name on their own extension.
 """
 
 from __future__ import annotations

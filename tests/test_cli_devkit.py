@@ -43,7 +43,7 @@ def test_simulate_sends_text_first_complete_in_process(
 
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == "Task t1 -> the app in-process"
+    assert lines[0] == "Task t1 (music) -> the app in-process"
     assert [line.split()[:2] for line in lines[1:]] == [
         ["text", "200"],
         ["first", "200"],

@@ -199,7 +199,7 @@ def test_replay_of_an_unknown_delivery_exits_1(app: Flask) -> None:
 def test_replay_needs_ids_or_a_selection(app: Flask) -> None:
     result = run(app, "replay")
     assert result.exit_code == 2
-    assert "--failed or --pending" in result.output
+    assert "--failed, --pending or --unreadable" in result.output
 
 
 def test_prune_deletes_deliveries_older_than_the_given_days(app: Flask) -> None:

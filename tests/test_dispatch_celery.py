@@ -27,9 +27,9 @@ from flask_musiccallback.testing import build_callback
 from .celery_host import URL, create_app, host_env, kept, records
 from .conftest import URL as PLAIN_URL
 from .conftest import AppFactory
+from .karaoke_family import karaoke_payload
 from .servers import free_port
 from .servers_redis import celery_worker, redis_server
-from .karaoke_family import karaoke_payload
 
 
 @pytest.fixture(scope="module")

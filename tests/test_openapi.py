@@ -10,6 +10,7 @@ from flask import Flask
 from openapi_spec_validator import validate
 
 from flask_musiccallback import MusicCallback
+from flask_musiccallback.families import BUILT_IN
 from flask_musiccallback.schemas import TRACK_ALIASES, TrackSchema
 
 from .conftest import TOKEN, AppFactory
@@ -43,8 +44,8 @@ def test_the_request_body_is_the_callback_schema(make_app: AppFactory) -> None:
         "$ref": "#/components/schemas/Callback"
     }
     schemas = document["components"]["schemas"]
-    assert schemas["Callback"]["required"] == ["code"]
-    assert schemas["Callback"]["properties"]["data"]["anyOf"][0] == {
+    assert schemas["MusicCallback"]["required"] == ["code"]
+    assert schemas["MusicCallback"]["properties"]["data"]["anyOf"][0] == {
         "$ref": "#/components/schemas/TaskData"
     }
     assert schemas["TaskData"]["properties"]["data"]["items"] == {
@@ -71,8 +72,9 @@ def test_create_time_is_epoch_milliseconds_or_a_date_time_string(make_app: AppFa
 @pytest.mark.parametrize(
     ("config", "statuses"),
     [
-        ({}, {"200", "400", "401", "413", "422", "503"}),
-        ({"ALLOWED_IPS": ["127.0.0.1"]}, {"200", "400", "401", "403", "413", "422", "503"}),
+        # Behind a source check, a body no family reads is kept (200), never refused (422).
+        ({}, {"200", "400", "401", "413", "503"}),
+        ({"ALLOWED_IPS": ["127.0.0.1"]}, {"200", "400", "401", "403", "413", "503"}),
         ({"TOKEN": None}, {"200", "400", "413", "422", "503"}),
     ],
 )
@@ -84,7 +86,7 @@ def test_every_answer_the_app_can_give_is_documented(
 
 
 def test_each_refusal_documents_its_exact_reason(make_app: AppFactory) -> None:
-    app = make_app(ALLOWED_IPS=["127.0.0.1"])
+    app = make_app(TOKEN=None, HMAC_KEY=HMAC_KEY, ALLOWED_IPS=["127.0.0.1"])
     responses = operation(openapi_of(app))["responses"]
     reasons = {
         status: response["content"]["application/json"]["example"]
@@ -96,13 +98,32 @@ def test_each_refusal_documents_its_exact_reason(make_app: AppFactory) -> None:
         "401": {"status": "rejected", "reason": "unauthorized"},
         "403": {"status": "rejected", "reason": "forbidden"},
         "413": {"status": "rejected", "reason": "too_large"},
-        "422": {
-            "status": "rejected",
-            "reason": "invalid_payload",
-            "errors": {"data": {"task_id": ["Missing task id."]}},
-        },
         "503": {"status": "retry"},
     }
+
+
+def test_an_open_endpoint_documents_its_422(make_app: AppFactory) -> None:
+    responses = operation(openapi_of(make_app(TOKEN=None)))["responses"]
+    assert responses["422"]["content"]["application/json"]["example"] == {
+        "status": "rejected",
+        "reason": "invalid_payload",
+        "errors": {"data": {"task_id": ["Missing task id."]}},
+    }
+
+
+def test_every_family_body_is_described_and_named_by_the_family_parameter(
+    make_app: AppFactory,
+) -> None:
+    document = openapi_of(make_app())
+    schemas = document["components"]["schemas"]
+    families = sorted(family.name for family in BUILT_IN)
+    assert schemas["Callback"]["anyOf"] == [
+        {"$ref": f"#/components/schemas/{family.name.title()}Callback"} for family in BUILT_IN[::-1]
+    ]
+    [parameter] = operation(document)["parameters"]
+    assert (parameter["name"], parameter["in"]) == ("family", "query")
+    assert parameter["schema"]["enum"] == families
+    validate(document)
 
 
 def test_the_token_is_a_query_security_scheme(make_app: AppFactory) -> None:
@@ -154,9 +175,12 @@ def test_the_path_and_server_follow_the_settings(make_app: AppFactory) -> None:
 def test_a_rule_with_variables_becomes_a_path_template(make_app: AppFactory) -> None:
     app = make_app(URL_RULE="/hooks/<tenant>/music")
     document = openapi_of(app)
-    assert operation(document, "/hooks/{tenant}/music")["parameters"] == [
-        {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string"}}
-    ]
+    assert operation(document, "/hooks/{tenant}/music")["parameters"][0] == {
+        "name": "tenant",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
     validate(document)
 
 

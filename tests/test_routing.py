@@ -123,7 +123,7 @@ def test_expect_refuses_a_family_that_is_not_registered(app: Flask) -> None:
 def test_the_callback_url_names_the_family(make_app: AppFactory) -> None:
     app = make_app(EXTERNAL_URL="https://example.com")
     music = extension(app)
-    assert "family=lyrics" in music.callback_url(family="lyrics")
+    assert "family=wav" in music.callback_url(family="wav")
     with pytest.raises(LookupError, match="nope"):
         music.callback_url(family="nope")
 

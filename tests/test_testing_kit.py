@@ -197,10 +197,10 @@ def test_client_returns_once_receivers_run_off_the_request_path_have_run(
             assert ran == ["t1"]
 
 
-def test_client_delivers_a_whole_payload(app: Flask) -> None:
+def test_client_delivers_a_whole_payload(make_app: AppFactory) -> None:
     payload = {"code": 200, "msg": "ok", "data": {"callbackType": "nope", "task_id": "t1"}}
 
-    response = CallbackClient(app).deliver(payload)
+    response = CallbackClient(make_app(TOKEN=None)).deliver(payload)
 
     assert response.status_code == 422
     assert response.json["errors"] == {"data": {"callbackType": ["Unknown callbackType."]}}

@@ -45,7 +45,7 @@ def test_a_body_its_family_refuses_is_kept_with_that_familys_errors(app: Flask) 
     assert answer.get_json() == {"status": "kept"}
     [(_, kwargs)] = recorded
     assert kwargs["family"] == "music"
-    assert "duration" in kwargs["errors"]["data"]["data"]["0"]
+    assert "duration" in kwargs["errors"]["data"]["data"][0]
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError
 
-from ..families.base import Unreadable
+from ..families.base import FAMILY_HEADER, Unreadable, registered_family
 from ..state import get_state
 from ..stores.base import (
     DeliveryState,
@@ -31,7 +31,6 @@ from ..stores.base import (
     utcnow,
 )
 from ..stores.owners import owner_is_dead
-from ..unreadable import FAMILY_HEADER, expected_family
 from .job import Job, NotQueued, Outcome, deliver, process
 
 if TYPE_CHECKING:
@@ -192,7 +191,7 @@ def _reread(
     named = kept.headers.get(FAMILY_HEADER)
     try:
         family, _ = state.extension.families.read(
-            kept.payload, named=named, expected=expected_family(state, kept.payload)
+            kept.payload, named=named, expected=registered_family(state.store, kept.payload)
         )
     except Unreadable as exc:
         detail = f"still no family reads it: {exc.errors}"

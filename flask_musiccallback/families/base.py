@@ -21,11 +21,15 @@ from typing import Any, Protocol, cast
 from blinker import Signal
 from marshmallow import Schema, ValidationError
 
-from ..stores.base import MAX_TASK_ID_LENGTH, Delivery
+from ..stores.base import MAX_TASK_ID_LENGTH, Delivery, Store
 from ..stores.owners import claim_owner
 
 #: The query argument of the callback URL that names the family (``callback_url(family=...)``).
 FAMILY_ARG = "family"
+
+#: The pseudo-header a body kept as unreadable records the ``family=`` of its callback URL under,
+#: so that ``replay --unreadable`` routes it as the endpoint would have.
+FAMILY_HEADER = "Callback-Family"
 
 #: The stage of every family's failure.
 FAILED = "failed"
@@ -325,6 +329,18 @@ class Unreadable(Exception):  # noqa: N818 - names what the body is
         super().__init__(errors)
         self.family = family
         self.errors = errors
+
+
+def registered_family(store: Store, payload: Mapping[str, Any]) -> Callable[[], str | None]:
+    """What :meth:`Families.route` asks, last, of a body its keys do not place: the family the
+    body's task was registered with (``music.expect``), read from ``store`` only when asked."""
+
+    def expected() -> str | None:
+        task_id = find_task_id(payload)
+        record = store.task(task_id) if task_id else None
+        return None if record is None else record.family
+
+    return expected
 
 
 def is_failure(payload: Mapping[str, Any]) -> bool:
