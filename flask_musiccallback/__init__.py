@@ -2,17 +2,21 @@
 
 from .config import ConfigKeys, ConfigurationError
 from .dispatch import Outcome
-from .events import CallbackEvent, Stage, Track
+from .events import CallbackEvent, FamilyEvent, Stage, Track
 from .extension import MusicCallback, MusicCallbackInsecureWarning
+from .families import Family, WavEvent
 from .signals import (
     all_tracks_generated,
     callback_duplicate,
     callback_received,
     callback_rejected,
+    callback_unreadable,
     first_track_generated,
     receiver_failed,
     task_failed,
     text_generated,
+    wav_converted,
+    wav_failed,
 )
 from .stores.base import (
     ClaimResult,
@@ -34,6 +38,8 @@ __all__ = [
     "ConfigurationError",
     "Delivery",
     "DeliveryState",
+    "Family",
+    "FamilyEvent",
     "KeptDelivery",
     "MemoryStore",
     "MusicCallback",
@@ -45,14 +51,18 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "Track",
+    "WavEvent",
     "all_tracks_generated",
     "callback_duplicate",
     "callback_received",
     "callback_rejected",
+    "callback_unreadable",
     "first_track_generated",
     "receiver_failed",
     "register_store",
     "task_failed",
     "text_generated",
+    "wav_converted",
+    "wav_failed",
 ]
 __version__ = "0.1.0"
