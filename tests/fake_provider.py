@@ -1,8 +1,9 @@
 """A stand-in for the provider's API, served over real HTTP on 127.0.0.1, and a server helper.
 
-:class:`FakeProvider` answers ``GET /api/v1/generate/record-info`` in the documented shape
-(PROVIDER.md section 6), from answers a test scripts per task: each poll takes the next answer, and
-the last one repeats, as a finished task keeps its final record.
+:class:`FakeProvider` answers ``GET /api/v1/generate/record-info``, and the record endpoint of
+every other family, in the documented shape (PROVIDER.md section 6), from answers a test scripts
+per task: each poll takes the next answer, and the last one repeats, as a finished task keeps its
+final record. The path each task was asked at is recorded, so a test sees which family was polled.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from flask_musiccallback.families import BUILT_IN
 from flask_musiccallback.testing import build_callback
 
 from .servers import serve_url
@@ -69,6 +71,33 @@ def record(
     }
 
 
+def family_record(
+    task_id: str,
+    flag: str | int | None,
+    response: Mapping[str, Any] | None = None,
+    *,
+    status_key: str = "successFlag",
+    error_code: Any = None,
+    error_message: str | None = None,
+    times: Any = 1758044664461,
+) -> dict[str, Any]:
+    """A record of a family other than music: its status under ``status_key`` (a string or an
+    integer) and its result under ``response``, with creation and completion ``times``."""
+    return {
+        "code": 200,
+        "msg": "success",
+        "data": {
+            "taskId": task_id,
+            status_key: flag,
+            "response": None if response is None else {"taskId": task_id, **response},
+            "errorCode": error_code,
+            "errorMessage": error_message,
+            "createTime": times,
+            "completeTime": times,
+        },
+    }
+
+
 @dataclass
 class Answer:
     status: int
@@ -83,9 +112,14 @@ class FakeProvider:
         self.url = ""
         self.answers: dict[str, list[Answer]] = {}
         self.requests: list[dict[str, Any]] = []
+        #: The path of each request, in order.
+        self.paths: list[str] = []
         self._lock = threading.Lock()
         self.app = Flask("fake_provider")
-        self.app.add_url_rule("/api/v1/generate/record-info", view_func=self._record_info)
+        for family in BUILT_IN:
+            self.app.add_url_rule(
+                family.record_path or "", f"record-{family.name}", view_func=self._record_info
+            )
 
     def script(self, task_id: str, *answers: Answer | Mapping[str, Any]) -> None:
         """The answers for ``task_id``, in order; a mapping is a 200 answer with that body."""
@@ -103,6 +137,7 @@ class FakeProvider:
             self.requests.append(
                 {"task_id": task_id, "authorization": request.headers.get("Authorization")}
             )
+            self.paths.append(request.path)
             queue = self.answers.get(task_id)
             if not queue:
                 answer = Answer(200, {"code": 400, "msg": "task not found", "data": None})
