@@ -6,10 +6,11 @@ registers them: music first, so that it is the default a failure nothing else pl
 
 from .base import FAMILY_ARG, Event, Example, Families, Family, Record, find_task_id
 from .music import MUSIC, MUSIC_NAME
+from .video import VIDEO, VideoEvent
 from .wav import WAV, WavEvent
 
 #: The provider's families, as every extension reads them (``music.families``).
-BUILT_IN: tuple[Family, ...] = (MUSIC, WAV)
+BUILT_IN: tuple[Family, ...] = (MUSIC, WAV, VIDEO)
 
 
 def built_in(name: str) -> Family:
@@ -25,12 +26,14 @@ __all__ = [
     "FAMILY_ARG",
     "MUSIC",
     "MUSIC_NAME",
+    "VIDEO",
     "WAV",
     "Event",
     "Example",
     "Families",
     "Family",
     "Record",
+    "VideoEvent",
     "WavEvent",
     "built_in",
     "find_task_id",

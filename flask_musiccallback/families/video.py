@@ -1,0 +1,133 @@
+"""The music video family: one MP4 made from a generated track.
+
+A success carries the video's link at ``data.video_url``, as both resellers document it;
+``videoUrl``, the spelling of the task's record, is read as the same field, since camelCase keys
+have leaked into other families' callbacks. A failure carries the key set to ``null`` (PROVIDER.md
+section 4); either spelling names the family.
+
+The link is taken as any non-empty string, not checked to be a URL: one of the vendor's own
+examples holds a placeholder there, and refusing what the provider calls a success would make it
+retry, then drop the callback, over a check the host can make itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from marshmallow import ValidationError, fields, post_load
+
+from ..events import FamilyEvent
+from ..signals import video_failed, video_generated
+from .base import FAILED, Family
+from .envelope import (
+    SUCCESS_CODE,
+    DataSchema,
+    EnvelopeSchema,
+    Text,
+    common_fields,
+    data_of,
+    has_any,
+)
+from .examples import envelope_example, media_url
+from .records import BY_CONTENT, record_reader
+
+VIDEO_NAME = "video"
+COMPLETE = "complete"
+
+#: The keys a video link arrives under, any of which names the family.
+VIDEO_KEYS = ("video_url", "videoUrl")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VideoEvent(FamilyEvent):
+    """A music video's callback: ``video_url`` on success (any non-empty string the provider
+    sent, not necessarily a URL), ``None`` on failure."""
+
+    family: ClassVar[str] = VIDEO_NAME
+
+    video_url: str | None
+
+
+class VideoDataSchema(DataSchema):
+    video_url = Text("The MP4 file's link; `null` on failure. Not checked to be a URL.")
+    videoUrl = Text("The MP4 file's link, as the task's record spells it.")  # noqa: N815
+
+
+class VideoSchema(EnvelopeSchema):
+    """A music video callback, loaded into a :class:`VideoEvent`."""
+
+    data = fields.Nested(VideoDataSchema, load_default=None, allow_none=True)
+
+    @post_load(pass_original=True)
+    def make_event(
+        self, loaded: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
+    ) -> VideoEvent:
+        data: dict[str, Any] = loaded["data"] or {}
+        url = data.get("video_url") or data.get("videoUrl")
+        if loaded["code"] != SUCCESS_CODE:
+            return VideoEvent(**common_fields(loaded, original, data, FAILED), video_url=url)
+        if url is None:
+            raise ValidationError({"data": {"video_url": ["A success without its video link."]}})
+        return VideoEvent(**common_fields(loaded, original, data, COMPLETE), video_url=url)
+
+
+video_schema = VideoSchema()
+
+
+def is_video(body: Mapping[str, Any]) -> bool:
+    """A video link's key in ``data``, whatever its value."""
+    return has_any(data_of(body), VIDEO_KEYS)
+
+
+def _success_data(response: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    url = response.get("videoUrl") or data.get("videoUrl")
+    if not url:
+        raise ValidationError("The record holds no video link.")
+    return {"video_url": url}
+
+
+def example(
+    stage: str,
+    *,
+    task_id: str,
+    code: int | None = None,
+    msg: str | None = None,
+    reseller: str = "sunoapi",
+    count: int = 1,
+) -> dict[str, Any]:
+    """A music video callback; both resellers spell it alike (``data.task_id``, ``video_url``)."""
+    url = media_url(task_id, "mp4") if stage == COMPLETE else None
+    return envelope_example(
+        stage,
+        {"task_id": task_id, "video_url": url},
+        code=code,
+        msg=msg,
+        success="MP4 generated successfully.",
+        failure="Music video generation failed",
+        failure_code=400,
+    )
+
+
+VIDEO = Family(
+    name=VIDEO_NAME,
+    schema=video_schema,
+    load=video_schema.load,
+    signals=MappingProxyType({COMPLETE: video_generated, FAILED: video_failed}),
+    detect=is_video,
+    record_path="/api/v1/mp4/record-info",
+    read_record=record_reader(
+        {
+            "PENDING": None,
+            "SUCCESS": COMPLETE,
+            "CREATE_TASK_FAILED": FAILED,
+            "GENERATE_MP4_FAILED": FAILED,
+            "CALLBACK_EXCEPTION": BY_CONTENT,
+        },
+        _success_data,
+        failure_data={"video_url": None},
+    ),
+    example=example,
+)
