@@ -5,12 +5,13 @@ registers them: music first, so that it is the default a failure nothing else pl
 """
 
 from .base import FAMILY_ARG, Event, Example, Families, Family, Record, find_task_id
+from .cover import COVER, CoverEvent
 from .music import MUSIC, MUSIC_NAME
 from .video import VIDEO, VideoEvent
 from .wav import WAV, WavEvent
 
 #: The provider's families, as every extension reads them (``music.families``).
-BUILT_IN: tuple[Family, ...] = (MUSIC, WAV, VIDEO)
+BUILT_IN: tuple[Family, ...] = (MUSIC, WAV, VIDEO, COVER)
 
 
 def built_in(name: str) -> Family:
@@ -23,11 +24,13 @@ def built_in(name: str) -> Family:
 
 __all__ = [
     "BUILT_IN",
+    "COVER",
     "FAMILY_ARG",
     "MUSIC",
     "MUSIC_NAME",
     "VIDEO",
     "WAV",
+    "CoverEvent",
     "Event",
     "Example",
     "Families",

@@ -1,0 +1,149 @@
+"""The cover image family: the images the provider draws for a generated track (usually two).
+
+A success carries their links as a list at ``data.images``, with the task id at ``data.taskId``;
+both resellers document the same body. A failure (code 501 in the docs) carries ``images: null``
+(PROVIDER.md section 4), so the key names the family whatever its value.
+
+Blank or ``null`` entries of the list are left out rather than refused: the provider sends
+blanks for "not there", and the other links of the callback are still the host's. An entry that
+is not a string is refused, as a wrong type anywhere is.
+
+The task's record answers ``successFlag`` as an integer: ``1`` for success, ``3`` for a failure
+and ``0`` for pending. ``2`` is read as "not yet": sunoapi.org's record documentation calls it
+"generating" for this family, where MIDI's calls it a failure, and a task read as failed too early
+would stop being polled while it still runs. The spelled statuses that kie.ai's documentation
+lists for this record are read too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from marshmallow import ValidationError, fields, post_load
+
+from ..events import FamilyEvent
+from ..signals import cover_failed, cover_generated
+from .base import FAILED, Family
+from .envelope import (
+    SUCCESS_CODE,
+    DataSchema,
+    EnvelopeSchema,
+    Text,
+    common_fields,
+    data_of,
+    has_any,
+)
+from .examples import envelope_example, media_url
+from .records import BY_CONTENT, record_reader
+
+COVER_NAME = "cover"
+COMPLETE = "complete"
+
+#: The key the images arrive under, which names the family.
+COVER_KEYS = ("images",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoverEvent(FamilyEvent):
+    """A cover image callback: the images' links on success, none on failure."""
+
+    family: ClassVar[str] = COVER_NAME
+
+    images: tuple[str, ...]
+
+
+class CoverDataSchema(DataSchema):
+    images = fields.List(
+        Text(),
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "The cover images' links; `null` on failure."},
+    )
+
+
+class CoverSchema(EnvelopeSchema):
+    """A cover image callback, loaded into a :class:`CoverEvent`."""
+
+    data = fields.Nested(CoverDataSchema, load_default=None, allow_none=True)
+
+    @post_load(pass_original=True)
+    def make_event(
+        self, loaded: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
+    ) -> CoverEvent:
+        data: dict[str, Any] = loaded["data"] or {}
+        images = tuple(url for url in data.get("images") or () if url)
+        if loaded["code"] != SUCCESS_CODE:
+            return CoverEvent(**common_fields(loaded, original, data, FAILED), images=images)
+        if not images:
+            raise ValidationError({"data": {"images": ["A success without its images."]}})
+        return CoverEvent(**common_fields(loaded, original, data, COMPLETE), images=images)
+
+
+cover_schema = CoverSchema()
+
+
+def is_cover(body: Mapping[str, Any]) -> bool:
+    """The images' key in ``data``, whatever its value."""
+    return has_any(data_of(body), COVER_KEYS)
+
+
+def _success_data(response: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    images = response.get("images")
+    if not images:
+        raise ValidationError("The record holds no cover images.")
+    return {"images": images}
+
+
+def example(
+    stage: str,
+    *,
+    task_id: str,
+    code: int | None = None,
+    msg: str | None = None,
+    reseller: str = "sunoapi",
+    count: int = 2,
+) -> dict[str, Any]:
+    """A cover image callback with ``count`` images; both resellers spell it alike."""
+    images = (
+        [media_url(task_id, "png", f"cover-{index + 1}") for index in range(count)]
+        if stage == COMPLETE
+        else None
+    )
+    return envelope_example(
+        stage,
+        {"taskId": task_id, "images": images},
+        code=code,
+        msg=msg,
+        success="success",
+        failure="Cover generation failed",
+        failure_code=501,
+    )
+
+
+COVER = Family(
+    name=COVER_NAME,
+    schema=cover_schema,
+    load=cover_schema.load,
+    signals=MappingProxyType({COMPLETE: cover_generated, FAILED: cover_failed}),
+    detect=is_cover,
+    record_path="/api/v1/suno/cover/record-info",
+    read_record=record_reader(
+        {
+            "0": None,
+            "1": COMPLETE,
+            "2": None,
+            "3": FAILED,
+            "PENDING": None,
+            "SUCCESS": COMPLETE,
+            "CREATE_TASK_FAILED": FAILED,
+            "GENERATE_COVER_FAILED": FAILED,
+            "CALLBACK_EXCEPTION": BY_CONTENT,
+        },
+        _success_data,
+        failure_data={"images": None},
+    ),
+    example=example,
+)
