@@ -8,10 +8,11 @@ from .base import FAMILY_ARG, Event, Example, Families, Family, Record, find_tas
 from .cover import COVER, CoverEvent
 from .music import MUSIC, MUSIC_NAME
 from .video import VIDEO, VideoEvent
+from .voice import VOICE, VoiceEvent
 from .wav import WAV, WavEvent
 
 #: The provider's families, as every extension reads them (``music.families``).
-BUILT_IN: tuple[Family, ...] = (MUSIC, WAV, VIDEO, COVER)
+BUILT_IN: tuple[Family, ...] = (MUSIC, WAV, VIDEO, COVER, VOICE)
 
 
 def built_in(name: str) -> Family:
@@ -29,6 +30,7 @@ __all__ = [
     "MUSIC",
     "MUSIC_NAME",
     "VIDEO",
+    "VOICE",
     "WAV",
     "CoverEvent",
     "Event",
@@ -37,6 +39,7 @@ __all__ = [
     "Family",
     "Record",
     "VideoEvent",
+    "VoiceEvent",
     "WavEvent",
     "built_in",
     "find_task_id",
