@@ -24,6 +24,7 @@ from marshmallow import Schema, fields, validate
 
 from .config import Settings
 from .families import FAMILY_ARG, MUSIC, Families, Family
+from .families.envelope import Text
 from .redact import TOKEN_PARAM
 from .schemas import TRACK_ALIASES, Timestamp
 from .state import get_state
@@ -247,6 +248,7 @@ def build_document(settings: Settings, families: Families) -> dict[str, Any]:
         **({"servers": [{"url": settings.external_url}]} if settings.external_url else {}),
     )
     plugin.converter.add_attribute_function(_timestamp_property)  # type: ignore[union-attr]
+    plugin.map_to_openapi_type(Text, fields.String)  # type: ignore[no-untyped-call]
     bodies = []
     for family in families:
         name = _schema_name(family)

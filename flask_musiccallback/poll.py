@@ -23,7 +23,7 @@ from marshmallow import ValidationError
 
 from .config import ConfigKeys, ConfigurationError, Settings
 from .dispatch import Outcome, deliver
-from .families import MUSIC, MUSIC_NAME, Event, Family
+from .families import MUSIC, MUSIC_NAME, Event, Family, Record
 from .pool import backoff
 from .state import get_state
 
@@ -178,19 +178,19 @@ class ProviderClient:
         self.close()
 
 
-def read_record(family: Family, body: Mapping[str, Any], task_id: str) -> PollResult:
-    """A record answer as a :class:`PollResult`; a :class:`PollError` says what is wrong."""
+def read_record(family: Family, answer: Mapping[str, Any], task_id: str) -> Record:
+    """A record answer as the family's :class:`~.families.Record`; a :class:`PollError` says
+    what is wrong with it."""
     assert family.read_record is not None  # checked by the caller, with a clear error
     try:
-        record = family.read_record(body)
-        event = None if record.body is None else family.load(record.body)
+        record = family.read_record(answer)
     except ValidationError as exc:
         raise PollError(
             f"the provider's answer is not a usable {family.name} record: {exc.messages}"
         ) from None
     if record.task_id != task_id:
         raise PollError(f"the provider answered about task {record.task_id}, not {task_id}")
-    return PollResult(task_id=task_id, status=record.status, event=event, final=record.final)
+    return record
 
 
 def pollable(app: Flask, family: str) -> Family:
@@ -224,11 +224,18 @@ def poll_task(
             body = own_client.record_info(task_id, path)
     else:
         body = client.record_info(task_id, path)
-    result = read_record(kind, body, task_id)
-    event = result.event
-    if event is None:
+    record = read_record(kind, body, task_id)
+    result = PollResult(task_id=task_id, status=record.status, event=None, final=record.final)
+    if record.body is None:
         return result
-    delivery = kind.delivery(event, event.raw, {"Source": "poll"})
+    try:
+        event = kind.load(record.body)
+    except ValidationError as exc:
+        raise PollError(
+            f"the provider's {family} record does not read as its callback: {exc.messages}"
+        ) from None
+    result = dataclasses.replace(result, event=event)
+    delivery = kind.delivery(event, record.body, {"Source": "poll"})
     if has_app_context() and current_app._get_current_object() is app:  # type: ignore[attr-defined]
         outcome = deliver(app, state, kind, event, delivery)
     else:

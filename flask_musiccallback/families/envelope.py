@@ -22,8 +22,14 @@ from ..schemas import StatusCode
 SUCCESS_CODE = 200
 
 
-class Text(fields.String):
-    """An optional string, with ``""`` read as ``None``: the provider sends blanks for "not yet"."""
+class Text(fields.Field[str | None]):
+    """An optional string, with ``""`` read as ``None``: the provider sends blanks for "not yet".
+
+    A field of its own rather than a ``String`` whose result is blanked afterwards, so that its
+    type says it may be ``None`` (the OpenAPI document maps it to a string).
+    """
+
+    default_error_messages = {"invalid": "Not a valid string."}  # noqa: RUF012 - merged per class
 
     def __init__(self, description: str | None = None, **kwargs: Any) -> None:
         metadata = {"description": description} if description else {}
@@ -33,8 +39,9 @@ class Text(fields.String):
     def _deserialize(
         self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
     ) -> str | None:
-        text: str = super()._deserialize(value, attr, data, **kwargs)
-        return text or None
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        return value or None
 
 
 class DataSchema(Schema):
