@@ -4,7 +4,21 @@ from .config import ConfigKeys, ConfigurationError
 from .dispatch import Outcome
 from .events import CallbackEvent, FamilyEvent, Stage, Track
 from .extension import MusicCallback, MusicCallbackInsecureWarning
-from .families import CoverEvent, Family, VideoEvent, VoiceEvent, WavEvent
+from .families import (
+    CoverEvent,
+    Family,
+    Instrument,
+    Lyrics,
+    LyricsEvent,
+    MidiEvent,
+    Note,
+    StemAudio,
+    StemPart,
+    StemsEvent,
+    VideoEvent,
+    VoiceEvent,
+    WavEvent,
+)
 from .signals import (
     all_tracks_generated,
     callback_duplicate,
@@ -54,13 +68,21 @@ __all__ = [
     "DeliveryState",
     "Family",
     "FamilyEvent",
+    "Instrument",
     "KeptDelivery",
+    "Lyrics",
+    "LyricsEvent",
     "MemoryStore",
+    "MidiEvent",
     "MusicCallback",
     "MusicCallbackInsecureWarning",
+    "Note",
     "Outcome",
     "PersistentStore",
     "Stage",
+    "StemAudio",
+    "StemPart",
+    "StemsEvent",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -24,7 +24,7 @@ from flask.cli import AppGroup
 
 from .config import ConfigurationError
 from .dispatch.replay import Replayed, replay
-from .families import MUSIC_NAME
+from .families import FAMILY_ARG, MUSIC_NAME
 from .families.examples import RESELLERS
 from .simulate import build_callback, callback_credentials, post_callback
 from .state import get_state
@@ -98,26 +98,31 @@ def url_command() -> None:
         raise CommandError(str(exc)) from None
 
 
-def _in_process(app: Flask) -> Callable[[Mapping[str, Any]], Answer]:
+def _in_process(app: Flask, query: Mapping[str, str]) -> Callable[[Mapping[str, Any]], Answer]:
     """Posts to the app's own endpoint through its test client: the real checks and dedup path."""
     client = app.test_client()
 
     def send(payload: Mapping[str, Any]) -> Answer:
-        response = post_callback(app, payload, client=client)
+        response = post_callback(app, payload, client=client, query=query)
         return response.status_code, response.get_data(as_text=True)
 
     return send
 
 
-def _over_http(app: Flask, url: str) -> Callable[[Mapping[str, Any]], Answer]:
-    """Posts to ``url`` as the provider would, adding the token unless the URL carries one."""
+def _over_http(
+    app: Flask, url: str, query: Mapping[str, str]
+) -> Callable[[Mapping[str, Any]], Answer]:
+    """Posts to ``url`` as the provider would, adding the token (and ``query``) unless the URL
+    carries them."""
     import httpx
 
-    has_token = "token" in httpx.URL(url).params
+    given = httpx.URL(url).params
+    extra = {name: value for name, value in query.items() if name not in given}
 
     def send(payload: Mapping[str, Any]) -> Answer:
         credentials = callback_credentials(app, payload)
-        params = {} if has_token else dict(credentials.query)
+        params = {} if "token" in given else dict(credentials.query)
+        params.update(extra)
         try:
             response = httpx.post(
                 url, params=params, json=payload, headers=dict(credentials.headers), timeout=15.0
@@ -177,7 +182,9 @@ def simulate_command(
     """Send realistic callbacks, tokened and signed as the configuration requires.
 
     Without --url they go to the app's own endpoint in this process, through its real checks,
-    deduplication and receivers. Prints each answer; exits 1 if any was refused.
+    deduplication and receivers. A family other than music is sent to the callback URL that names
+    it (family=F), as callback_url(family=F) gives it. Prints each answer; exits 1 if any was
+    refused.
     """
     app = _app()
     try:
@@ -194,7 +201,10 @@ def simulate_command(
             choices = ", ".join(allowed)
             raise click.BadParameter(f"{stage!r} is not one of {choices}", param_hint="--stage")
     task_id = task_id or f"sim-{uuid.uuid4().hex[:16]}"
-    send = _over_http(app, url) if url else _in_process(app)
+    # As a host submits a task of another family: with a callback URL that names the family, the
+    # one way its failures (which name no family) are read by it.
+    query = {} if kind is get_state(app).extension.families.default else {FAMILY_ARG: family}
+    send = _over_http(app, url, query) if url else _in_process(app, query)
     click.echo(f"Task {task_id} ({family}) -> {url or 'the app in-process'}")
     refused = False
     default = DEFAULT_STAGES if kind.name == MUSIC_NAME else (kind.stages[0],)
