@@ -334,7 +334,7 @@ def unreadable_stage(body: bytes) -> str:
     """The stage that keys a kept unreadable body, with its task id (or a placeholder).
 
     Derived from the body alone, so that the provider's redelivery of the same body finds it
-    kept already; a 40-digit digest leaves the whole within :data:`MAX_STAGE_LENGTH`.
+    kept already; a digest of 40 hex digits leaves the whole (51) within :data:`MAX_STAGE_LENGTH`.
     """
     return UNREADABLE_PREFIX + hashlib.blake2b(body, digest_size=20).hexdigest()
 
