@@ -11,6 +11,7 @@ across threads for ``load`` and building one costs more than a whole callback.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -264,6 +265,9 @@ def load_callback(payload: Mapping[str, Any]) -> CallbackEvent:
     return _event(loaded, payload)
 
 
+#: The largest whole number a float holds without overflowing (its value is rounded, as the
+#: schema's ``Float`` rounds it).
+_MAX_FLOAT_INT = int(sys.float_info.max)
 _MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last moment datetime can hold
 _TEXT, _TIME, _NUMBER = range(3)
 
@@ -354,8 +358,10 @@ def _fast_track(item: Any) -> Track | None:
             if type(value) is not int or not 0 <= value <= _MAX_EPOCH_MS:
                 return None
             values[name] = datetime.fromtimestamp(value / 1000, tz=timezone.utc)
-        elif type(value) is int or (type(value) is float and math.isfinite(value)):
+        elif type(value) is float and math.isfinite(value):
+            values[name] = value
+        elif type(value) is int and -_MAX_FLOAT_INT <= value <= _MAX_FLOAT_INT:
             values[name] = float(value)
         else:
-            return None
+            return None  # a whole number no float holds is the schema's error to report
     return Track(**values)

@@ -14,16 +14,15 @@ endpoint must not store whatever anyone posts.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .dispatch import send_isolated
-from .families.base import FAMILY_HEADER, UNREADABLE, find_task_id
+from .families.base import FAMILY_HEADER, find_task_id
 from .signals import callback_unreadable
-from .stores.base import MAX_TASK_ID_LENGTH, Delivery, PersistentStore
+from .stores.base import MAX_TASK_ID_LENGTH, Delivery, PersistentStore, unreadable_stage
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -37,12 +36,11 @@ NO_TASK_ID = "-"
 
 def unreadable_key(body: str, payload: Mapping[str, Any]) -> tuple[str, str]:
     """The ``(task_id, stage)`` a kept body is filed under: its task id when it has a usable
-    one (so ``list --task-id`` finds it), and ``unreadable:`` with the digest of its text."""
-    digest = hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    one (so ``list --task-id`` finds it), and the stage the store derives from its text."""
     task_id = find_task_id(payload)
     if task_id is None or len(task_id) > MAX_TASK_ID_LENGTH or not task_id.isprintable():
         task_id = NO_TASK_ID
-    return task_id, f"{UNREADABLE}:{digest}"
+    return task_id, unreadable_stage(body.encode("utf-8", "surrogatepass"))
 
 
 def keep_unreadable(

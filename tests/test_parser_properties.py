@@ -21,7 +21,7 @@ from marshmallow import ValidationError
 from flask_musiccallback import CallbackEvent, Stage, Track
 from flask_musiccallback.endpoint import MAX_DEPTH
 from flask_musiccallback.schemas import CALLBACK_TYPES, TrackSchema, load_callback
-from flask_musiccallback.testing import record_signals
+from flask_musiccallback.testing import build_callback, record_signals
 
 from .conftest import URL, build_app
 from .payloads import (
@@ -250,3 +250,11 @@ def test_nesting_is_limited_so_that_any_reader_can_serialise_it_again(
     nested += "".join("]" if kind == "list" else "}" for kind in reversed(levels))
     body = f'{{"code":200,"data":{{"callbackType":"text","task_id":"deep{depth}","x":{nested}}}}}'
     assert _post(app, body.encode())[0] == status
+
+
+@pytest.mark.parametrize("field", ["duration", "createTime"])
+def test_a_whole_number_no_float_holds_is_invalid_not_a_crash(field: str) -> None:
+    payload = build_callback("complete")
+    payload["data"]["data"][0][field] = 10**400
+    with pytest.raises(ValidationError):
+        load_callback(payload)

@@ -21,7 +21,7 @@ from typing import Any, Protocol, cast
 from blinker import Signal
 from marshmallow import Schema, ValidationError
 
-from ..stores.base import MAX_TASK_ID_LENGTH, Delivery, Store
+from ..stores.base import MAX_TASK_ID_LENGTH, UNREADABLE_PREFIX, Delivery, Store
 from ..stores.owners import claim_owner
 
 #: The query argument of the callback URL that names the family (``callback_url(family=...)``).
@@ -34,9 +34,6 @@ FAMILY_HEADER = "Callback-Family"
 #: The stage of every family's failure.
 FAILED = "failed"
 
-#: What a kept body that no family reads is keyed under (``unreadable:<digest>``), so no family
-#: may take it as its name.
-UNREADABLE = "unreadable"
 
 
 class Event(Protocol):
@@ -203,9 +200,10 @@ class Families:
         """
         if family.name in self._named:
             raise ValueError(f"A callback family named {family.name!r} is registered already.")
-        if ":" in family.name or not family.name or family.name == UNREADABLE:
+        # Kept unreadable bodies are keyed ``unreadable:<digest>``: no family may key its own so.
+        if ":" in family.name or not family.name or f"{family.name}:" == UNREADABLE_PREFIX:
             raise ValueError(
-                f"A family's name must be non-empty, have no ':' and not be {UNREADABLE!r}."
+                "A family's name must be non-empty, have no ':' and not be 'unreadable'."
             )
         if family.bare_keys and any(other.bare_keys for other in self._asked):
             raise ValueError("Only one callback family may key its stages bare.")
