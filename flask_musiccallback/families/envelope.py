@@ -101,6 +101,10 @@ def data_of(body: Mapping[str, Any]) -> Mapping[str, Any]:
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-def has_any(data: Mapping[str, Any], keys: tuple[str, ...]) -> bool:
-    """Whether ``data`` has one of ``keys``, whatever its value (a failure sends them ``null``)."""
-    return any(key in data for key in keys)
+def has_any(data: Mapping[str, Any], keys: frozenset[str] | tuple[str, ...]) -> bool:
+    """Whether ``data`` has one of ``keys``, whatever its value (a failure sends them ``null``).
+
+    Every family's ``detect`` asks it of every callback, music's included: a set operation in C,
+    not a loop over the keys.
+    """
+    return not data.keys().isdisjoint(keys)

@@ -17,7 +17,15 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
 from ..events import FamilyEvent
 from ..signals import wav_converted, wav_failed
 from .base import FAILED, Family
-from .envelope import SUCCESS_CODE, DataSchema, EnvelopeSchema, Text, common_fields, data_of
+from .envelope import (
+    SUCCESS_CODE,
+    DataSchema,
+    EnvelopeSchema,
+    Text,
+    common_fields,
+    data_of,
+    has_any,
+)
 from .examples import envelope_example, media_url, task_id_key
 from .records import BY_CONTENT, record_reader
 
@@ -75,7 +83,7 @@ wav_schema = WavSchema()
 def is_wav(body: Mapping[str, Any]) -> bool:
     """A WAV link's key, at ``data`` or at ``data.response``."""
     data = data_of(body)
-    if any(key in data for key in WAV_KEYS):
+    if has_any(data, WAV_KEYS):
         return True
     response = data.get("response")
     return isinstance(response, dict) and "audioWavUrl" in response
