@@ -279,18 +279,27 @@ def test_a_bad_lease_fails_at_start_up(
         make_app(STORE=with_option(persistent_backend.url, f"lease={lease}"))
 
 
-def test_the_longest_task_id_is_kept_and_a_longer_one_refused(persistent_app: StoreApp) -> None:
-    """A task id every store can key is accepted; one no store could is a 422, never a 503."""
+def test_the_longest_task_id_is_kept_and_a_longer_one_is_not_a_callback(
+    persistent_app: StoreApp,
+) -> None:
+    """A task id every store can key is accepted; one no store could is never a 503: refused
+    (422) on an open endpoint, and behind a token kept as unreadable, filed under no task id."""
     app = persistent_app()
     longest = "é-" * 127 + "x"
     assert len(longest) == MAX_TASK_ID_LENGTH
     assert post(app, build_callback("complete", task_id=longest)) == (200, {"status": "received"})
     assert [kept.task_id for kept in persistent_store(app).list()] == [longest]
-    for unusable in (longest + "x", "task\x00id", "task\nid"):
-        status, answer = post(app, build_callback("complete", task_id=unusable))
-        assert (status, answer["reason"]) == (422, "invalid_payload")
-        assert list(answer["errors"]) == ["task_id"]
-    assert len(persistent_store(app).list()) == 1
+    unusable_ids = (longest + "x", "task\x00id", "task\nid")
+    for unusable in unusable_ids:
+        answer = post(app, build_callback("complete", task_id=unusable))
+        assert answer == (200, {"status": "kept"})
+    kept = persistent_store(app).list(status="unreadable")
+    assert sorted(delivery.task_id for delivery in kept) == ["-"] * len(unusable_ids)
+    open_app = persistent_app(TOKEN=None)
+    for unusable in unusable_ids:
+        status, refused = post(open_app, build_callback("complete", task_id=unusable))
+        assert (status, refused["reason"]) == (422, "invalid_payload")
+        assert list(refused["errors"]) == ["task_id"]
 
 
 def test_any_error_text_of_a_receiver_is_kept(persistent_app: StoreApp) -> None:
