@@ -3,22 +3,27 @@
 ``flask musiccallback simulate`` sends callbacks whose links point at a host that does not exist
 (:data:`~flask_musiccallback.simulate.SIMULATED_MEDIA_HOST`), so that nothing simulated is ever
 fetched from a real server. The example app answers that one host (``MEDIA_SAMPLE_HOST``) itself,
-as the provider's CDN would: a short tune for an audio link, a cover for an image link, each
-different per track. Its downloader routes the host to :func:`wsgi_app`, so everything else about
-a download (HTTP, retries, saving, serving the copy) is the same as for real links; and the page
-plays such links from ``/samples/`` until the copy is saved.
+as the provider's CDN would: a short tune for an audio link (a track, a WAV, a stem), a cover for
+an image link (a track's cover, a cover task's images), a two-second video for a video link (see
+mp4.py), each different per link. Its downloader routes the host to :func:`wsgi_app`, so
+everything else about a download (HTTP, retries, saving, serving the copy) is the same as for real
+links; and the page plays such links from ``/samples/`` (until the copy is saved, for a track).
 """
 
 from __future__ import annotations
 
 import array
+import colorsys
 import hashlib
 import io
 import math
 import wave
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from pathlib import PurePosixPath
 from typing import Any
+
+from . import mp4
 
 RATE = 16000
 #: A major pentatonic scale over two octaves, in semitones above the root.
@@ -86,18 +91,88 @@ def cover(name: str) -> bytes:
     return svg.encode()
 
 
+#: The sample video's picture (whole macroblocks of 16 pixels), frames per second, and length.
+VIDEO_SIZE = (160, 96)
+VIDEO_FPS = 8
+VIDEO_SECONDS = 2
+
+_Colour = tuple[int, int, int]
+
+
+def _ycbcr(hue: float, lightness: float, saturation: float) -> _Colour:
+    """An HSL colour (hue in degrees, the others 0-1) in the video range of BT.601."""
+    r, g, b = colorsys.hls_to_rgb(hue / 360, lightness, saturation)
+    return (
+        round(16 + 65.481 * r + 128.553 * g + 24.966 * b),
+        round(128 - 37.797 * r - 74.203 * g + 112.0 * b),
+        round(128 + 112.0 * r - 93.786 * g - 18.214 * b),
+    )
+
+
+@lru_cache(maxsize=8)
+def video(name: str) -> bytes:
+    """An MP4 of a few seconds in the cover's manner: a sun rising out of moving waves under a
+    two-colour sky, seeded by ``name``."""
+    seed = _seed(name)
+    hue = seed[0] * 360 // 256
+    other = (hue + 40 + seed[1] % 80) % 360
+    width, height = VIDEO_SIZE
+    sky = [
+        _ycbcr(hue + (other - hue) * row / height, 0.62 - 0.22 * row / height, 0.68)
+        for row in range(height)
+    ]
+    sun, sea = _ycbcr((hue + 180) % 360, 0.85, 0.9), _ycbcr(other, 0.3, 0.55)
+    sun_x, radius = 40 + seed[2] % 80, 12 + seed[3] % 8
+    count = VIDEO_FPS * VIDEO_SECONDS
+    frames = []
+    for index in range(count):
+        time = index / count
+        sun_y = height * (0.85 - 0.55 * time)
+        phase = 2 * math.pi * time
+        waves = [height * 0.7 + 5 * math.sin(3 * math.pi * x / width + phase) for x in range(width)]
+        pixels = [
+            [
+                sea
+                if y >= waves[x]
+                else sun
+                if (x - sun_x) ** 2 + (y - sun_y) ** 2 <= radius**2
+                else sky[y]
+                for x in range(width)
+            ]
+            for y in range(height)
+        ]
+        # 4:2:0: one chroma sample for each two by two pixels, taken from its top left one.
+        corners = [pixels[y][x] for y in range(0, height, 2) for x in range(0, width, 2)]
+        frames.append(
+            mp4.Frame(
+                y=bytes(pixel[0] for row in pixels for pixel in row),
+                cb=bytes(pixel[1] for pixel in corners),
+                cr=bytes(pixel[2] for pixel in corners),
+            )
+        )
+    return mp4.encode(frames, width, height, VIDEO_FPS)
+
+
+#: Link suffixes answered with a cover; a track's cover is also named ``image_<id>``.
+_IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".webp"})
+
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 def render(path: str) -> tuple[bytes, str] | None:
-    """The sample for a simulated link's path and its media type: ``image_<id>...`` is a cover,
-    any other name is audio; ``None`` for a path with no name."""
+    """The sample for a simulated link's path and its media type: an image link (``image_<id>``,
+    or an image's suffix) is a cover, ``.mp4`` a video, any other name audio; ``None`` for a path
+    with no name."""
     name = path.rsplit("/", 1)[-1]
     if not name:
         return None
-    if name.startswith("image_"):
-        return cover(name.removeprefix("image_").rsplit(".", 1)[0]), "image/svg+xml"
-    return tune(name.rsplit(".", 1)[0]), "audio/wav"
+    suffix = PurePosixPath(name).suffix.lower()
+    seed = PurePosixPath(name).stem.removeprefix("image_")
+    if name.startswith("image_") or suffix in _IMAGE_SUFFIXES:
+        return cover(seed), "image/svg+xml"
+    if suffix == ".mp4":
+        return video(seed), "video/mp4"
+    return tune(seed), "audio/wav"
 
 
 def wsgi_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

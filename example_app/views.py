@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flask import (
     Blueprint,
@@ -110,7 +110,8 @@ def sample(path: str) -> Response:
     response = Response(body, mimetype=media_type)
     response.headers["Content-Security-Policy"] = INERT
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.make_conditional(request)
+    # Ranges, so that a player can seek (Chromium does not seek a video served without them).
+    response.make_conditional(request, accept_ranges=True, complete_length=len(body))
     return response
 
 
@@ -129,7 +130,8 @@ def is_sample(url: str | None) -> bool:
 def playable_filter(url: str | None) -> str | None:
     """A link the browser can load: a simulated one becomes the app's own sample."""
     if url and is_sample(url):
-        return url_for("pages.sample", path=urlsplit(url).path.lstrip("/"))
+        # The link's path is already percent-encoded (a stem's "%20"); url_for encodes it again.
+        return url_for("pages.sample", path=unquote(urlsplit(url).path.lstrip("/")))
     return url
 
 
