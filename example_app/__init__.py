@@ -146,6 +146,8 @@ def init_command(port: int) -> None:
   or over HTTP, through the running server:
 
       flask --app example_app musiccallback simulate --url {base}/music-callback
+
+  Another kind of task: add --family lyrics (or wav, stems, midi, video, cover, voice).
 """
     )
 

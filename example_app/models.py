@@ -1,4 +1,11 @@
-"""The example app's tables: tasks, the stages each went through, and their tracks.
+"""The example app's tables: tasks, the stages each went through, their tracks, and the results of
+the other families.
+
+A task is whatever the provider reported under one task id: music, lyrics, a WAV, stems, MIDI, a
+video, cover images or a voice. Every family's stages go to one timeline (``task_stages``, keyed as
+the extension deduplicates them: task id, family, stage); music's tracks have a table of their own,
+because their media are copied and their fields filled in stage by stage, while each other family's
+result is one row of ``results``, holding what the page shows of it as JSON.
 
 Times are stored as naive UTC (SQLite keeps no zone) and made aware again where they are shown.
 """
@@ -19,8 +26,9 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 
-#: How far along each stage is; a task's status is the furthest stage it reached.
-STAGE_RANK = {"text": 1, "first": 2, "complete": 3, "failed": 4}
+#: How far along each stage is, whatever the family; a task's status is the furthest stage it
+#: reached. A voice's ``phrase`` (the phrase to record) comes before its ``complete``.
+STAGE_RANK = {"text": 1, "first": 2, "phrase": 2, "complete": 3, "failed": 4}
 
 #: ``media_status`` of a track: ``none`` before the task completes; ``pending`` while its audio
 #: and cover are being copied; ``saved`` once both are local; ``failed`` when a copy could not be
@@ -41,7 +49,7 @@ def aware(moment: datetime) -> datetime:
 
 
 class Task(db.Model):  # type: ignore[name-defined,misc]
-    """A music generation task, known from its first callback on."""
+    """A task of any family, known from its first callback on."""
 
     __tablename__ = "tasks"
 
@@ -58,10 +66,20 @@ class Task(db.Model):  # type: ignore[name-defined,misc]
     tracks: Mapped[list[Track]] = relationship(
         order_by="Track.position", cascade="all, delete-orphan", lazy="selectin"
     )
+    results: Mapped[list[Result]] = relationship(
+        order_by="Result.family", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def families(self) -> list[str]:
+        """The families its callbacks came from, first heard first: one, unless two kinds of
+        task shared an id."""
+        return list(dict.fromkeys(stage.family for stage in self.stages))
 
     @property
     def status(self) -> str:
-        """``text``, ``first``, ``complete`` or ``failed``: the furthest stage received."""
+        """``text``, ``first``, ``phrase``, ``complete`` or ``failed``: the furthest stage
+        received."""
         return max(
             (stage.stage for stage in self.stages), key=STAGE_RANK.__getitem__, default="text"
         )
@@ -85,17 +103,23 @@ class Task(db.Model):  # type: ignore[name-defined,misc]
 
 
 class TaskStage(db.Model):  # type: ignore[name-defined,misc]
-    """One stage a task went through, as its callback reported it: the task's timeline."""
+    """One stage a task went through, as its callback reported it: the task's timeline.
+
+    Keyed like the extension's deduplication, so that a lyrics ``complete`` never hides a music
+    ``complete`` of the same task id.
+    """
 
     __tablename__ = "task_stages"
-    __table_args__ = (sa.UniqueConstraint("task_id", "stage"),)
+    __table_args__ = (sa.UniqueConstraint("task_id", "family", "stage"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[str] = mapped_column(sa.ForeignKey("tasks.id", ondelete="CASCADE"))
+    family: Mapped[str] = mapped_column(sa.String(32))
     stage: Mapped[str] = mapped_column(sa.String(16))
     code: Mapped[int]
     msg: Mapped[str] = mapped_column(sa.Text)
-    #: A failure's ``data.error``, when the provider sent one.
+    #: A failure's own explanation, when the provider sent one (music's ``data.error``, a
+    #: voice's ``errorMessage``).
     error: Mapped[str | None] = mapped_column(sa.Text)
     received_at: Mapped[datetime]
 
@@ -133,6 +157,27 @@ class Track(db.Model):  # type: ignore[name-defined,misc]
     @property
     def tag_list(self) -> list[str]:
         return [tag.strip() for tag in (self.tags or "").split(",") if tag.strip()]
+
+
+class Result(db.Model):  # type: ignore[name-defined,misc]
+    """What a task of a family other than music produced, as the page shows it.
+
+    ``data`` holds only that (a MIDI task's note counts, not its notes), in a shape of the
+    family's own that its macro in ``templates/_results.html`` reads; the whole body is the
+    extension's to keep, not the page's. One row per family of a task, filled in by the
+    furthest stage that had a result: a voice's ``complete`` replaces its ``phrase``, never the
+    other way round.
+    """
+
+    __tablename__ = "results"
+    __table_args__ = (sa.UniqueConstraint("task_id", "family"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[str] = mapped_column(sa.ForeignKey("tasks.id", ondelete="CASCADE"))
+    family: Mapped[str] = mapped_column(sa.String(32))
+    #: The stage whose callback filled it in.
+    stage: Mapped[str] = mapped_column(sa.String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
 
 
 def insert_missing(model: Any, values: dict[str, Any]) -> None:

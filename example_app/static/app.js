@@ -33,11 +33,11 @@
 
   // A player that is playing moves into the redrawn task when it plays the same file.
   const keepPlaying = (old, fresh) => {
-    old.querySelectorAll("audio").forEach((audio) => {
-      if (audio.paused) return;
-      const twin = [...fresh.querySelectorAll("audio")]
-        .find((other) => other.dataset.track === audio.dataset.track);
-      if (twin && twin.getAttribute("src") === audio.getAttribute("src")) twin.replaceWith(audio);
+    old.querySelectorAll("audio, video").forEach((player) => {
+      if (player.paused) return;
+      const twin = [...fresh.querySelectorAll("audio, video")]
+        .find((other) => other.dataset.player === player.dataset.player);
+      if (twin && twin.getAttribute("src") === player.getAttribute("src")) twin.replaceWith(player);
     });
   };
 

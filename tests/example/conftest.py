@@ -71,6 +71,6 @@ def task(app: Flask, task_id: str) -> Task:
         found = db.session.get(Task, task_id)
         assert found is not None, f"no task {task_id}"
         # Load what the assertions read before the session ends.
-        _ = [found.stages, found.tracks]
+        _ = [found.stages, found.tracks, found.results]
         db.session.expunge_all()
         return found

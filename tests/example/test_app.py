@@ -6,15 +6,20 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
+from markupsafe import escape
 
 from example_app import DEFAULTS, _instance_token
-from example_app.models import Task, TaskStage, Track, db
-from example_app.receivers import record
-from flask_musiccallback.families import MUSIC
+from example_app.models import Result, Task, TaskStage, Track, db
+from example_app.receivers import keep_lyrics, keep_voice, record
+from flask_musiccallback.families import BUILT_IN, LYRICS, MUSIC, VOICE
+from flask_musiccallback.simulate import post_callback
 from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import CallbackClient, build_callback, record_signals
 
@@ -24,6 +29,9 @@ AUDIO = re.compile(r'<audio[^>]*\ssrc="([^"]+)"')
 COVER = re.compile(r'<img class="track__cover" src="([^"]+)"')
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: Every family but music, whose results the page shows beside music's tracks.
+FAMILIES = tuple(family.name for family in BUILT_IN if family is not MUSIC)
 
 
 def page(app: Flask) -> str:
@@ -345,3 +353,290 @@ def test_deliveries_are_kept_in_the_app_database_beside_its_tasks(
             sa.text("SELECT stage FROM musiccallback_deliveries WHERE task_id = 'task-1'")
         ).scalars()
         assert sorted(kept) == ["complete", "first", "text"]
+
+
+# Every other family: each result shown as a person would want it, and failures as music's are.
+
+
+def deliver_family(
+    client: CallbackClient, family: str, stage: str = "complete", task_id: str = "task-1", **kw: Any
+) -> dict[str, Any]:
+    """Deliver a simulated callback of ``family`` to its family's callback URL; returns its body."""
+    payload = build_callback(stage, family=family, task_id=task_id, **kw)
+    answer = client.deliver(payload, family=family, family_in_url=True)
+    assert answer.json == {"status": "received"}
+    return payload
+
+
+def test_lyrics_show_each_variant_as_text_under_its_title(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    payload = deliver_family(deliver, "lyrics", tracks=3)
+
+    html = page(example)
+    assert '<span class="family family--lyrics">Lyrics</span>' in html
+    variants = payload["data"]["data"]
+    assert len(variants) == 3
+    for variant in variants:
+        assert f'<h3 class="result__title">{escape(variant["title"])}</h3>' in html
+        # As sent, line breaks and all; the page keeps them (white-space: pre-wrap).
+        assert f'<p class="lyrics__text">{escape(variant["text"])}</p>' in html
+    assert "[Verse]\nCity lights on the river\n[Chorus]" in html
+
+
+def test_a_lyrics_variant_that_failed_shows_why(example: Flask, deliver: CallbackClient) -> None:
+    payload = build_callback("complete", family="lyrics", task_id="task-1")
+    payload["data"]["data"][1].update(
+        text="", status="failed", errorMessage="The prompt contains sensitive words"
+    )
+    deliver.deliver(payload, family="lyrics", family_in_url=True)
+
+    html = page(example)
+    assert '<p class="result__error">The prompt contains sensitive words</p>' in html
+    assert html.count('class="lyrics__text"') == 1
+
+
+def test_a_wav_shows_a_player_and_a_download_link(example: Flask, deliver: CallbackClient) -> None:
+    deliver_family(deliver, "wav")
+
+    html = page(example)
+    [src] = AUDIO.findall(html)
+    assert src.startswith("/samples/")
+    assert src.endswith(".wav")
+    assert f'<a href="{src}" download>Download the WAV</a>' in html
+    answer = example.test_client().get(src)
+    assert answer.mimetype == "audio/wav"
+    assert answer.data[:4] == b"RIFF"
+
+
+STEM = re.compile(r'<audio [^>]*src="([^"]+)" aria-label="([^"]+)"')
+
+
+def test_stems_show_a_labelled_player_per_stem(example: Flask, deliver: CallbackClient) -> None:
+    deliver_family(deliver, "stems", tracks=4)  # a stem split into its first four stems
+
+    html = page(example)
+    stems = STEM.findall(html)
+    assert [label for _, label in stems] == ["Vocal", "Backing vocals", "Drums", "Bass"]
+    assert all(src.startswith("/samples/") for src, _ in stems)
+    assert len({src for src, _ in stems}) == 4
+    for _, label in stems:
+        assert f'<span class="stem__name">{label}</span>' in html
+
+
+def test_an_advanced_split_shows_each_part_and_the_track_without_it(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    payload = build_callback("complete", family="stems", task_id="task-1", reseller="kie")
+    cdn = "https://cdn.example.invalid/split"
+    payload["data"]["vocal_separation_info"] = {
+        "origin_url": f"{cdn}/origin.mp3",
+        "origin_data": [
+            {
+                "extract": {
+                    "id": "e1",
+                    "audio_url": f"{cdn}/Lead Vocals.mp3",
+                    "duration": 183.4,
+                    "stem_type_group_name": "Vocals",
+                },
+                "remove": {
+                    "id": "r1",
+                    "audio_url": f"{cdn}/Lead Vocals removed.mp3",
+                    "duration": "183.4",
+                    "stem_type_group_name": "Vocals",
+                },
+            }
+        ],
+    }
+    deliver.deliver(payload, family="stems", family_in_url=True)
+
+    html = page(example)
+    stems = STEM.findall(html)
+    assert [label for _, label in stems] == ["Original", "Vocals", "Without vocals"]
+    assert stems[1][0] == "/samples/split/Lead%20Vocals.mp3"
+    assert html.count('<span class="stem__duration">3:03</span>') == 2
+
+
+def test_midi_shows_each_instrument_with_its_note_count_and_the_total(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    payload = deliver_family(deliver, "midi", tracks=3)
+
+    html = page(example)
+    instruments = payload["data"]["instruments"]
+    total = sum(len(instrument["notes"]) for instrument in instruments)
+    assert total > 0
+    for instrument in instruments:
+        name, count = escape(instrument["name"]), len(instrument["notes"])
+        assert f'<tr><th scope="row">{name}</th><td class="midi__count">{count}</td></tr>' in html
+    assert f'<td class="midi__count midi__total">{total}</td>' in html
+    assert f"MIDI: 3 instruments, {total} notes" in html
+
+
+def test_a_video_is_shown_in_a_player_with_a_link(example: Flask, deliver: CallbackClient) -> None:
+    deliver_family(deliver, "video")
+
+    html = page(example)
+    [src] = re.findall(r'<video [^>]*src="([^"]+)"', html)
+    assert src.startswith("/samples/")
+    assert f'<a href="{src}">Open the video</a>' in html
+    client = example.test_client()
+    video = client.get(src)
+    assert video.mimetype == "video/mp4"
+    assert video.data[4:8] == b"ftyp"
+    part = client.get(src, headers={"Range": "bytes=0-99"})  # what a player seeks with
+    assert part.status_code == 206
+    assert part.data == video.data[:100]
+
+
+def test_cover_images_are_shown_as_thumbnails(example: Flask, deliver: CallbackClient) -> None:
+    payload = deliver_family(deliver, "cover", tracks=3)
+
+    html = page(example)
+    images = re.findall(r'<img class="cover-image" src="([^"]+)"', html)
+    assert len(images) == len(payload["data"]["images"]) == 3
+    assert 'alt="Cover image 2 of 3"' in html
+    for src in images:
+        assert src.startswith("/samples/")
+        assert example.test_client().get(src).mimetype == "image/svg+xml"
+
+
+def test_a_voice_shows_the_phrase_to_record_then_its_voice_id(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    phrase = deliver_family(deliver, "voice", "phrase")["data"]["validateInfo"]
+
+    html = page(example)
+    assert f'<blockquote class="voice__phrase">{escape(phrase)}</blockquote>' in html
+    assert "Phrase to record" in html
+    assert 'data-active="true"' in html  # the complete stage is still to come
+
+    voice_id = deliver_family(deliver, "voice")["data"]["voiceId"]
+    html = page(example)
+    assert f'<code class="voice__id">{voice_id}</code>' in html
+    assert "voice__phrase" not in html
+    assert '<span class="status status--complete">Complete</span>' in html
+
+
+def test_a_late_phrase_does_not_undo_a_ready_voice(example: Flask) -> None:
+    complete = VOICE.load(build_callback("complete", family="voice", task_id="task-1"))
+    phrase = VOICE.load(build_callback("phrase", family="voice", task_id="task-1"))
+
+    with example.app_context():
+        keep_voice(complete)
+        keep_voice(phrase)
+
+    recorded = task(example, "task-1")
+    assert recorded.status == "complete"
+    [result] = recorded.results
+    assert (result.stage, result.data["voice_id"]) == ("complete", complete.voice_id)
+
+
+def test_voice_stages_processed_at_once_end_with_the_voice(example: Flask) -> None:
+    bodies = [
+        build_callback(stage, family="voice", task_id="task-1") for stage in ("phrase", "complete")
+    ]
+    threads = [
+        threading.Thread(
+            target=post_callback, args=(example, body), kwargs={"query": {"family": "voice"}}
+        )
+        for body in bodies
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    settle(example)
+
+    recorded = task(example, "task-1")
+    assert sorted(stage.stage for stage in recorded.stages) == ["complete", "phrase"]
+    [result] = recorded.results
+    assert result.data["voice_id"] == bodies[1]["data"]["voiceId"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_failure_of_any_family_shows_its_code_and_message(
+    example: Flask, deliver: CallbackClient, family: str
+) -> None:
+    payload = deliver_family(deliver, family, "failed")
+
+    assert task(example, "task-1").status == "failed"
+    html = page(example)
+    assert 'class="task task--failed"' in html
+    assert f'<span class="family family--{family}">' in html
+    assert f'<span class="step__code" title="code">{payload["code"]}</span>' in html
+    assert f'<span class="step__msg">{escape(payload["msg"])}</span>' in html
+    assert 'class="result ' not in html  # a failure has no result to show
+
+
+def test_a_failed_voice_shows_its_error_under_the_phrase(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    deliver_family(deliver, "voice", "phrase")
+    error = deliver_family(deliver, "voice", "failed")["data"]["errorMessage"]
+
+    html = page(example)
+    assert f'<span class="step__error">{escape(error)}</span>' in html
+    assert "voice__phrase" in html
+    assert '<span class="status status--failed">Failed</span>' in html
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_simulate_command_sends_a_task_of_any_family_to_the_page(
+    example: Flask, family: str
+) -> None:
+    result = example.test_cli_runner().invoke(
+        args=["musiccallback", "simulate", "--family", family, "--task-id", "cli-1"]
+    )
+    assert result.exit_code == 0, result.output
+    settle(example)
+
+    recorded = task(example, "cli-1")
+    assert recorded.families == [family]
+    assert [result.family for result in recorded.results] == [family]
+    assert f'class="result result--{family}"' in page(example)
+
+
+def test_a_redelivered_or_retried_result_is_recorded_once(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    payload = deliver_family(deliver, "lyrics")
+    assert deliver.deliver(payload, family="lyrics", family_in_url=True).json == {
+        "status": "duplicate"
+    }
+    with example.app_context():  # the receiver run again, as after a failure
+        keep_lyrics(LYRICS.load(payload))
+        stages = db.session.scalar(db.select(db.func.count(TaskStage.id)))
+        results = db.session.scalars(db.select(Result)).all()
+        assert stages == 1
+        assert [result.family for result in results] == ["lyrics"]
+
+
+def test_one_task_id_in_two_families_keeps_both(example: Flask, deliver: CallbackClient) -> None:
+    simulate(deliver, "task-1", "complete")
+    deliver_family(deliver, "lyrics")
+
+    recorded = task(example, "task-1")
+    assert recorded.families == ["music", "lyrics"]
+    assert [(stage.family, stage.stage) for stage in recorded.stages] == [
+        ("music", "complete"),
+        ("lyrics", "complete"),
+    ]
+    html = page(example)
+    assert "Neon Harbor" in html
+    assert 'class="lyrics__text"' in html
+
+
+def test_the_media_of_other_families_are_shown_from_the_provider_not_copied(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    for family in ("wav", "stems", "video", "cover"):
+        deliver_family(deliver, family, task_id=f"{family}-1")
+    settle(example)
+
+    html = page(example)
+    sources = re.findall(r'(?:src|href)="(/(?:samples|media)/[^"]+)"', html)
+    assert len(sources) > 4
+    assert all(src.startswith("/samples/") for src in sources)
+    media_folder = Path(example.config["MEDIA_FOLDER"])
+    assert not media_folder.exists() or not any(media_folder.rglob("*.*"))

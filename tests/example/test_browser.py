@@ -169,3 +169,100 @@ def test_the_page_redraws_only_the_tasks_that_change(
         assert browser.find_element("css selector", "[data-task='new'] .status").text == (
             "First track ready"
         )
+
+
+#: What the page shows of every family's task, read in the browser.
+RESULTS = """
+const within = (task, selector) =>
+  [...document.querySelectorAll(`[data-task='browser-${task}'] ${selector}`)];
+const player = (media) => ({
+  label: media.getAttribute('aria-label'), ready: media.readyState, duration: media.duration,
+  width: media.videoWidth,
+});
+within('cover', 'img.cover-image').forEach((image) => image.scrollIntoView());
+return {
+  lyrics: within('lyrics', '.lyrics__text').map((text) => text.innerText),
+  wav: within('wav', 'audio').map(player),
+  stems: within('stems', 'audio').map(player),
+  video: within('video', 'video').map(player),
+  covers: within('cover', 'img.cover-image').map((image) =>
+    image.complete && image.naturalWidth > 0 && !image.src.endsWith('/cover.svg')),
+  midi: within('midi', '.midi__count').map((cell) => cell.textContent),
+  phrase: within('voice', '.voice__phrase').map((quote) => quote.innerText),
+  voice: within('voice', '.voice__id').map((code) => code.textContent),
+};
+"""
+
+
+def test_a_task_of_every_family_appears_on_the_open_page_as_a_person_would_want_it(
+    make_example: ExampleFactory, browser: WebDriver
+) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app = make_example(PAGE_REFRESH_SECONDS=0.2)
+    runner = app.test_cli_runner()
+    with serve_url(app) as base:
+        browser.get(f"{base}/")
+        browser.execute_script("window.notReloaded = true;")
+
+        def simulate(family: str, stage: str) -> None:
+            result = runner.invoke(
+                args=[
+                    "musiccallback",
+                    "simulate",
+                    "--family",
+                    family,
+                    "--stage",
+                    stage,
+                    "--task-id",
+                    f"browser-{family}",
+                    "--url",
+                    f"{base}/music-callback",
+                ]
+            )
+            assert result.exit_code == 0, result.output
+
+        for family in ("lyrics", "wav", "stems", "midi", "video", "cover"):
+            simulate(family, "complete")
+        simulate("voice", "phrase")
+        settle(app)
+
+        def shown(driver: Any) -> dict[str, Any] | None:
+            results: dict[str, Any] = driver.execute_script(RESULTS)
+            players = results["wav"] + results["stems"] + results["video"]
+            loaded = (
+                len(results["lyrics"]) == 2
+                and len(results["stems"]) == 2
+                and len(players) == 4
+                and all(p["ready"] >= 1 for p in players)
+                and len(results["covers"]) == 2
+                and all(results["covers"])
+                and results["midi"]
+                and results["phrase"]
+            )
+            return results if loaded else None
+
+        results = WebDriverWait(browser, 20, poll_frequency=0.1).until(shown)
+
+        assert results["lyrics"][0].startswith("[Verse]\nCity lights on the river\n[Chorus]")
+        assert browser.find_element(
+            "css selector", "[data-task='browser-lyrics'] .lyrics__text"
+        ).is_displayed()
+        assert [p["label"] for p in results["stems"]] == ["Vocal", "Instrumental"]
+        assert all(p["duration"] > 1 for p in results["wav"] + results["stems"])
+        [video] = results["video"]
+        assert video["width"] == 160  # the sample video's picture was decoded
+        assert results["midi"] == ["8", "8", "16"]  # two instruments, then the total
+        assert results["phrase"] == ["Neon rain on an empty street, sing it slow."]
+        assert results["voice"] == []
+
+        simulate("voice", "complete")
+        settle(app)
+        voice = WebDriverWait(browser, 10, poll_frequency=0.1).until(
+            lambda driver: driver.execute_script(RESULTS)["voice"]
+        )
+        assert voice[0].startswith("voice_")
+        assert browser.find_element("css selector", "[data-task='browser-voice'] .status").text == (
+            "Complete"
+        )
+        assert browser.execute_script("return window.notReloaded") is True
