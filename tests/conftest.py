@@ -25,6 +25,8 @@ pytest_plugins = [
     # Real PostgreSQL and Redis servers, and every store as a parameter of the conformance suite.
     "tests.servers",
     "tests.backends",
+    # The built-in families' apps with and without a source check (open_app, guarded_app).
+    "tests.family_kit",
 ]
 
 TOKEN = "test-token-0123456789abcdef"

@@ -4,6 +4,8 @@
 every other family, in the documented shape (PROVIDER.md section 6), from answers a test scripts
 per task: each poll takes the next answer, and the last one repeats, as a finished task keeps its
 final record. The path each task was asked at is recorded, so a test sees which family was polled.
+:func:`record` builds the music family's record; the other families' records, which share one
+shape, are built by ``tests.family_kit.record_answer``.
 """
 
 from __future__ import annotations
@@ -67,33 +69,6 @@ def record(
             "operationType": "generate",
             "errorCode": error_code,
             "errorMessage": error_message,
-        },
-    }
-
-
-def family_record(
-    task_id: str,
-    flag: str | int | None,
-    response: Mapping[str, Any] | None = None,
-    *,
-    status_key: str = "successFlag",
-    error_code: Any = None,
-    error_message: str | None = None,
-    times: Any = 1758044664461,
-) -> dict[str, Any]:
-    """A record of a family other than music: its status under ``status_key`` (a string or an
-    integer) and its result under ``response``, with creation and completion ``times``."""
-    return {
-        "code": 200,
-        "msg": "success",
-        "data": {
-            "taskId": task_id,
-            status_key: flag,
-            "response": None if response is None else {"taskId": task_id, **response},
-            "errorCode": error_code,
-            "errorMessage": error_message,
-            "createTime": times,
-            "completeTime": times,
         },
     }
 

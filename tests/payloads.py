@@ -7,8 +7,10 @@ camelCase spellings, epoch milliseconds or date strings, unknown extra keys); th
 
 from __future__ import annotations
 
+import copy
 import json
 import string
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -179,22 +181,31 @@ def other_family_callbacks(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def mutated_callbacks(draw: st.DrawFn) -> dict[str, Any]:
-    """A real-looking callback with one value, anywhere in it, replaced by any JSON value."""
-    payload = draw(music_callbacks())
+def mutated(
+    draw: st.DrawFn, bodies: Sequence[dict[str, Any]] | st.SearchStrategy[dict[str, Any]]
+) -> dict[str, Any]:
+    """One of ``bodies`` (or a body the strategy ``bodies`` draws) with the value of one key, at
+    any depth, replaced by any JSON value: real traffic with one thing wrong, which every family's
+    schema must refuse cleanly or read into a typed event."""
+    source = bodies if isinstance(bodies, st.SearchStrategy) else st.sampled_from(bodies)
+    payload = copy.deepcopy(draw(source))
     target: Any = payload
     while True:
         keys = list(target) if isinstance(target, dict) else list(range(len(target)))
         if not keys:
-            break
+            return payload
         key = draw(st.sampled_from(keys))
         value = target[key]
         if isinstance(value, dict | list) and value and draw(st.booleans()):
             target = value
             continue
         target[key] = draw(json_values)
-        break
-    return payload
+        return payload
+
+
+def mutated_callbacks() -> st.SearchStrategy[dict[str, Any]]:
+    """A real-looking music callback with one value, anywhere in it, replaced by any JSON value."""
+    return mutated(music_callbacks())
 
 
 def encode(payload: Any) -> bytes:

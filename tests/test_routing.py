@@ -15,9 +15,19 @@ from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import CallbackClient, build_callback, record_signals
 
 from .conftest import URL, AppFactory
+from .family_kit import signal_name
 
 #: A failure that names no family: the shape lyrics, MIDI and music failures share.
 BARE_FAILURE = {"code": 500, "msg": "Internal Error", "data": {"task_id": "bare-1"}}
+
+#: Every shape of a failure that names no family, each with the task id ``bare-1``.
+BARE_FAILURES = {
+    "data.task_id": BARE_FAILURE,
+    "data.taskId": {"code": 400, "msg": "Task failed", "data": {"taskId": "bare-1"}},
+    "data null": {"code": 400, "msg": "Unsupported format", "task_id": "bare-1", "data": None},
+}
+
+OTHER_FAMILIES = [family for family in BUILT_IN if family is not MUSIC]
 
 SUCCESS_STAGES = {
     family.name: [stage for stage in family.stages if stage != "failed"] for family in BUILT_IN
@@ -60,15 +70,24 @@ def test_a_failure_that_names_no_family_is_music_when_nothing_else_says(
     assert names(recorded) == ["callback_received", "task_failed"]
 
 
+@pytest.mark.parametrize("body", BARE_FAILURES.values(), ids=BARE_FAILURES.keys())
+@pytest.mark.parametrize("family", OTHER_FAMILIES, ids=lambda family: family.name)
 def test_the_callback_url_family_reads_a_failure_that_names_none(
-    app: Flask, client: FlaskClient
+    app: Flask, client: FlaskClient, family: Family, body: dict[str, Any]
 ) -> None:
+    assert Families(*BUILT_IN).route(body) is MUSIC  # no family's keys: music but for the URL
     with record_signals(app) as recorded:
-        answer = client.post(f"{URL}&family=wav", json=BARE_FAILURE)
+        answer = client.post(f"{URL}&family={family.name}", json=body)
     assert answer.get_json() == {"status": "received"}
-    assert names(recorded) == ["callback_received", "wav_failed"]
+    assert names(recorded) == ["callback_received", signal_name(family, "failed")]
     event = recorded[-1][1]["event"]
-    assert (event.family, event.stage, event.ok, event.code) == ("wav", "failed", False, 500)
+    assert (event.family, event.task_id, event.stage, event.ok, event.code) == (
+        family.name,
+        "bare-1",
+        "failed",
+        False,
+        body["code"],
+    )
 
 
 def test_the_callback_url_family_wins_over_the_body_keys(app: Flask, client: FlaskClient) -> None:
