@@ -100,14 +100,17 @@ def test_the_callback_url_family_wins_over_the_body_keys(app: Flask, client: Fla
     assert recorded[0][1]["family"] == "music"
 
 
+@pytest.mark.parametrize("body", BARE_FAILURES.values(), ids=BARE_FAILURES.keys())
+@pytest.mark.parametrize("family", OTHER_FAMILIES, ids=lambda family: family.name)
 def test_a_registered_task_places_a_failure_that_names_no_family(
-    app: Flask, client: FlaskClient
+    app: Flask, client: FlaskClient, family: Family, body: dict[str, Any]
 ) -> None:
     with app.app_context():
-        extension(app).expect("bare-1", family="wav")
+        extension(app).expect("bare-1", family=family.name)
     with record_signals(app) as recorded:
-        client.post(URL, json=BARE_FAILURE)
-    assert names(recorded) == ["callback_received", "wav_failed"]
+        client.post(URL, json=body)
+    assert names(recorded) == ["callback_received", signal_name(family, "failed")]
+    assert recorded[-1][1]["event"].family == family.name
 
 
 def test_the_body_keys_place_a_callback_whatever_its_task_was_registered_as(
