@@ -9,6 +9,7 @@ Loaded as a pytest plugin by conftest.py, for the fixtures ``open_app`` and ``gu
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -40,6 +41,25 @@ RECORD_TIMES = {
 }
 
 
+#: Signals as ``record_signals`` records them: ``(name, kwargs)``, in the order sent.
+Recorded = Sequence[tuple[str, dict[str, Any]]]
+
+
+def names(signals: Recorded) -> list[str]:
+    """The names of the signals sent, in order."""
+    return [name for name, _ in signals]
+
+
+def sent(signals: Recorded, name: str) -> list[dict[str, Any]]:
+    """The keyword arguments of each sending of the signal ``name``."""
+    return [kwargs for signal, kwargs in signals if signal == name]
+
+
+def events(signals: Recorded, name: str) -> list[Any]:
+    """The events the signal ``name`` was sent with."""
+    return [kwargs["event"] for kwargs in sent(signals, name)]
+
+
 @dataclass(frozen=True)
 class Posted:
     """The endpoint's answer to one body and the signals sent meanwhile, in order."""
@@ -50,15 +70,13 @@ class Posted:
 
     @property
     def names(self) -> list[str]:
-        return [name for name, _ in self.signals]
+        return names(self.signals)
 
     def sent(self, name: str) -> list[dict[str, Any]]:
-        """The keyword arguments of each sending of the signal ``name``."""
-        return [kwargs for sent, kwargs in self.signals if sent == name]
+        return sent(self.signals, name)
 
     def events(self, name: str) -> list[Any]:
-        """The events the signal ``name`` was sent with."""
-        return [kwargs["event"] for kwargs in self.sent(name)]
+        return events(self.signals, name)
 
 
 def post(app: Flask, body: Any, *, family: str | None = None, url: str = URL) -> Posted:
