@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Protocol, cast
 
 from blinker import Signal
@@ -34,6 +35,8 @@ FAMILY_HEADER = "Callback-Family"
 #: The stage of every family's failure.
 FAILED = "failed"
 
+#: The stage of a task's result, as every family spells it (music's ``Stage.COMPLETE`` too).
+COMPLETE = "complete"
 
 
 class Event(Protocol):
@@ -88,6 +91,12 @@ class Example(Protocol):
         reseller: str = "sunoapi",
         count: int = 2,
     ) -> dict[str, Any]: ...
+
+
+def complete_or_failed(complete: Signal, failed: Signal) -> Mapping[str, Signal]:
+    """The :attr:`Family.signals` of a family whose task ends once, in a result or a failure:
+    every built-in family but music (four stages) and voice (a phrase first)."""
+    return MappingProxyType({COMPLETE: complete, FAILED: failed})
 
 
 def _nothing(payload: Mapping[str, Any]) -> bool:

@@ -19,28 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, ClassVar
 
-from marshmallow import ValidationError, fields, post_load
+from marshmallow import fields, post_load
 
 from ..events import FamilyEvent
 from ..signals import cover_failed, cover_generated
-from .base import FAILED, Family
-from .envelope import (
-    SUCCESS_CODE,
-    DataSchema,
-    EnvelopeSchema,
-    Text,
-    common_fields,
-    data_of,
-    has_any,
-)
+from .base import COMPLETE, Family, complete_or_failed
+from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, data_of, has_any, outcome
 from .examples import envelope_example, media_url
-from .records import BY_CONTENT, record_reader
+from .records import flag_statuses, record_reader, result_at, word_statuses
 
 COVER_NAME = "cover"
-COMPLETE = "complete"
 
 #: The key the images arrive under, which names the family.
 COVER_KEYS = ("images",)
@@ -75,11 +65,13 @@ class CoverSchema(EnvelopeSchema):
     ) -> CoverEvent:
         data: dict[str, Any] = loaded["data"] or {}
         images = tuple(url for url in data.get("images") or () if url)
-        if loaded["code"] != SUCCESS_CODE:
-            return CoverEvent(**common_fields(loaded, original, data, FAILED), images=images)
-        if not images:
-            raise ValidationError({"data": {"images": ["A success without its images."]}})
-        return CoverEvent(**common_fields(loaded, original, data, COMPLETE), images=images)
+        stage = outcome(
+            loaded["code"],
+            has_result=bool(images),
+            at="images",
+            missing="A success without its images.",
+        )
+        return CoverEvent(**common_fields(loaded, original, data, stage), images=images)
 
 
 cover_schema = CoverSchema()
@@ -88,13 +80,6 @@ cover_schema = CoverSchema()
 def is_cover(body: Mapping[str, Any]) -> bool:
     """The images' key in ``data``, whatever its value."""
     return has_any(data_of(body), COVER_KEYS)
-
-
-def _success_data(response: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
-    images = response.get("images")
-    if not images:
-        raise ValidationError("The record holds no cover images.")
-    return {"images": images}
 
 
 def example(
@@ -127,22 +112,12 @@ COVER = Family(
     name=COVER_NAME,
     schema=cover_schema,
     load=cover_schema.load,
-    signals=MappingProxyType({COMPLETE: cover_generated, FAILED: cover_failed}),
+    signals=complete_or_failed(cover_generated, cover_failed),
     detect=is_cover,
     record_path="/api/v1/suno/cover/record-info",
     read_record=record_reader(
-        {
-            "0": None,
-            "1": COMPLETE,
-            "2": None,
-            "3": FAILED,
-            "PENDING": None,
-            "SUCCESS": COMPLETE,
-            "CREATE_TASK_FAILED": FAILED,
-            "GENERATE_COVER_FAILED": FAILED,
-            "CALLBACK_EXCEPTION": BY_CONTENT,
-        },
-        _success_data,
+        flag_statuses(failed=(3,), pending=(0, 2)) | word_statuses("GENERATE_COVER_FAILED"),
+        result_at("images", what="cover images", response_only=True),
         failure_data={"images": None},
     ),
     example=example,

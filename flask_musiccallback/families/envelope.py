@@ -1,15 +1,15 @@
 """What every family's body shares: the ``{code, msg, data}`` envelope, the task id wherever a
-reseller puts it, and blank strings read as "not there".
+reseller puts it, blank strings read as "not there", and ``code`` deciding failure.
 
 The families other than music build their schemas from these pieces, so that the envelope is
 read one way everywhere: ``code`` as a bounded whole number (numeric text too), the task id at
-``data.task_id``, ``data.taskId`` or the top level (PROVIDER.md section 4), and ``raw`` always the
-body as received.
+``data.task_id``, ``data.taskId`` or the top level (PROVIDER.md section 4), ``raw`` always the
+body as received, and a success refused when it lacks the result it reports (:func:`outcome`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from ..schemas import StatusCode
+from .base import COMPLETE, FAILED
 
 #: The code of a success; any other is a failure, whatever else the body says.
 SUCCESS_CODE = 200
@@ -89,6 +90,33 @@ def common_fields(
         "raw": MappingProxyType(original) if isinstance(original, dict) else original,
         "received_at": datetime.now(timezone.utc),
     }
+
+
+def outcome(code: int, *, has_result: bool, at: str, missing: str, failed: bool = False) -> str:
+    """The stage of a family whose task ends once: ``failed`` for a ``code`` other than 200 (or
+    when ``failed`` says so, as lyrics' ``callbackType`` may), else ``complete``.
+
+    A success must hold the result it reports: without it (``has_result`` false) there is
+    nothing for the host, so it is refused, as ``ValidationError`` at ``data.<at>`` saying
+    ``missing``, rather than dispatched as a success or guessed to be a failure.
+    """
+    if failed or code != SUCCESS_CODE:
+        return FAILED
+    if not has_result:
+        raise ValidationError({"data": {at: [missing]}})
+    return COMPLETE
+
+
+def first_value(keys: Iterable[str], *places: Mapping[str, Any]) -> Any:
+    """The first value given (not ``None``, blank or empty) under one of ``keys``, looked for in
+    each of ``places`` in turn; ``None`` when none is. A result has several spellings and
+    places (``data`` or ``data.response``), and the first that holds it is the one read."""
+    for place in places:
+        for key in keys:
+            value = place.get(key)
+            if value:
+                return value
+    return None
 
 
 def data_of(body: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
@@ -28,13 +27,12 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
 from ..events import FamilyEvent, Stage
 from ..schemas import CALLBACK_TYPES
 from ..signals import lyrics_failed, lyrics_generated
-from .base import FAILED, Family
-from .envelope import SUCCESS_CODE, DataSchema, EnvelopeSchema, Text, common_fields, data_of
+from .base import COMPLETE, Family, complete_or_failed
+from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, data_of, outcome
 from .examples import envelope_example, task_id_key
-from .records import BY_CONTENT, record_reader
+from .records import record_reader, word_statuses
 
 LYRICS_NAME = "lyrics"
-COMPLETE = "complete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +101,13 @@ class LyricsSchema(EnvelopeSchema):
         data: dict[str, Any] = loaded["data"] or {}
         items: list[Lyrics] | None = data.get("data")
         callback_type = (data.get("callbackType") or "").lower()
-        failed = loaded["code"] != SUCCESS_CODE or CALLBACK_TYPES.get(callback_type) is Stage.FAILED
-        if not failed and not items:
-            raise ValidationError({"data": {"data": ["A success without its lyrics."]}})
-        stage = FAILED if failed else COMPLETE
+        stage = outcome(
+            loaded["code"],
+            has_result=bool(items),
+            at="data",
+            missing="A success without its lyrics.",
+            failed=CALLBACK_TYPES.get(callback_type) is Stage.FAILED,
+        )
         return LyricsEvent(
             **common_fields(loaded, original, data, stage), lyrics=tuple(items or ())
         )
@@ -173,18 +174,11 @@ LYRICS = Family(
     name=LYRICS_NAME,
     schema=lyrics_schema,
     load=lyrics_schema.load,
-    signals=MappingProxyType({COMPLETE: lyrics_generated, FAILED: lyrics_failed}),
+    signals=complete_or_failed(lyrics_generated, lyrics_failed),
     detect=is_lyrics,
     record_path="/api/v1/lyrics/record-info",
     read_record=record_reader(
-        {
-            "PENDING": None,
-            "SUCCESS": COMPLETE,
-            "CREATE_TASK_FAILED": FAILED,
-            "GENERATE_LYRICS_FAILED": FAILED,
-            "SENSITIVE_WORD_ERROR": FAILED,
-            "CALLBACK_EXCEPTION": BY_CONTENT,
-        },
+        word_statuses("GENERATE_LYRICS_FAILED", "SENSITIVE_WORD_ERROR"),
         _success_data,
         failure_data={"callbackType": "error", "data": None},
     ),

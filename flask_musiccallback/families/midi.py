@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
@@ -38,13 +37,12 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
 from ..events import FamilyEvent
 from ..schemas import StatusCode
 from ..signals import midi_failed, midi_generated
-from .base import FAILED, Family
-from .envelope import SUCCESS_CODE, DataSchema, EnvelopeSchema, Text, common_fields, data_of
+from .base import COMPLETE, Family, complete_or_failed
+from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, data_of, outcome
 from .examples import envelope_example
-from .records import record_reader
+from .records import flag_statuses, record_reader
 
 MIDI_NAME = "midi"
-COMPLETE = "complete"
 
 
 class Note(NamedTuple):
@@ -198,11 +196,14 @@ class MidiSchema(EnvelopeSchema):
     ) -> MidiEvent:
         data: dict[str, Any] = loaded["data"] or {}
         instruments: list[Instrument] | None = data.get("instruments")
-        failed = loaded["code"] != SUCCESS_CODE
-        if not failed and instruments is None:
-            raise ValidationError({"data": {"instruments": ["A success without instruments."]}})
+        stage = outcome(
+            loaded["code"],
+            has_result=instruments is not None,
+            at="instruments",
+            missing="A success without instruments.",
+        )
         return MidiEvent(
-            **common_fields(loaded, original, data, FAILED if failed else COMPLETE),
+            **common_fields(loaded, original, data, stage),
             state=data.get("state"),
             instruments=tuple(instruments or ()),
         )
@@ -288,11 +289,11 @@ MIDI = Family(
     name=MIDI_NAME,
     schema=midi_schema,
     load=midi_schema.load,
-    signals=MappingProxyType({COMPLETE: midi_generated, FAILED: midi_failed}),
+    signals=complete_or_failed(midi_generated, midi_failed),
     detect=is_midi,
     record_path="/api/v1/midi/record-info",
     read_record=record_reader(
-        {"0": None, "1": COMPLETE, "2": FAILED, "3": FAILED},
+        flag_statuses(failed=(2, 3)),
         _success_data,
         failure_data={"instruments": None},
     ),

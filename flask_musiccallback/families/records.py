@@ -3,8 +3,10 @@
 Every family but music answers its record endpoint alike: ``{code, msg, data: {taskId,
 successFlag or status, response, errorCode, errorMessage, createTime, completeTime}}``, with the
 status a string or an integer and the result under ``response`` in camelCase. A family says only
-what differs: which statuses mean success, failure or "not yet", and how its result becomes its
-callback's ``data``. :func:`record_reader` makes the family's ``read_record`` from that.
+what differs: which statuses mean success, failure or "not yet" (:func:`word_statuses`,
+:func:`flag_statuses`), and how its result becomes its callback's ``data`` (:func:`result_at`
+for a result that is one value). :func:`record_reader` makes the family's ``read_record`` from
+that.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from ..schemas import StatusCode, Timestamp
-from .base import FAILED, Record
+from .base import COMPLETE, FAILED, Record
 from .envelope import SUCCESS_CODE
 
 #: Builds a success callback's ``data`` (task id excluded) from a record's ``response`` and
@@ -134,3 +136,51 @@ def record_reader(
         return Record(task_id=task_id, status=status, body=body, final=True)
 
     return read_record
+
+
+# What families hand record_reader alike: their statuses, and a result that is one value.
+
+
+def word_statuses(*failures: str) -> dict[str, str | None]:
+    """The statuses a record spells out, as every family's but music's and MIDI's does:
+    ``PENDING`` not yet, ``SUCCESS`` complete, ``CREATE_TASK_FAILED`` and the family's own
+    ``failures`` (``GENERATE_WAV_FAILED``, ...) failed, ``CALLBACK_EXCEPTION`` by content."""
+    return {
+        "PENDING": None,
+        "SUCCESS": COMPLETE,
+        "CREATE_TASK_FAILED": FAILED,
+        **dict.fromkeys(failures, FAILED),
+        "CALLBACK_EXCEPTION": BY_CONTENT,
+    }
+
+
+def flag_statuses(
+    *, failed: tuple[int, ...], pending: tuple[int, ...] = (0,)
+) -> dict[str, str | None]:
+    """The statuses of a record whose ``successFlag`` is an integer: ``1`` complete, ``failed``
+    failed, ``pending`` not yet. Families number their failures differently (MIDI's ``2`` is a
+    failure, cover's is "generating"), so each names its own."""
+    return {
+        **dict.fromkeys(map(str, pending), None),
+        "1": COMPLETE,
+        **dict.fromkeys(map(str, failed), FAILED),
+    }
+
+
+def result_at(
+    key: str, *, what: str, sent_as: str | None = None, response_only: bool = False
+) -> SuccessData:
+    """The ``success_data`` of a family whose result is one value: the record's
+    ``response.<key>``, else (unless ``response_only``) its ``data.<key>``, as the callback's
+    ``data.<sent_as>`` (``key`` unless given). ``what`` names the result in the error a record
+    without it raises."""
+    callback_key = sent_as or key
+    message = f"The record holds no {what}."
+
+    def success_data(response: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+        value = response.get(key) or (None if response_only else data.get(key))
+        if not value:
+            raise ValidationError(message)
+        return {callback_key: value}
+
+    return success_data

@@ -39,21 +39,12 @@ from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, post_
 
 from ..events import FamilyEvent
 from ..signals import stems_failed, stems_separated
-from .base import FAILED, Family
-from .envelope import (
-    SUCCESS_CODE,
-    DataSchema,
-    EnvelopeSchema,
-    Text,
-    common_fields,
-    data_of,
-    has_any,
-)
+from .base import COMPLETE, Family, complete_or_failed
+from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, data_of, has_any, outcome
 from .examples import envelope_example, media_url
-from .records import BY_CONTENT, record_reader
+from .records import record_reader, word_statuses
 
 STEMS_NAME = "stems"
-COMPLETE = "complete"
 
 #: Where the links arrive: sunoapi.org's key, then kie.ai's. Either names the family.
 INFO_KEYS = ("vocal_removal_info", "vocal_separation_info")
@@ -262,11 +253,14 @@ class StemsSchema(EnvelopeSchema):
         data: dict[str, Any] = loaded["data"] or {}
         info = data.get("vocal_removal_info") or data.get("vocal_separation_info")
         separation = info or _Separation(MappingProxyType({}), ())
-        failed = loaded["code"] != SUCCESS_CODE
-        if not failed and not (separation.stems or separation.parts):
-            raise ValidationError({"data": {INFO_KEYS[0]: ["A success without any stem."]}})
+        stage = outcome(
+            loaded["code"],
+            has_result=bool(separation.stems or separation.parts),
+            at=INFO_KEYS[0],
+            missing="A success without any stem.",
+        )
         return StemsEvent(
-            **common_fields(loaded, original, data, FAILED if failed else COMPLETE),
+            **common_fields(loaded, original, data, stage),
             stems=separation.stems,
             parts=separation.parts,
         )
@@ -327,17 +321,11 @@ STEMS = Family(
     name=STEMS_NAME,
     schema=stems_schema,
     load=stems_schema.load,
-    signals=MappingProxyType({COMPLETE: stems_separated, FAILED: stems_failed}),
+    signals=complete_or_failed(stems_separated, stems_failed),
     detect=is_stems,
     record_path="/api/v1/vocal-removal/record-info",
     read_record=record_reader(
-        {
-            "PENDING": None,
-            "SUCCESS": COMPLETE,
-            "CREATE_TASK_FAILED": FAILED,
-            "GENERATE_AUDIO_FAILED": FAILED,
-            "CALLBACK_EXCEPTION": BY_CONTENT,
-        },
+        word_statuses("GENERATE_AUDIO_FAILED"),
         _success_data,
         failure_data={INFO_KEYS[0]: None},
     ),

@@ -14,28 +14,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, ClassVar
 
-from marshmallow import ValidationError, fields, post_load
+from marshmallow import fields, post_load
 
 from ..events import FamilyEvent
 from ..signals import video_failed, video_generated
-from .base import FAILED, Family
+from .base import COMPLETE, Family, complete_or_failed
 from .envelope import (
-    SUCCESS_CODE,
     DataSchema,
     EnvelopeSchema,
     Text,
     common_fields,
     data_of,
+    first_value,
     has_any,
+    outcome,
 )
 from .examples import envelope_example, media_url
-from .records import BY_CONTENT, record_reader
+from .records import record_reader, result_at, word_statuses
 
 VIDEO_NAME = "video"
-COMPLETE = "complete"
 
 #: The keys a video link arrives under, any of which names the family.
 VIDEO_KEYS = ("video_url", "videoUrl")
@@ -66,12 +65,14 @@ class VideoSchema(EnvelopeSchema):
         self, loaded: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
     ) -> VideoEvent:
         data: dict[str, Any] = loaded["data"] or {}
-        url = data.get("video_url") or data.get("videoUrl")
-        if loaded["code"] != SUCCESS_CODE:
-            return VideoEvent(**common_fields(loaded, original, data, FAILED), video_url=url)
-        if url is None:
-            raise ValidationError({"data": {"video_url": ["A success without its video link."]}})
-        return VideoEvent(**common_fields(loaded, original, data, COMPLETE), video_url=url)
+        url = first_value(VIDEO_KEYS, data)
+        stage = outcome(
+            loaded["code"],
+            has_result=url is not None,
+            at="video_url",
+            missing="A success without its video link.",
+        )
+        return VideoEvent(**common_fields(loaded, original, data, stage), video_url=url)
 
 
 video_schema = VideoSchema()
@@ -80,13 +81,6 @@ video_schema = VideoSchema()
 def is_video(body: Mapping[str, Any]) -> bool:
     """A video link's key in ``data``, whatever its value."""
     return has_any(data_of(body), VIDEO_KEYS)
-
-
-def _success_data(response: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
-    url = response.get("videoUrl") or data.get("videoUrl")
-    if not url:
-        raise ValidationError("The record holds no video link.")
-    return {"video_url": url}
 
 
 def example(
@@ -115,18 +109,12 @@ VIDEO = Family(
     name=VIDEO_NAME,
     schema=video_schema,
     load=video_schema.load,
-    signals=MappingProxyType({COMPLETE: video_generated, FAILED: video_failed}),
+    signals=complete_or_failed(video_generated, video_failed),
     detect=is_video,
     record_path="/api/v1/mp4/record-info",
     read_record=record_reader(
-        {
-            "PENDING": None,
-            "SUCCESS": COMPLETE,
-            "CREATE_TASK_FAILED": FAILED,
-            "GENERATE_MP4_FAILED": FAILED,
-            "CALLBACK_EXCEPTION": BY_CONTENT,
-        },
-        _success_data,
+        word_statuses("GENERATE_MP4_FAILED"),
+        result_at("videoUrl", what="video link", sent_as="video_url"),
         failure_data={"video_url": None},
     ),
     example=example,

@@ -36,7 +36,7 @@ from marshmallow import ValidationError, fields, post_load
 from ..events import FamilyEvent
 from ..schemas import StatusCode
 from ..signals import voice_failed, voice_generated, voice_phrase_ready
-from .base import FAILED, Family, Record
+from .base import COMPLETE, FAILED, Family, Record
 from .envelope import (
     SUCCESS_CODE,
     DataSchema,
@@ -51,7 +51,6 @@ from .records import record_reader
 
 VOICE_NAME = "voice"
 PHRASE = "phrase"
-COMPLETE = "complete"
 
 #: The record endpoint of the validation phrase; :func:`read_record` reads its answers too.
 VALIDATE_INFO_PATH = "/api/v1/voice/validate-info"

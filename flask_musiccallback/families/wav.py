@@ -9,28 +9,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, ClassVar
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
+from marshmallow import EXCLUDE, Schema, fields, post_load
 
 from ..events import FamilyEvent
 from ..signals import wav_converted, wav_failed
-from .base import FAILED, Family
+from .base import COMPLETE, Family, complete_or_failed
 from .envelope import (
-    SUCCESS_CODE,
     DataSchema,
     EnvelopeSchema,
     Text,
     common_fields,
     data_of,
+    first_value,
     has_any,
+    outcome,
 )
 from .examples import envelope_example, media_url, task_id_key
-from .records import BY_CONTENT, record_reader
+from .records import record_reader, result_at, word_statuses
 
 WAV_NAME = "wav"
-COMPLETE = "complete"
 
 #: The keys a WAV link arrives under, any of which names the family.
 WAV_KEYS = ("audioWavUrl", "audio_wav_url")
@@ -68,13 +67,14 @@ class WavSchema(EnvelopeSchema):
         self, loaded: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
     ) -> WavEvent:
         data: dict[str, Any] = loaded["data"] or {}
-        response: dict[str, Any] = data.get("response") or {}
-        url = data.get("audioWavUrl") or data.get("audio_wav_url") or response.get("audioWavUrl")
-        if loaded["code"] != SUCCESS_CODE:
-            return WavEvent(**common_fields(loaded, original, data, FAILED), wav_url=url)
-        if url is None:
-            raise ValidationError({"data": {"audioWavUrl": ["A success without its WAV link."]}})
-        return WavEvent(**common_fields(loaded, original, data, COMPLETE), wav_url=url)
+        url = first_value(WAV_KEYS, data, data.get("response") or {})
+        stage = outcome(
+            loaded["code"],
+            has_result=url is not None,
+            at="audioWavUrl",
+            missing="A success without its WAV link.",
+        )
+        return WavEvent(**common_fields(loaded, original, data, stage), wav_url=url)
 
 
 wav_schema = WavSchema()
@@ -87,13 +87,6 @@ def is_wav(body: Mapping[str, Any]) -> bool:
         return True
     response = data.get("response")
     return isinstance(response, dict) and "audioWavUrl" in response
-
-
-def _success_data(response: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
-    url = response.get("audioWavUrl") or data.get("audioWavUrl")
-    if not url:
-        raise ValidationError("The record holds no WAV link.")
-    return {"audioWavUrl": url}
 
 
 def example(
@@ -122,18 +115,12 @@ WAV = Family(
     name=WAV_NAME,
     schema=wav_schema,
     load=wav_schema.load,
-    signals=MappingProxyType({COMPLETE: wav_converted, FAILED: wav_failed}),
+    signals=complete_or_failed(wav_converted, wav_failed),
     detect=is_wav,
     record_path="/api/v1/wav/record-info",
     read_record=record_reader(
-        {
-            "PENDING": None,
-            "SUCCESS": COMPLETE,
-            "CREATE_TASK_FAILED": FAILED,
-            "GENERATE_WAV_FAILED": FAILED,
-            "CALLBACK_EXCEPTION": BY_CONTENT,
-        },
-        _success_data,
+        word_statuses("GENERATE_WAV_FAILED"),
+        result_at("audioWavUrl", what="WAV link"),
         failure_data={"audioWavUrl": None},
     ),
     example=example,
