@@ -26,7 +26,7 @@ from marshmallow import fields, post_load
 from ..events import FamilyEvent
 from ..signals import cover_failed, cover_generated
 from .base import COMPLETE, Family, complete_or_failed
-from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, data_of, has_any, outcome
+from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, keys_detector, outcome
 from .examples import envelope_example, media_url
 from .records import flag_statuses, record_reader, result_at, word_statuses
 
@@ -77,9 +77,8 @@ class CoverSchema(EnvelopeSchema):
 cover_schema = CoverSchema()
 
 
-def is_cover(body: Mapping[str, Any]) -> bool:
-    """The images' key in ``data``, whatever its value."""
-    return has_any(data_of(body), COVER_KEYS)
+#: The images' key in ``data``, whatever its value.
+is_cover = keys_detector(*COVER_KEYS)
 
 
 def example(

@@ -38,7 +38,7 @@ from ..events import FamilyEvent
 from ..schemas import StatusCode
 from ..signals import midi_failed, midi_generated
 from .base import COMPLETE, Family, complete_or_failed
-from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, data_of, outcome
+from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, keys_detector, outcome
 from .examples import envelope_example
 from .records import flag_statuses, record_reader
 
@@ -212,9 +212,8 @@ class MidiSchema(EnvelopeSchema):
 midi_schema = MidiSchema()
 
 
-def is_midi(body: Mapping[str, Any]) -> bool:
-    """``instruments`` at ``data``: no other family has it."""
-    return "instruments" in data_of(body)
+#: ``instruments`` at ``data``: no other family has it.
+is_midi = keys_detector("instruments")
 
 
 def _success_data(response: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, post_
 from ..events import FamilyEvent
 from ..signals import stems_failed, stems_separated
 from .base import COMPLETE, Family, complete_or_failed
-from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, data_of, has_any, outcome
+from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, keys_detector, outcome
 from .examples import envelope_example, media_url
 from .records import record_reader, word_statuses
 
@@ -269,9 +269,8 @@ class StemsSchema(EnvelopeSchema):
 stems_schema = StemsSchema()
 
 
-def is_stems(body: Mapping[str, Any]) -> bool:
-    """Either info key at ``data``, whatever its value (a failure sends it ``null``)."""
-    return has_any(data_of(body), INFO_KEYS)
+#: Either info key at ``data``, whatever its value (a failure sends it ``null``).
+is_stems = keys_detector(*INFO_KEYS)
 
 
 def _success_data(response: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:

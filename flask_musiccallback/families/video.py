@@ -26,9 +26,8 @@ from .envelope import (
     EnvelopeSchema,
     Text,
     common_fields,
-    data_of,
     first_value,
-    has_any,
+    keys_detector,
     outcome,
 )
 from .examples import envelope_example, media_url
@@ -78,9 +77,8 @@ class VideoSchema(EnvelopeSchema):
 video_schema = VideoSchema()
 
 
-def is_video(body: Mapping[str, Any]) -> bool:
-    """A video link's key in ``data``, whatever its value."""
-    return has_any(data_of(body), VIDEO_KEYS)
+#: A video link's key in ``data``, whatever its value.
+is_video = keys_detector(*VIDEO_KEYS)
 
 
 def example(
