@@ -27,7 +27,7 @@ from ..events import FamilyEvent
 from ..signals import cover_failed, cover_generated
 from .base import COMPLETE, Family, complete_or_failed
 from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, keys_detector, outcome
-from .examples import envelope_example, media_url
+from .examples import example_from, media_url
 from .records import flag_statuses, record_reader, result_at, word_statuses
 
 COVER_NAME = "cover"
@@ -81,30 +81,19 @@ cover_schema = CoverSchema()
 is_cover = keys_detector(*COVER_KEYS)
 
 
-def example(
-    stage: str,
-    *,
-    task_id: str,
-    code: int | None = None,
-    msg: str | None = None,
-    reseller: str = "sunoapi",
-    count: int = 2,
-) -> dict[str, Any]:
-    """A cover image callback with ``count`` images; both resellers spell it alike."""
+def _example_data(stage: str, task_id: str, reseller: str, count: int) -> dict[str, Any]:
     images = (
         [media_url(task_id, "png", f"cover-{index + 1}") for index in range(count)]
         if stage == COMPLETE
         else None
     )
-    return envelope_example(
-        stage,
-        {"taskId": task_id, "images": images},
-        code=code,
-        msg=msg,
-        success="success",
-        failure="Cover generation failed",
-        failure_code=501,
-    )
+    return {"taskId": task_id, "images": images}
+
+
+#: A cover image callback with ``count`` images; both resellers spell it alike.
+example = example_from(
+    _example_data, success="success", failure="Cover generation failed", failure_code=501
+)
 
 
 COVER = Family(

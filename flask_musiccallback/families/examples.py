@@ -7,9 +7,10 @@ kit all send these bodies through an app's real endpoint.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from .base import FAILED
+from .base import FAILED, Example
 from .envelope import SUCCESS_CODE
 
 #: The host of the media links in simulated callbacks: a reserved name (RFC 2606) that never
@@ -21,6 +22,10 @@ RESELLERS = ("sunoapi", "kie")
 
 #: The code of a simulated failure unless one is asked for.
 FAILURE_CODE = 500
+
+#: Builds a family's example ``data``, task id included, from the stage, the task id, the
+#: reseller and how many results; raises ``ValueError`` for a stage the family does not have.
+ExampleData = Callable[[str, str, str, int], dict[str, Any]]
 
 
 def media_url(task_id: str, ext: str, name: str = "") -> str:
@@ -52,3 +57,39 @@ def envelope_example(
     if msg is None:
         msg = failure if failed or code != SUCCESS_CODE else success
     return {"code": code, "msg": msg, "data": data}
+
+
+def example_from(
+    data: ExampleData,
+    *,
+    success: str,
+    failure: str,
+    failure_code: int = FAILURE_CODE,
+    count: int = 2,
+) -> Example:
+    """A family's :attr:`~.base.Family.example` whose bodies are :func:`envelope_example` over
+    the ``data`` that ``data`` builds, so that a family says only what differs: what its ``data``
+    holds, its messages and its failure code. ``count`` is how many results a body carries when
+    none is asked for."""
+    default_count = count
+
+    def example(
+        stage: str,
+        *,
+        task_id: str,
+        code: int | None = None,
+        msg: str | None = None,
+        reseller: str = "sunoapi",
+        count: int = default_count,
+    ) -> dict[str, Any]:
+        return envelope_example(
+            stage,
+            data(stage, task_id, reseller, count),
+            code=code,
+            msg=msg,
+            success=success,
+            failure=failure,
+            failure_code=failure_code,
+        )
+
+    return example

@@ -29,7 +29,7 @@ from ..schemas import CALLBACK_TYPES
 from ..signals import lyrics_failed, lyrics_generated
 from .base import COMPLETE, Family, complete_or_failed
 from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, data_of, outcome
-from .examples import envelope_example, task_id_key
+from .examples import example_from, task_id_key
 from .records import record_reader, word_statuses
 
 LYRICS_NAME = "lyrics"
@@ -139,17 +139,7 @@ _TEXTS = (
 )
 
 
-def example(
-    stage: str,
-    *,
-    task_id: str,
-    code: int | None = None,
-    msg: str | None = None,
-    reseller: str = "sunoapi",
-    count: int = 2,
-) -> dict[str, Any]:
-    """A lyrics callback as each reseller sends it: kie.ai snake-cases the task id and the
-    variants' ``error_message``, and reports a failure with ``callbackType: "complete"``."""
+def _example_data(stage: str, task_id: str, reseller: str, count: int) -> dict[str, Any]:
     kie = reseller == "kie"
     error_key = "error_message" if kie else "errorMessage"
     items = None
@@ -159,15 +149,18 @@ def example(
             for title, text in (_TEXTS[index % len(_TEXTS)] for index in range(count))
         ]
     callback_type = COMPLETE if stage == COMPLETE or kie else "error"
-    return envelope_example(
-        stage,
-        {"callbackType": callback_type, task_id_key(reseller): task_id, "data": items},
-        code=code,
-        msg=msg,
-        success="All generated successfully.",
-        failure="Lyrics generation failed",
-        failure_code=400,
-    )
+    return {"callbackType": callback_type, task_id_key(reseller): task_id, "data": items}
+
+
+#: A lyrics callback with ``count`` variants as each reseller sends it: kie.ai snake-cases the
+#: task id and the variants' ``error_message``, and reports a failure with
+#: ``callbackType: "complete"``.
+example = example_from(
+    _example_data,
+    success="All generated successfully.",
+    failure="Lyrics generation failed",
+    failure_code=400,
+)
 
 
 LYRICS = Family(

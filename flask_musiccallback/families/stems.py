@@ -41,7 +41,7 @@ from ..events import FamilyEvent
 from ..signals import stems_failed, stems_separated
 from .base import COMPLETE, Family, complete_or_failed
 from .envelope import DataSchema, EnvelopeSchema, Text, common_fields, keys_detector, outcome
-from .examples import envelope_example, media_url
+from .examples import example_from, media_url
 from .records import record_reader, word_statuses
 
 STEMS_NAME = "stems"
@@ -288,32 +288,24 @@ def _success_data(response: Mapping[str, Any], data: Mapping[str, Any]) -> dict[
     return {INFO_KEYS[0]: info}
 
 
-def example(
-    stage: str,
-    *,
-    task_id: str,
-    code: int | None = None,
-    msg: str | None = None,
-    reseller: str = "sunoapi",
-    count: int = 2,
-) -> dict[str, Any]:
-    """A stems callback as each reseller sends it: a vocal separation (vocals, instrumental, a
-    blank origin) for ``count`` of 2 or less, else a stem split into the first ``count`` stems;
-    kie.ai names the info ``vocal_separation_info``."""
+def _example_data(stage: str, task_id: str, reseller: str, count: int) -> dict[str, Any]:
     info: dict[str, Any] | None = None
     if stage == COMPLETE:
         names = ("vocal", "instrumental") if count <= 2 else SPLIT_STEMS[:count]
         info = {"origin_url": ""}
         info.update({f"{name}_url": media_url(task_id, "mp3", name) for name in names})
     key = INFO_KEYS[1] if reseller == "kie" else INFO_KEYS[0]
-    return envelope_example(
-        stage,
-        {"task_id": task_id, key: info},
-        code=code,
-        msg=msg,
-        success="vocal separation generated successfully.",
-        failure="Internal Error - Please try again later",
-    )
+    return {"task_id": task_id, key: info}
+
+
+#: A stems callback as each reseller sends it: a vocal separation (vocals, instrumental, a blank
+#: origin) for ``count`` of 2 or less, else a stem split into the first ``count`` stems; kie.ai
+#: names the info ``vocal_separation_info``.
+example = example_from(
+    _example_data,
+    success="vocal separation generated successfully.",
+    failure="Internal Error - Please try again later",
+)
 
 
 STEMS = Family(

@@ -30,7 +30,7 @@ from .envelope import (
     keys_detector,
     outcome,
 )
-from .examples import envelope_example, media_url
+from .examples import example_from, media_url
 from .records import record_reader, result_at, word_statuses
 
 VIDEO_NAME = "video"
@@ -81,26 +81,19 @@ video_schema = VideoSchema()
 is_video = keys_detector(*VIDEO_KEYS)
 
 
-def example(
-    stage: str,
-    *,
-    task_id: str,
-    code: int | None = None,
-    msg: str | None = None,
-    reseller: str = "sunoapi",
-    count: int = 1,
-) -> dict[str, Any]:
-    """A music video callback; both resellers spell it alike (``data.task_id``, ``video_url``)."""
+def _example_data(stage: str, task_id: str, reseller: str, count: int) -> dict[str, Any]:
     url = media_url(task_id, "mp4") if stage == COMPLETE else None
-    return envelope_example(
-        stage,
-        {"task_id": task_id, "video_url": url},
-        code=code,
-        msg=msg,
-        success="MP4 generated successfully.",
-        failure="Music video generation failed",
-        failure_code=400,
-    )
+    return {"task_id": task_id, "video_url": url}
+
+
+#: A music video callback; both resellers spell it alike (``data.task_id``, ``video_url``).
+example = example_from(
+    _example_data,
+    success="MP4 generated successfully.",
+    failure="Music video generation failed",
+    failure_code=400,
+    count=1,
+)
 
 
 VIDEO = Family(

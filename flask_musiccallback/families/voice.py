@@ -46,7 +46,7 @@ from .envelope import (
     data_of,
     has_any,
 )
-from .examples import envelope_example
+from .examples import example_from
 from .records import record_reader
 
 VOICE_NAME = "voice"
@@ -208,17 +208,7 @@ _EXAMPLE_STATUSES: Mapping[str, str] = MappingProxyType(
 )
 
 
-def example(
-    stage: str,
-    *,
-    task_id: str,
-    code: int | None = None,
-    msg: str | None = None,
-    reseller: str = "sunoapi",
-    count: int = 1,
-) -> dict[str, Any]:
-    """A Suno voice callback for ``stage`` (``phrase``, ``complete`` or ``failed``), shaped like
-    the vendor's examples; both resellers spell it alike. ``ValueError`` for another stage."""
+def _example_data(stage: str, task_id: str, reseller: str, count: int) -> dict[str, Any]:
     if stage not in _EXAMPLE_STATUSES:
         raise ValueError(f"The voice family has no stage {stage!r}.")
     failed = stage == FAILED
@@ -227,22 +217,24 @@ def example(
     else:
         voice_id = f"voice_{uuid.uuid5(uuid.NAMESPACE_URL, task_id).hex[:12]}"
         result = {"voiceId": "" if failed else voice_id}
-    data = {
+    return {
         "taskId": task_id,
         **result,
         "status": _EXAMPLE_STATUSES[stage],
         "errorCode": 500 if failed else 0,
         "errorMessage": "Verification audio did not match the validation phrase" if failed else "",
     }
-    return envelope_example(
-        stage,
-        data,
-        code=code,
-        msg=msg,
-        success="success",
-        failure="Voice generation failed",
-        failure_code=400,
-    )
+
+
+#: A Suno voice callback for a stage (``phrase``, ``complete`` or ``failed``), shaped like the
+#: vendor's examples; both resellers spell it alike. ``ValueError`` for another stage.
+example = example_from(
+    _example_data,
+    success="success",
+    failure="Voice generation failed",
+    failure_code=400,
+    count=1,
+)
 
 
 VOICE = Family(

@@ -26,7 +26,7 @@ from .envelope import (
     has_any,
     outcome,
 )
-from .examples import envelope_example, media_url, task_id_key
+from .examples import example_from, media_url, task_id_key
 from .records import record_reader, result_at, word_statuses
 
 WAV_NAME = "wav"
@@ -89,26 +89,16 @@ def is_wav(body: Mapping[str, Any]) -> bool:
     return isinstance(response, dict) and "audioWavUrl" in response
 
 
-def example(
-    stage: str,
-    *,
-    task_id: str,
-    code: int | None = None,
-    msg: str | None = None,
-    reseller: str = "sunoapi",
-    count: int = 1,
-) -> dict[str, Any]:
-    """A WAV callback as each reseller sends it."""
+def _example_data(stage: str, task_id: str, reseller: str, count: int) -> dict[str, Any]:
     key = "audio_wav_url" if reseller == "kie" else "audioWavUrl"
     url = media_url(task_id, "wav") if stage == COMPLETE else None
-    return envelope_example(
-        stage,
-        {task_id_key(reseller): task_id, key: url},
-        code=code,
-        msg=msg,
-        success="success",
-        failure="Internal Error - Please try again later",
-    )
+    return {task_id_key(reseller): task_id, key: url}
+
+
+#: A WAV callback as each reseller sends it.
+example = example_from(
+    _example_data, success="success", failure="Internal Error - Please try again later", count=1
+)
 
 
 WAV = Family(
