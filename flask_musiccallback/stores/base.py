@@ -44,7 +44,7 @@ from urllib.parse import parse_qs
 
 from ..redact import redact_url, redact_url_secrets
 from .owners import claim_owner
-from .tasks import TaskRecord
+from .tasks import TaskChange, TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -144,6 +144,7 @@ class NotReached(Exception):  # noqa: N818 - says what happened, as StoreUnavail
 
 #: The methods of the contract whose backend errors are translated at the boundary.
 _BOUNDARY = frozenset(
+    {"record_stage", "tasks", "overdue", "claim_task", "release_task", "remember_signature"} |
     {"claim", "start", "defer", "complete", "release", "fail", "expect", "task"}
     | {"list", "get", "prune", "reclaim", "pending", "keep_unreadable", "delete"}
 )
@@ -296,6 +297,76 @@ class Store(ABC):
     @abstractmethod
     def task(self, task_id: str) -> TaskRecord | None:
         """The task as recorded, or ``None`` when it never was (or was forgotten)."""
+
+    @abstractmethod
+    def record_stage(
+        self,
+        task_id: str,
+        family: str,
+        stage: str,
+        *,
+        at: datetime,
+        via: str,
+        final: TaskState | None,
+    ) -> None:
+        """Note that ``stage`` of the task arrived at ``at``, ``via`` a callback or a poll, in one
+        atomic step.
+
+        An unknown task is created (``open``, never expected, of ``family``): the first callback
+        of a task the host did not register creates it. Each stage keeps the time and the way it
+        first came. ``final`` (``complete`` or ``failed``) settles the task's state, whatever it
+        was, ``lost`` included: a result found after all is a result. The task was heard of now.
+        """
+
+    @abstractmethod
+    def tasks(
+        self, *, state: TaskState | str | None = None, limit: int | None = 50
+    ) -> Sequence[TaskRecord]:
+        """Tasks, the most recently heard of first, of one ``state`` or all; ``limit`` ``None``
+        lists them all."""
+
+    @abstractmethod
+    def overdue(
+        self, heard_before: datetime, *, now: datetime, limit: int | None = None
+    ) -> Sequence[TaskRecord]:
+        """Open tasks last heard of no later than ``heard_before`` whose next poll is due at
+        ``now`` and whose reconciliation claim is free, the longest silent first, at most
+        ``limit``: what a reconciliation run looks at. :meth:`claim_task` decides, atomically."""
+
+    @abstractmethod
+    def claim_task(
+        self, task_id: str, owner: str, *, lease: float, now: datetime
+    ) -> TaskRecord | None:
+        """Take an open task for reconciliation by ``owner`` for ``lease`` seconds, atomically:
+        ``None`` when it is not open or another owner's lease still runs. Two processes
+        reconciling at once so poll each task once."""
+
+    @abstractmethod
+    def release_task(
+        self,
+        task_id: str,
+        owner: str,
+        *,
+        polled: bool = False,
+        next_poll_at: datetime | None = None,
+        overdue: bool = False,
+        lost: bool = False,
+    ) -> TaskChange:
+        """Give back a task ``owner`` claimed, recording what reconciliation did, atomically.
+
+        ``polled`` counts one poll; ``next_poll_at`` is when it may be polled again; ``overdue``
+        notes it overdue unless it was already; ``lost`` makes an ``open`` task ``lost``. Nothing
+        changes when ``owner`` no longer holds it. Says which of the two happened now, so that
+        ``task_overdue`` and ``task_lost`` are each sent once.
+        """
+
+    @abstractmethod
+    def remember_signature(self, signature: str, digest: str, *, ttl: float) -> bool:
+        """Whether a signature may go with the body whose digest is ``digest``: true when it is
+        new (it is then remembered with that digest for ``ttl`` seconds) or was seen with the
+        same body, false when it came before with another body. Atomic: of two bodies racing
+        under one signature, one wins. The provider signs the task id and a timestamp, not the
+        body (PROVIDER.md section 5); this keeps one signature to one body."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, empty by design
         """Release connections; called when the host shuts the extension down."""

@@ -19,13 +19,13 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from ..redact import redact_url
 from .base import ClaimResult, Delivery, Store, StoreError, utcnow
-from .tasks import TaskRecord, TaskState
+from .tasks import TaskChange, TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -54,6 +54,7 @@ class MemoryStore(Store):
         self._lock = threading.Lock()
         self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
+        self._signatures: OrderedDict[str, _Signature] = OrderedDict()
         self._serves_an_app = False
 
     @classmethod
@@ -154,15 +155,128 @@ class MemoryStore(Store):
             task = self._tasks.get(task_id)
             if task is None or task.expires_at <= time.monotonic():
                 return None
-            return TaskRecord(
-                task_id=task_id,
-                family=task.family,
-                state=task.state,
-                stages=dict(task.stages),
-                expected_at=task.expected_at,
-                updated_at=task.updated_at,
-                polls=task.polls,
-            )
+            return self._record(task_id, task)
+
+    def record_stage(
+        self,
+        task_id: str,
+        family: str,
+        stage: str,
+        *,
+        at: datetime,
+        via: str,
+        final: TaskState | None,
+    ) -> None:
+        now = time.monotonic()
+        with self._lock:
+            tasks = self._tasks
+            _evict(tasks, now)
+            task = tasks.get(task_id)
+            if task is None:
+                task = tasks[task_id] = _Task(family, now + self.ttl, None, at)
+                self._bound(tasks)
+            if stage not in task.stages:
+                task.stages[stage] = at
+                task.sources[stage] = via
+            if final is not None:
+                task.state = final
+            task.expires_at, task.updated_at = now + self.ttl, utcnow()
+            tasks.move_to_end(task_id)
+
+    def tasks(
+        self, *, state: TaskState | str | None = None, limit: int | None = 50
+    ) -> list[TaskRecord]:
+        with self._lock:
+            records = [
+                self._record(task_id, task)
+                for task_id, task in self._tasks.items()
+                if task.expires_at > time.monotonic() and (state is None or task.state == state)
+            ]
+        records.sort(key=lambda record: record.updated_at, reverse=True)
+        return records if limit is None else records[:limit]
+
+    def overdue(
+        self, heard_before: datetime, *, now: datetime, limit: int | None = None
+    ) -> list[TaskRecord]:
+        with self._lock:
+            due = [
+                self._record(task_id, task)
+                for task_id, task in self._tasks.items()
+                if task.state is TaskState.OPEN
+                and task.updated_at <= heard_before
+                and (task.next_poll_at is None or task.next_poll_at <= now)
+                and (task.lease_expires_at is None or task.lease_expires_at <= now)
+            ]
+        due.sort(key=lambda record: record.updated_at)
+        return due if limit is None else due[:limit]
+
+    def claim_task(
+        self, task_id: str, owner: str, *, lease: float, now: datetime
+    ) -> TaskRecord | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.state is not TaskState.OPEN:
+                return None
+            if task.owner not in (None, owner) and (
+                task.lease_expires_at is not None and task.lease_expires_at > now
+            ):
+                return None
+            task.owner, task.lease_expires_at = owner, now + timedelta(seconds=lease)
+            return self._record(task_id, task)
+
+    def release_task(
+        self,
+        task_id: str,
+        owner: str,
+        *,
+        polled: bool = False,
+        next_poll_at: datetime | None = None,
+        overdue: bool = False,
+        lost: bool = False,
+    ) -> TaskChange:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.owner != owner:
+                return TaskChange()
+            task.owner = task.lease_expires_at = None
+            task.polls += polled
+            task.next_poll_at = next_poll_at
+            became_overdue = overdue and task.overdue_at is None
+            if became_overdue:
+                task.overdue_at = utcnow()
+            became_lost = lost and task.state is TaskState.OPEN
+            if became_lost:
+                task.state = TaskState.LOST
+            if polled or became_lost:
+                task.updated_at = utcnow()
+            return TaskChange(overdue=became_overdue, lost=became_lost)
+
+    def remember_signature(self, signature: str, digest: str, *, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            signatures = self._signatures
+            _evict(signatures, now)
+            seen = signatures.get(signature)
+            if seen is not None:
+                return seen.digest == digest
+            signatures[signature] = _Signature(digest, now + ttl)
+            self._bound(signatures)
+            return True
+
+    @staticmethod
+    def _record(task_id: str, task: _Task) -> TaskRecord:
+        return TaskRecord(
+            task_id=task_id,
+            family=task.family,
+            state=task.state,
+            stages=dict(task.stages),
+            expected_at=task.expected_at,
+            updated_at=task.updated_at,
+            polls=task.polls,
+            sources=dict(task.sources),
+            overdue_at=task.overdue_at,
+            next_poll_at=task.next_poll_at,
+        )
 
     def _bound(self, entries: OrderedDict[_K, _V]) -> None:
         """Drop the oldest entry past ``max_entries``; called with the lock, after one insert."""
@@ -213,4 +327,19 @@ class _Task:
     updated_at: datetime
     state: TaskState = TaskState.OPEN
     stages: dict[str, datetime] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
     polls: int = 0
+    overdue_at: datetime | None = None
+    next_poll_at: datetime | None = None
+    #: Who reconciles it now, and until when (:meth:`MemoryStore.claim_task`).
+    owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class _Signature:
+    """A signature seen, with the digest of the body it came with (``remember_signature``)."""
+
+    digest: str
+    #: When it is forgotten, on the monotonic clock.
+    expires_at: float

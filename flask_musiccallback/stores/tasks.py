@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 #: The longest family name a store keeps with a task (the SQL store's column holds 64).
@@ -49,3 +49,29 @@ class TaskRecord:
     updated_at: datetime
     #: How many times reconciliation asked the provider about it.
     polls: int
+    #: How each stage came: ``"callback"`` or ``"poll"`` (the keys of :attr:`stages`).
+    sources: Mapping[str, str] = field(default_factory=dict)
+    #: When reconciliation first found it overdue (``task_overdue`` was sent), or ``None``.
+    overdue_at: datetime | None = None
+    #: When reconciliation may poll it next, or ``None``: as soon as it is overdue.
+    next_poll_at: datetime | None = None
+
+    @property
+    def heard_at(self) -> datetime:
+        """When the task was last heard of: expected, a stage received, or polled."""
+        return self.updated_at
+
+
+@dataclass(frozen=True, slots=True)
+class TaskChange:
+    """What :meth:`~.base.Store.release_task` changed, so that each signal fires once."""
+
+    #: The task was found overdue now, for the first time: send ``task_overdue``.
+    overdue: bool = False
+    #: The task became ``lost`` now: send ``task_lost``.
+    lost: bool = False
+
+
+#: How a stage of a task came (:attr:`TaskRecord.sources`).
+VIA_CALLBACK = "callback"
+VIA_POLL = "poll"
