@@ -51,7 +51,7 @@ from .stores.base import (
     unreadable_stage,
     utcnow,
 )
-from .stores.tasks import TaskState
+from .stores.tasks import VIA_CALLBACK, VIA_POLL, TaskChange, TaskRecord, TaskState
 
 __all__ = [
     "PersistentStoreContract",
@@ -288,6 +288,239 @@ class StoreContract:
         assert task is not None
         assert (task.task_id, task.family) == (task_id, "stems")
         assert store.task(task_id[:-1]) is None, "the whole id is the key"
+
+    def test_a_stage_of_an_unknown_task_creates_it_open_and_never_expected(
+        self, store: Store
+    ) -> None:
+        task_id, at, before = _task_id(), utcnow() - timedelta(seconds=5), utcnow()
+        store.record_stage(task_id, "lyrics", "complete", at=at, via=VIA_CALLBACK, final=None)
+        task = store.task(task_id)
+        assert task is not None
+        assert (task.family, task.state, task.expected_at, task.polls) == (
+            "lyrics",
+            TaskState.OPEN,
+            None,
+            0,
+        )
+        assert dict(task.stages) == {"complete": at}
+        assert dict(task.sources) == {"complete": VIA_CALLBACK}
+        assert (task.overdue_at, task.next_poll_at) == (None, None)
+        assert _about_now(task.updated_at, before), "heard of now, not when the stage was sent"
+
+    def test_each_stage_keeps_the_time_and_the_way_it_first_came(self, store: Store) -> None:
+        task_id, first, later = _task_id(), utcnow() - timedelta(minutes=3), utcnow()
+        store.expect(task_id, "music")
+        store.record_stage(task_id, "music", "text", at=first, via=VIA_POLL, final=None)
+        store.record_stage(task_id, "wav", "text", at=later, via=VIA_CALLBACK, final=None)
+        store.record_stage(task_id, "music", "first", at=later, via=VIA_CALLBACK, final=None)
+        task = store.task(task_id)
+        assert task is not None
+        assert dict(task.stages) == {"text": first, "first": later}
+        assert dict(task.sources) == {"text": VIA_POLL, "first": VIA_CALLBACK}
+        assert (task.family, task.state) == ("music", TaskState.OPEN), "the task's own family"
+        assert task.expected_at is not None
+
+    def test_a_final_stage_settles_the_state_whatever_it_was(self, store: Store) -> None:
+        complete, failed, lost = _task_id(), _task_id(), _task_id()
+        for task_id in (complete, failed, lost):
+            store.expect(task_id, "music")
+        _hear(store, complete, "complete", via=VIA_CALLBACK, final=TaskState.COMPLETE)
+        _hear(store, failed, "failed", via=VIA_POLL, final=TaskState.FAILED)
+        now = utcnow()
+        assert store.claim_task(lost, "reconciler", lease=60, now=now) is not None
+        assert store.release_task(lost, "reconciler", lost=True).lost
+        assert _state(store, lost) is TaskState.LOST
+        _hear(store, lost, "complete", via=VIA_CALLBACK, final=TaskState.COMPLETE)
+
+        assert _state(store, complete) is TaskState.COMPLETE
+        assert _state(store, failed) is TaskState.FAILED
+        assert _state(store, lost) is TaskState.COMPLETE, "a result found after all is a result"
+
+    def test_a_task_expected_after_its_first_callback_keeps_its_stages_and_state(
+        self, store: Store
+    ) -> None:
+        task_id, at = _task_id(), utcnow()
+        _hear(store, task_id, "complete", at=at, final=TaskState.COMPLETE)
+        store.expect(task_id, "music")
+        task = store.task(task_id)
+        assert task is not None
+        assert (task.state, dict(task.stages)) == (TaskState.COMPLETE, {"complete": at})
+        assert task.expected_at is not None
+
+    def test_tasks_are_listed_the_most_recently_heard_of_first_and_by_state(
+        self, store: Store
+    ) -> None:
+        older, old, new = _task_id(), _task_id(), _task_id()
+        for task_id in (older, old, new):
+            store.expect(task_id, "music")
+            time.sleep(0.01)
+        _hear(store, older, "complete", via=VIA_CALLBACK, final=TaskState.COMPLETE)
+
+        assert _ids(store.tasks()) == [older, new, old]
+        assert _ids(store.tasks(limit=2)) == [older, new]
+        assert _ids(store.tasks(limit=None)) == [older, new, old]
+        assert _ids(store.tasks(state=TaskState.OPEN)) == [new, old]
+        assert _ids(store.tasks(state="open", limit=1)) == [new]
+        assert _ids(store.tasks(state="complete")) == [older]
+        assert _ids(store.tasks(state=TaskState.LOST)) == []
+
+    def test_overdue_are_open_tasks_heard_of_before_the_cutoff_longest_silent_first(
+        self, store: Store
+    ) -> None:
+        oldest, old, settled, recent = _task_id(), _task_id(), _task_id(), _task_id()
+        for task_id in (oldest, old, settled):
+            store.expect(task_id, "music")
+            time.sleep(0.01)
+        _hear(store, settled, "complete", via=VIA_CALLBACK, final=TaskState.COMPLETE)
+        time.sleep(0.01)
+        store.expect(recent, "music")
+        heard = store.task(settled)
+        assert heard is not None
+        cutoff, now = heard.updated_at, utcnow()
+
+        assert _ids(store.overdue(cutoff, now=now)) == [oldest, old]
+        assert _ids(store.overdue(cutoff, now=now, limit=1)) == [oldest]
+        assert _ids(store.overdue(now + timedelta(days=1), now=now)) == [oldest, old, recent]
+        assert _ids(store.overdue(now - timedelta(days=1), now=now)) == []
+
+    def test_overdue_leaves_out_tasks_whose_next_poll_is_not_due_or_whose_claim_is_held(
+        self, store: Store
+    ) -> None:
+        waiting, claimed, free = _task_id(), _task_id(), _task_id()
+        for task_id in (waiting, claimed, free):
+            store.expect(task_id, "music")
+            time.sleep(0.01)
+        now = utcnow()
+        store.claim_task(waiting, "reconciler", lease=60, now=now)
+        store.release_task(
+            waiting, "reconciler", polled=True, next_poll_at=now + timedelta(hours=1)
+        )
+        store.claim_task(claimed, "reconciler", lease=60, now=now)
+        cutoff = now + timedelta(days=1)
+
+        assert _ids(store.overdue(cutoff, now=now)) == [free]
+        assert _ids(store.overdue(cutoff, now=now + timedelta(seconds=61))) == [claimed, free]
+        later = now + timedelta(hours=2)
+        assert _ids(store.overdue(cutoff, now=later)) == [claimed, free, waiting], (
+            "the poll was heard of after the others were expected"
+        )
+
+    def test_a_task_is_claimed_by_one_owner_until_its_lease_runs_out(self, store: Store) -> None:
+        task_id, now = _task_id(), utcnow()
+        store.expect(task_id, "lyrics")
+
+        claimed = store.claim_task(task_id, "owner-a", lease=60, now=now)
+        assert claimed is not None
+        assert (claimed.task_id, claimed.family, claimed.state) == (
+            task_id,
+            "lyrics",
+            TaskState.OPEN,
+        )
+        assert store.claim_task(task_id, "owner-b", lease=60, now=now) is None
+        assert store.claim_task(task_id, "owner-b", lease=60, now=now + timedelta(seconds=59)) is (
+            None
+        )
+        again = store.claim_task(task_id, "owner-a", lease=60, now=now)
+        assert again is not None, "the owner's own claim, sent again after a lost answer"
+        after = now + timedelta(seconds=61)
+        assert store.claim_task(task_id, "owner-b", lease=60, now=after) is not None
+        assert store.claim_task(task_id, "owner-a", lease=60, now=after) is None
+
+    def test_only_open_tasks_are_claimed(self, store: Store) -> None:
+        settled, now = _task_id(), utcnow()
+        _hear(store, settled, "complete", at=now, final=TaskState.COMPLETE)
+        assert store.claim_task(settled, "owner-a", lease=60, now=now) is None
+        assert store.claim_task(_task_id(), "owner-a", lease=60, now=now) is None, "unknown"
+
+    def test_concurrent_claims_of_one_task_claim_it_once(self, store: Store) -> None:
+        task_id, now = _task_id(), utcnow()
+        store.expect(task_id, "music")
+        barrier = threading.Barrier(8)
+        winners: list[str] = []
+
+        def claim(owner: str) -> None:
+            barrier.wait()
+            if store.claim_task(task_id, owner, lease=60, now=now) is not None:
+                winners.append(owner)
+
+        threads = [threading.Thread(target=claim, args=(f"owner-{n}",)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(winners) == 1, winners
+
+    def test_a_task_is_released_only_by_its_owner_with_the_polls_counted(
+        self, store: Store
+    ) -> None:
+        task_id, now = _task_id(), utcnow()
+        store.expect(task_id, "music")
+        store.claim_task(task_id, "owner-a", lease=60, now=now)
+
+        next_poll = now + timedelta(minutes=5)
+        assert store.release_task(task_id, "owner-b", polled=True, lost=True) == TaskChange()
+        assert store.claim_task(task_id, "owner-b", lease=60, now=now) is None, "still a's"
+        assert store.release_task(task_id, "owner-a", polled=True, next_poll_at=next_poll) == (
+            TaskChange()
+        )
+        assert store.release_task(task_id, "owner-a", polled=True) == TaskChange(), "sent again"
+        task = store.task(task_id)
+        assert task is not None
+        assert (task.state, task.polls, task.next_poll_at) == (TaskState.OPEN, 1, next_poll)
+        assert store.claim_task(task_id, "owner-b", lease=60, now=now) is not None, "free again"
+        store.release_task(task_id, "owner-b", polled=True)
+        assert _polls(store, task_id) == 2
+
+    def test_a_task_is_found_overdue_once_and_lost_once(self, store: Store) -> None:
+        task_id, now = _task_id(), utcnow()
+        store.expect(task_id, "music")
+
+        store.claim_task(task_id, "owner-a", lease=60, now=now)
+        assert store.release_task(task_id, "owner-a", overdue=True) == TaskChange(overdue=True)
+        first = store.task(task_id)
+        assert first is not None
+        assert _about_now(first.overdue_at, now)
+        store.claim_task(task_id, "owner-b", lease=60, now=now)
+        assert store.release_task(task_id, "owner-b", overdue=True) == TaskChange()
+        store.claim_task(task_id, "owner-a", lease=60, now=now)
+        assert store.release_task(task_id, "owner-a", overdue=True, lost=True) == TaskChange(
+            lost=True
+        )
+        task = store.task(task_id)
+        assert task is not None
+        assert (task.state, task.overdue_at) == (TaskState.LOST, first.overdue_at)
+        assert store.claim_task(task_id, "owner-b", lease=60, now=now) is None, "lost is settled"
+        assert _ids(store.overdue(now + timedelta(days=1), now=now)) == []
+
+    def test_a_signature_goes_with_one_body_until_it_is_forgotten(self, store: Store) -> None:
+        kept, forgotten = f"signature-{uuid.uuid4().hex}", f"signature-{uuid.uuid4().hex}"
+        assert store.remember_signature(kept, "digest-a", ttl=3600)
+        assert store.remember_signature(kept, "digest-a", ttl=3600), "the same body again"
+        assert not store.remember_signature(kept, "digest-b", ttl=3600), "another body"
+        assert store.remember_signature(f"signature-{uuid.uuid4().hex}", "digest-b", ttl=3600)
+
+        assert store.remember_signature(forgotten, "digest-a", ttl=1)
+        time.sleep(1.2)
+        assert store.remember_signature(forgotten, "digest-b", ttl=3600), "forgotten after ttl"
+        assert not store.remember_signature(forgotten, "digest-a", ttl=3600), "now b's"
+        assert not store.remember_signature(kept, "digest-b", ttl=3600), "the other is kept"
+
+    def test_concurrent_bodies_under_one_signature_one_wins(self, store: Store) -> None:
+        signature = f"signature-{uuid.uuid4().hex}"
+        barrier = threading.Barrier(8)
+        accepted: list[str] = []
+
+        def remember(digest: str) -> None:
+            barrier.wait()
+            if store.remember_signature(signature, digest, ttl=3600):
+                accepted.append(digest)
+
+        threads = [threading.Thread(target=remember, args=(f"digest-{n}",)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(accepted) == 1, accepted
 
 
 class PersistentStoreContract(StoreContract):
@@ -562,3 +795,36 @@ def _outcome(store: PersistentStore, claimed: Delivery) -> tuple[DeliveryState, 
 
 def _tasks(listed: Iterable[KeptDelivery]) -> set[str]:
     return {kept.task_id for kept in listed}
+
+
+def _task_id() -> str:
+    return f"contract-{uuid.uuid4().hex}"
+
+
+def _hear(
+    store: Store,
+    task_id: str,
+    stage: str,
+    *,
+    at: datetime | None = None,
+    via: str = VIA_CALLBACK,
+    final: TaskState | None = None,
+) -> None:
+    """A stage of a music task heard of, as the endpoint and reconciliation record it."""
+    store.record_stage(task_id, "music", stage, at=at or utcnow(), via=via, final=final)
+
+
+def _state(store: Store, task_id: str) -> TaskState:
+    task = store.task(task_id)
+    assert task is not None
+    return task.state
+
+
+def _polls(store: Store, task_id: str) -> int:
+    task = store.task(task_id)
+    assert task is not None
+    return task.polls
+
+
+def _ids(tasks: Iterable[TaskRecord]) -> list[str]:
+    return [task.task_id for task in tasks]

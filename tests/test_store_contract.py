@@ -36,7 +36,7 @@ from flask_musiccallback.dispatch.sweep import sweep
 from flask_musiccallback.families import MUSIC
 from flask_musiccallback.stores.base import STATUS_STATES, utcnow
 from flask_musiccallback.stores.owners import claim_owner
-from flask_musiccallback.stores.tasks import TaskRecord, TaskState
+from flask_musiccallback.stores.tasks import TaskChange, TaskRecord, TaskState
 from flask_musiccallback.testing import build_callback
 
 from .backends import child_env
@@ -54,6 +54,10 @@ class DictStore(PersistentStore):
         self._lock = threading.Lock()
         self._rows: dict[tuple[str, str], KeptDelivery] = {}
         self._tasks: dict[str, TaskRecord] = {}
+        #: Who reconciles each task claimed, and until when.
+        self._task_claims: dict[str, tuple[str, datetime]] = {}
+        #: Each signature seen, to the digest of its body and when it is forgotten.
+        self._signatures: dict[str, tuple[str, float]] = {}
         self._ids = itertools.count(1)
 
     # -- the claim and its settling ----------------------------------------------------------
@@ -172,6 +176,104 @@ class DictStore(PersistentStore):
     def task(self, task_id: str) -> TaskRecord | None:
         with self._lock:
             return self._tasks.get(task_id)
+
+    def record_stage(
+        self,
+        task_id: str,
+        family: str,
+        stage: str,
+        *,
+        at: datetime,
+        via: str,
+        final: TaskState | None,
+    ) -> None:
+        now = utcnow()
+        with self._lock:
+            task = self._tasks.get(task_id) or TaskRecord(
+                task_id, family, TaskState.OPEN, {}, None, now, 0
+            )
+            self._tasks[task_id] = replace(
+                task,
+                state=final or task.state,
+                stages={stage: at, **task.stages},
+                sources={stage: via, **task.sources},
+                updated_at=now,
+            )
+
+    def tasks(
+        self, *, state: TaskState | str | None = None, limit: int | None = 50
+    ) -> Sequence[TaskRecord]:
+        with self._lock:
+            found = [t for t in self._tasks.values() if state in (None, t.state)]
+        return sorted(found, key=lambda task: task.updated_at, reverse=True)[:limit]
+
+    def overdue(
+        self, heard_before: datetime, *, now: datetime, limit: int | None = None
+    ) -> Sequence[TaskRecord]:
+        with self._lock:
+            found = [
+                task
+                for task in self._tasks.values()
+                if task.state is TaskState.OPEN
+                and task.updated_at <= heard_before
+                and (task.next_poll_at is None or task.next_poll_at <= now)
+                and self._task_claims.get(task.task_id, ("", now))[1] <= now
+            ]
+        return sorted(found, key=lambda task: task.updated_at)[:limit]
+
+    def claim_task(
+        self, task_id: str, owner: str, *, lease: float, now: datetime
+    ) -> TaskRecord | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            holder, until = self._task_claims.get(task_id, (owner, now))
+            if (
+                task is None
+                or task.state is not TaskState.OPEN
+                or (holder != owner and until > now)
+            ):
+                return None
+            self._task_claims[task_id] = (owner, now + timedelta(seconds=lease))
+            return task
+
+    def release_task(
+        self,
+        task_id: str,
+        owner: str,
+        *,
+        polled: bool = False,
+        next_poll_at: datetime | None = None,
+        overdue: bool = False,
+        lost: bool = False,
+    ) -> TaskChange:
+        now = utcnow()
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or self._task_claims.get(task_id, ("", now))[0] != owner:
+                return TaskChange()
+            del self._task_claims[task_id]
+            change = TaskChange(
+                overdue=overdue and task.overdue_at is None,
+                lost=lost and task.state is TaskState.OPEN,
+            )
+            self._tasks[task_id] = replace(
+                task,
+                polls=task.polls + polled,
+                next_poll_at=next_poll_at,
+                overdue_at=now if change.overdue else task.overdue_at,
+                state=TaskState.LOST if change.lost else task.state,
+                updated_at=now if polled or change.lost else task.updated_at,
+            )
+            return change
+
+    def remember_signature(self, signature: str, digest: str, *, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            seen, until = self._signatures.get(signature, (digest, now))
+            if until > now:
+                return seen == digest
+            self._signatures[signature] = (digest, now + ttl)
+            return True
 
     # -- what the command line, replay and the sweep use --------------------------------------
 
@@ -366,7 +468,6 @@ def test_a_store_cannot_say_it_is_persistent_without_subclassing_persistent_stor
 
         class Pretending(DictStore):
             persistent = True
-
 
 
 class CountingStore(DictStore):

@@ -257,8 +257,10 @@ class MemoryStore(Store):
             signatures = self._signatures
             _evict(signatures, now)
             seen = signatures.get(signature)
-            if seen is not None:
+            # Each ttl of its own: one still in the dictionary may be expired, behind a longer one.
+            if seen is not None and seen.expires_at > now:
                 return seen.digest == digest
+            signatures.pop(signature, None)
             signatures[signature] = _Signature(digest, now + ttl)
             self._bound(signatures)
             return True
