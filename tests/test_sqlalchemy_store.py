@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,11 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_musiccallback import MusicCallback, StoreError
 from flask_musiccallback.contract import unreadable_delivery
-from flask_musiccallback.stores.base import ClaimResult, Delivery
+from flask_musiccallback.stores.base import ClaimResult, Delivery, utcnow
 from flask_musiccallback.stores.sqlalchemy import DEFAULT_TABLE, SQLAlchemyStore, table_items
+from flask_musiccallback.stores.sqlalchemy.signatures import signatures_table_name
 from flask_musiccallback.stores.sqlalchemy.tasks import DEFAULT_TASKS_TABLE, tasks_table_name
+from flask_musiccallback.stores.tasks import VIA_POLL
 from flask_musiccallback.testing import build_callback
 
 from .backends import sqlite_url
@@ -28,6 +30,7 @@ from .servers import PostgresServer
 
 TABLE = DEFAULT_TABLE
 TASKS = DEFAULT_TASKS_TABLE
+SIGNATURES = "musiccallback_signatures"
 
 
 def host_app(database_url: str, **config: Any) -> Flask:
@@ -58,10 +61,10 @@ def test_the_table_joins_db_metadata_when_flask_sqlalchemy_comes_first(tmp_path:
     app = host_app(sqlite_url(tmp_path))
     db = SQLAlchemy(app)
     MusicCallback(app)
-    assert {TABLE, TASKS} <= set(db.metadata.tables)
+    assert {TABLE, TASKS, SIGNATURES} <= set(db.metadata.tables)
     with app.app_context():
         db.create_all()
-    assert {TABLE, TASKS} <= set(tables(app, db))
+    assert {TABLE, TASKS, SIGNATURES} <= set(tables(app, db))
     assert deliver(app) == (200, {"status": "received"})
 
 
@@ -70,9 +73,9 @@ def test_the_table_joins_db_metadata_when_the_extension_comes_first(tmp_path: Pa
     MusicCallback(app)
     db = SQLAlchemy(app)
     with app.app_context():
-        assert {TABLE, TASKS} <= set(db.metadata.tables)
+        assert {TABLE, TASKS, SIGNATURES} <= set(db.metadata.tables)
         db.create_all()
-    assert {TABLE, TASKS} <= set(tables(app, db))
+    assert {TABLE, TASKS, SIGNATURES} <= set(tables(app, db))
     assert deliver(app) == (200, {"status": "received"})
 
 
@@ -87,7 +90,11 @@ def test_a_bind_key_puts_the_table_in_that_binds_database(tmp_path: Path) -> Non
     assert "received_callbacks" in db.metadatas["callbacks"].tables
     with app.app_context():
         db.create_all()
-    assert tables(app, db, "callbacks") == ["received_callbacks", "received_callbacks_tasks"]
+    assert tables(app, db, "callbacks") == [
+        "received_callbacks",
+        "received_callbacks_signatures",
+        "received_callbacks_tasks",
+    ]
     assert tables(app, db) == []
     assert deliver(app) == (200, {"status": "received"})
 
@@ -227,7 +234,7 @@ def test_its_own_engine_creates_its_table_in_the_instance_folder_for_a_relative_
     assert deliver(app) == (200, {"status": "received"})
     database = tmp_path / "instance" / "cb.db"
     created = sa.inspect(sa.create_engine(f"sqlite:///{database}")).get_table_names()
-    assert created == ["d", "d_tasks"]
+    assert created == ["d", "d_signatures", "d_tasks"]
 
 
 def test_an_in_memory_sqlite_database_is_refused_at_start_up(make_app: AppFactory) -> None:
@@ -278,10 +285,12 @@ def test_stores_starting_together_on_a_fresh_database_create_the_table_once(
     assert results == [ClaimResult.CLAIMED] * len(stores)
 
 
-def test_the_tasks_table_is_named_after_the_deliveries_table() -> None:
+def test_the_tasks_and_signatures_tables_are_named_after_the_deliveries_table() -> None:
     assert tasks_table_name(DEFAULT_TABLE) == TASKS == "musiccallback_tasks"
     assert tasks_table_name("shop_deliveries") == "shop_tasks"
     assert tasks_table_name("received_callbacks") == "received_callbacks_tasks"
+    assert signatures_table_name(DEFAULT_TABLE) == SIGNATURES
+    assert signatures_table_name("shop_deliveries") == "shop_signatures"
 
 
 def test_the_tasks_table_has_room_for_reconciliation_and_an_index_on_state_and_time(
@@ -293,14 +302,60 @@ def test_the_tasks_table_has_room_for_reconciliation_and_an_index_on_state_and_t
     inspector = sa.inspect(sa.create_engine(sqlite_url(tmp_path)))
     columns = {column["name"]: column for column in inspector.get_columns(TASKS)}
     assert list(columns) == [
-        "task_id", "family", "state", "stages", "expected_at", "polls", "next_poll_at",
-        "owner", "lease_expires_at", "created_at", "updated_at",
+        "task_id", "family", "state", "stages", "sources", "expected_at", "polls",
+        "overdue_at", "next_poll_at", "owner", "lease_expires_at", "created_at", "updated_at",
     ]  # fmt: skip
     assert inspector.get_pk_constraint(TASKS)["constrained_columns"] == ["task_id"]
     nullable = {name for name, column in columns.items() if column["nullable"]}
-    assert nullable == {"expected_at", "next_poll_at", "owner", "lease_expires_at"}
+    assert nullable == {
+        "sources", "expected_at", "overdue_at", "next_poll_at", "owner", "lease_expires_at",
+    }  # fmt: skip
     indexes = {tuple(index["column_names"]) for index in inspector.get_indexes(TASKS)}
-    assert ("state", "updated_at") in indexes
+    assert {("state", "updated_at"), ("updated_at",)} <= indexes
+
+
+def test_the_signatures_table_is_keyed_by_signature_with_an_index_for_pruning(
+    tmp_path: Path,
+) -> None:
+    store = SQLAlchemyStore(sqlite_url(tmp_path), ttl=60)
+    store.remember_signature("s", "digest", ttl=300)
+    store.close()
+    inspector = sa.inspect(sa.create_engine(sqlite_url(tmp_path)))
+    columns = [column["name"] for column in inspector.get_columns(SIGNATURES)]
+    assert columns == ["signature", "digest", "expires_at"]
+    assert inspector.get_pk_constraint(SIGNATURES)["constrained_columns"] == ["signature"]
+    indexes = {tuple(index["column_names"]) for index in inspector.get_indexes(SIGNATURES)}
+    assert ("expires_at",) in indexes
+
+
+def test_a_task_row_made_before_sources_existed_is_read_and_gets_them(tmp_path: Path) -> None:
+    store = SQLAlchemyStore(sqlite_url(tmp_path), ttl=60)
+    store.expect("t", "music")
+    engine = sa.create_engine(sqlite_url(tmp_path))
+    with engine.begin() as connection:  # as a migration adding the column leaves the row
+        connection.execute(sa.update(store.tasks_table).values(sources=sa.null()))
+    engine.dispose()
+    before = store.task("t")
+    store.record_stage("t", "music", "complete", at=utcnow(), via=VIA_POLL, final=None)
+    after = store.task("t")
+    store.close()
+    assert before is not None
+    assert dict(before.sources) == {}
+    assert after is not None
+    assert dict(after.sources) == {"complete": VIA_POLL}
+
+
+def test_prune_deletes_the_signatures_whose_window_closed(tmp_path: Path) -> None:
+    store = SQLAlchemyStore(sqlite_url(tmp_path), ttl=60)
+    store.remember_signature("closed", "digest", ttl=0)
+    store.remember_signature("open", "digest", ttl=300)
+    assert store.prune(timedelta(days=1)) == 0, "no delivery was pruned"
+    store.close()
+    engine = sa.create_engine(sqlite_url(tmp_path))
+    with engine.connect() as connection:
+        kept = connection.execute(sa.select(store.tables.signatures.c.signature)).scalars().all()
+    engine.dispose()
+    assert kept == ["open"]
 
 
 def test_a_database_made_before_the_tasks_table_gets_it_on_first_use(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ A new delivery is one statement (one round trip, no ``BEGIN`` or ``COMMIT`` arou
 stale check included, and one to complete. The claim's commit waits for the disk; the
 completion's does not, and leaves no connection behind that skips the wait for a later claim
 (``SQLAlchemyStore._settle`` says why losing a completion in a crash loses no delivery).
+Recording a stage on its task and remembering a signature are one statement (one script) each.
 
 Statements are counted in the drivers (sqlite3, psycopg), where both ways the SQL store runs them
 are seen: through SQLAlchemy on a host's engine, on a DBAPI cursor on its own.
@@ -28,8 +29,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_musiccallback.state import get_state
-from flask_musiccallback.stores.base import ClaimResult, Delivery
+from flask_musiccallback.stores.base import ClaimResult, Delivery, Store
 from flask_musiccallback.stores.sqlalchemy import SQLAlchemyStore
+from flask_musiccallback.stores.tasks import VIA_CALLBACK, VIA_POLL, TaskState
 from flask_musiccallback.testing import build_callback
 
 from .backends import sqlite_url, with_flask_sqlalchemy
@@ -266,25 +268,67 @@ def test_on_postgresql_the_request_paths_statements_are_prepared_by_the_server(
     assert sorted(statement.split()[0] for (statement,) in prepared) == ["INSERT", "UPDATE"]
 
 
-def test_on_redis_a_new_delivery_is_two_round_trips(make_app: AppFactory, redis_url: str) -> None:
-    name = f"hot-path-{time.monotonic_ns()}"
-    app = make_app(STORE=f"{redis_url}?client_name={name}")
-    post(app, build_callback("complete"))
+def redis_commands(redis_url: str, name: str, action: Callable[[], None]) -> list[str]:
+    """The commands the client called ``name`` sent while ``action`` ran, each by its first word;
+    the commands a script runs are not its client's round trips, and are left out."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     (store_client,) = [c for c in client.client_list() if c["name"] == name]
     store_port = store_client["addr"].rpartition(":")[2]
     marker = f"end-{name}"
     sent: list[str] = []
     with client.monitor() as monitor:
-        assert post(app, build_callback("first")) == RECEIVED
+        action()
         client.echo(marker)
         for command in monitor.listen():
             if marker in command["command"]:
                 break
-            # Commands run inside a script are listed too, as the script's.
             if command["client_type"] != "lua" and command["client_port"] == store_port:
                 sent.append(command["command"].split()[0])
-    assert sent == ["EVALSHA", "EVALSHA"]
+    client.close()
+    return sent
+
+
+def test_on_redis_a_new_delivery_is_two_round_trips(make_app: AppFactory, redis_url: str) -> None:
+    name = f"hot-path-{time.monotonic_ns()}"
+    app = make_app(STORE=f"{redis_url}?client_name={name}")
+    post(app, build_callback("complete"))
+
+    def deliver() -> None:
+        assert post(app, build_callback("first")) == RECEIVED
+
+    assert redis_commands(redis_url, name, deliver) == ["EVALSHA", "EVALSHA"]
+
+
+def hear_and_check(store: Store) -> None:
+    """A stage of a task never heard of, one of a task kept, a signature new and one seen."""
+    store.record_stage("new-task", "music", "text", at=NOW, via=VIA_CALLBACK, final=None)
+    store.record_stage("new-task", "music", "complete", at=NOW, via=VIA_POLL, final=COMPLETE)
+    assert store.remember_signature("signature", "digest-a", ttl=300)
+    assert not store.remember_signature("signature", "digest-b", ttl=300)
+
+
+NOW = datetime.now(timezone.utc)
+COMPLETE = TaskState.COMPLETE
+
+
+def test_recording_a_stage_and_remembering_a_signature_are_one_statement_each(
+    sql_app: Flask,
+) -> None:
+    store = get_state(sql_app).store
+    store.record_stage("warm-up", "music", "text", at=NOW, via=VIA_CALLBACK, final=None)
+    with statements_run(sql_app.config["DATABASE_URL"]) as seen:
+        hear_and_check(store)
+    assert [(s.sql, s.autocommit) for s in seen] == [("INSERT", True)] * 4
+
+
+def test_on_redis_recording_a_stage_and_remembering_a_signature_are_one_script_each(
+    make_app: AppFactory, redis_url: str
+) -> None:
+    name = f"hot-path-{time.monotonic_ns()}"
+    store = get_state(make_app(STORE=f"{redis_url}?client_name={name}")).store
+    store.record_stage("warm-up", "music", "text", at=NOW, via=VIA_CALLBACK, final=None)
+    store.remember_signature("warm-up", "digest", ttl=300)
+    assert redis_commands(redis_url, name, lambda: hear_and_check(store)) == ["EVALSHA"] * 4
 
 
 def test_the_hosts_engine_gets_its_connections_back_as_they_were(

@@ -1,5 +1,5 @@
-"""The request path's statements: the claim, the settlements and the keeping of an unreadable
-body, built once per store.
+"""The request path's statements: the claim, the settlements, the keeping of an unreadable body,
+a stage heard of and a signature seen, built once per store.
 
 The claim is one atomic statement on SQLite and PostgreSQL: ``INSERT ... ON CONFLICT (task_id,
 stage) DO UPDATE ... WHERE`` the existing row may be taken (released after an error, a lease run
@@ -7,7 +7,9 @@ out, remembered longer than the TTL). On other databases it is an ``INSERT`` and
 violation, a conditional ``UPDATE``, which the database also runs atomically. The unique key on
 ``(task_id, stage)`` decides; nothing is checked first and inserted after. An unreadable body is
 kept the same way, by ``INSERT ... ON CONFLICT DO NOTHING`` (or an ``INSERT`` whose unique
-violation says it is kept already).
+violation says it is kept already). Recording a stage heard of on its task and remembering a
+signature are one statement each as well, written beside their tables (:mod:`.tasks`,
+:mod:`.signatures`) and built here with the others.
 
 Apart from the store because these statements are what a provider waits on: each is built once
 with bound parameters and run alone in autocommit, one round trip apiece, and this is the one
@@ -18,13 +20,15 @@ place that says what each of them writes. How they run (through SQLAlchemy, or o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
 from ..base import DeliveryState
 from .driver import DriverSQL
-from .table import TAKEN, takeable
+from .signatures import signature_statements
+from .table import TAKEN, JSONText, dialect_insert, takeable
+from .tasks import heard_statements
 
 
 def rows(result: sa.CursorResult[Any]) -> int:
@@ -33,21 +37,6 @@ def rows(result: sa.CursorResult[Any]) -> int:
     if result.returns_rows:
         return len(result.all())
     return result.rowcount
-
-
-class _JSONText(sa.types.TypeDecorator[str]):
-    """A JSON column's value given as the JSON text it already is, and written as it is.
-
-    The claim writes the body as received (:meth:`Delivery.payload_json`): parsing it gave the
-    payload, so serialising the payload again on the request path would be work done twice.
-    Reading it back is the column's :class:`sqlalchemy.JSON` as ever.
-    """
-
-    impl = sa.JSON
-    cache_ok = True
-
-    def bind_processor(self, dialect: sa.Dialect) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -90,12 +79,23 @@ class Statements:
     #: ``INSERT ... ON CONFLICT DO NOTHING``: keeps an unreadable body unless its key is kept
     #: already; ``None`` where the dialect has no such insert (then it is ``insert``).
     keep: Prebuilt | None
+    #: Records a stage heard of on the task's row, created if need be
+    #: (:func:`.tasks.heard_statements`); ``None`` where the dialect has no upsert.
+    heard: Prebuilt | None
+    #: Where there is no upsert: the update of a kept task, then the insert of a new one.
+    heard_again: Prebuilt
+    heard_first: Prebuilt
+    #: Remembers a signature with its body's digest, or says it goes with another
+    #: (:func:`.signatures.signature_statements`); ``None`` where the dialect has no upsert.
+    signature: Prebuilt | None
+    #: Where there is no upsert: the insert, then on a unique violation the take.
+    signature_first: Prebuilt
+    signature_again: Prebuilt
 
     @classmethod
-    def build(
-        cls, table: sa.Table, dialect: sa.Dialect, *, upsert: bool, drive: bool
-    ) -> Statements:
+    def build(cls, tables: Tables, dialect: sa.Dialect, *, upsert: bool, drive: bool) -> Statements:
         """The statements for ``dialect``; ``drive`` compiles them for the driver as well."""
+        table = tables.deliveries
 
         def prebuilt(clause: sa.UpdateBase) -> Prebuilt:
             driver = DriverSQL.compile(clause, dialect) if drive else None
@@ -104,7 +104,7 @@ class Statements:
         values = {
             column.name: sa.bindparam(
                 column.name,
-                type_=_JSONText() if isinstance(column.type, sa.JSON) else column.type,
+                type_=JSONText() if isinstance(column.type, sa.JSON) else column.type,
             )
             for column in table.c
             if column.name != "id"
@@ -168,21 +168,30 @@ class Statements:
                 updated_at=sa.bindparam("updated_at", type_=table.c.updated_at.type),
             )
         )
+        heard, heard_again, heard_first = heard_statements(
+            tables.tasks, dialect.name, upsert=upsert
+        )
+        signature, signature_first, signature_again = signature_statements(
+            tables.signatures, dialect, upsert=upsert
+        )
         return cls(
             claim=claim,
             insert=Prebuilt(sa.insert(table).values(values), None),
             take=Prebuilt(take, None),
             settle=prebuilt(settle),
             keep=keep,
+            heard=None if heard is None else prebuilt(heard),
+            heard_again=Prebuilt(heard_again, None),
+            heard_first=Prebuilt(heard_first, None),
+            signature=None if signature is None else prebuilt(signature),
+            signature_first=Prebuilt(signature_first, None),
+            signature_again=Prebuilt(signature_again, None),
         )
 
 
-def dialect_insert(dialect_name: str, table: sa.Table) -> Any:
-    """The ``INSERT`` of a dialect with ``ON CONFLICT`` (SQLite's, PostgreSQL's)."""
-    if dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+class Tables(NamedTuple):
+    """The store's tables, known together (:meth:`.store.SQLAlchemyStore.tables`)."""
 
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
+    deliveries: sa.Table
+    tasks: sa.Table
+    signatures: sa.Table

@@ -43,7 +43,7 @@ from ..base import (
     timeout_from_url,
 )
 from ..owners import claim_owner
-from ..tasks import TaskRecord
+from ..tasks import TaskChange, TaskRecord, TaskState
 from ..watchdog import Watchdog
 from .engine import (
     STATEMENT_TIMEOUT,
@@ -53,7 +53,8 @@ from .engine import (
     host_engine,
     shown,
 )
-from .statements import Prebuilt, Statements, rows
+from .signatures import seen, signature_items, signatures_table_name
+from .statements import Prebuilt, Statements, Tables, rows
 from .table import (
     DEFAULT_TABLE,
     FINISHED,
@@ -70,6 +71,7 @@ from .table import (
 from .tasks import (
     expect_upsert,
     expected_again,
+    heard,
     new_task,
     task_items,
     task_record,
@@ -86,8 +88,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class SQLAlchemyStore(PersistentStore):
-    """Deliveries kept in one table, claimed atomically by its unique ``(task_id, stage)`` key,
-    and tasks in a second one named after it (:func:`.tasks.tasks_table_name`).
+    """Deliveries kept in one table, claimed atomically by its unique ``(task_id, stage)`` key;
+    tasks and signatures in two more named after it (:mod:`.tasks`, :mod:`.signatures`).
 
     Pass ``url`` (or ``engine``) for a database of the extension's own, ``db`` for a
     Flask-SQLAlchemy extension object, or nothing to use the app's Flask-SQLAlchemy ``db`` (what
@@ -121,6 +123,7 @@ class SQLAlchemyStore(PersistentStore):
             raise StoreError(f"Not a usable table name: {table_name!r}.")
         self.table_name = table_name
         self.tasks_table_name = tasks_table_name(table_name)
+        self.signatures_table_name = signatures_table_name(table_name)
         self.bind_key = bind_key
         self._url = database_url(url) if isinstance(url, str) else url
         self._engine = engine
@@ -135,13 +138,11 @@ class SQLAlchemyStore(PersistentStore):
         #: Whether the engine autocommits: the extension's own does, a host's does not.
         self._autocommits = self._url is not None
         self._built: Statements | None = None
-        self._table: sa.Table | None = None
-        self._tasks_table: sa.Table | None = None
+        self._tables: Tables | None = None
         if self.creates_table:
             metadata = sa.MetaData()
-            self._table = sa.Table(table_name, metadata, *table_items(table_name))
-            self._tasks_table = sa.Table(
-                self.tasks_table_name, metadata, *task_items(self.tasks_table_name)
+            self._tables = Tables(
+                *(sa.Table(name, metadata, *items(name)) for name, items in self._table_items())
             )
         if db is not None:
             self._use_db(db)
@@ -208,40 +209,51 @@ class SQLAlchemyStore(PersistentStore):
         if self._db is not None:
             appcontext_pushed.disconnect(self._find_db, sender=app)
 
+    def _table_items(self) -> list[tuple[str, Callable[[str], list[sa.schema.SchemaItem]]]]:
+        """Each table's name and items, in the order of :class:`~.statements.Tables`."""
+        return [
+            (self.table_name, table_items),
+            (self.tasks_table_name, task_items),
+            (self.signatures_table_name, signature_items),
+        ]
+
     def _use_db(self, db: SQLAlchemy) -> None:
         """Put the tables in ``db``'s metadata for the bind, or reuse those already there."""
-        self._tasks_table = host_table(db, self.tasks_table_name, self.bind_key, task_items)
-        self._table = host_table(db, self.table_name, self.bind_key)
+        self._tables = Tables(
+            *(host_table(db, name, self.bind_key, items) for name, items in self._table_items())
+        )
         self._db = db
 
     @property
     def table(self) -> sa.Table:
         """The deliveries table; with ``sqlalchemy://``, known once Flask-SQLAlchemy is found."""
-        return self._tables()[0]
+        return self.tables.deliveries
 
     @property
     def tasks_table(self) -> sa.Table:
         """The tasks table, known when the deliveries table is."""
-        return self._tables()[1]
+        return self.tables.tasks
 
-    def _tables(self) -> tuple[sa.Table, sa.Table]:
-        if self._table is None or self._tasks_table is None:
+    @property
+    def tables(self) -> Tables:
+        """Every table of the store, known together."""
+        if self._tables is None:
             app = self._app
             if app is not None:
                 self._find_db(app)
-            if self._table is None or self._tasks_table is None:
+            if self._tables is None:
                 raise StoreUnavailable(
                     "MUSICCALLBACK_STORE is sqlalchemy://, but Flask-SQLAlchemy is not set up on "
                     "this app: call db.init_app(app), or give a database URL instead."
                 )
-        return self._table, self._tasks_table
+        return self._tables
 
     def _connectable(self) -> Engine:
         """The engine, created or looked up once, and the table ready on it."""
         if self._ready and self._engine is not None:
             return self._engine
         with self._lock:
-            table = self.table
+            tables = self.tables
             if self._engine is None:
                 db = self._db
                 self._engine = (
@@ -250,7 +262,7 @@ class SQLAlchemyStore(PersistentStore):
                     else host_engine(db, self._app, self.bind_key)
                 )
             if self.creates_table and not self._ready:
-                create_tables(self._engine, table, self.tasks_table)
+                create_tables(self._engine, *tables)
             self._ready = True
             return self._engine
 
@@ -506,7 +518,7 @@ class SQLAlchemyStore(PersistentStore):
         if statements is None:
             upsert = dialect.name in self.upsert_dialects
             statements = self._built = Statements.build(
-                self.table, dialect, upsert=upsert, drive=self._drives
+                self.tables, dialect, upsert=upsert, drive=self._drives
             )
         return statements
 
@@ -620,6 +632,145 @@ class SQLAlchemyStore(PersistentStore):
         row = self._run(lambda c: c.execute(statement).first())
         return None if row is None else task_record(row)
 
+    def record_stage(
+        self,
+        task_id: str,
+        family: str,
+        stage: str,
+        *,
+        at: datetime,
+        via: str,
+        final: TaskState | None,
+    ) -> None:
+        """One statement (:func:`.tasks.heard_statements`): the upsert where the dialect has
+        one, run as the claim is; elsewhere the update of the kept task, and only for a task
+        never heard of the insert (and the update again if a concurrent insert won)."""
+        parameters = heard(task_id, family, stage, at=at, via=via, final=final, now=naive_now())
+        if self._execute(lambda statements: statements.heard, parameters) is not None:
+            return
+        if self._execute(lambda statements: statements.heard_again, parameters) == 1:
+            return
+        try:
+            self._execute(lambda statements: statements.heard_first, parameters)
+        except IntegrityError:
+            self._execute(lambda statements: statements.heard_again, parameters)
+
+    def tasks(
+        self, *, state: TaskState | str | None = None, limit: int | None = 50
+    ) -> Sequence[TaskRecord]:
+        """One query on the ``updated_at`` index, or the ``(state, updated_at)`` one."""
+        table = self.tasks_table
+        statement = sa.select(table).order_by(table.c.updated_at.desc(), table.c.task_id.desc())
+        if state is not None:
+            statement = statement.where(table.c.state == TaskState(state).value)
+        return self._tasks_of(statement, limit)
+
+    def overdue(
+        self, heard_before: datetime, *, now: datetime, limit: int | None = None
+    ) -> Sequence[TaskRecord]:
+        """One query on the ``(state, updated_at)`` index, the longest silent first."""
+        table = self.tasks_table
+        moment = naive(now)
+        statement = (
+            sa.select(table)
+            .where(
+                table.c.state == TaskState.OPEN.value,
+                table.c.updated_at <= naive(heard_before),
+                sa.or_(table.c.next_poll_at.is_(None), table.c.next_poll_at <= moment),
+                _task_free(table, moment),
+            )
+            .order_by(table.c.updated_at, table.c.task_id)
+        )
+        return self._tasks_of(statement, limit)
+
+    def _tasks_of(self, statement: sa.Select[Any], limit: int | None) -> Sequence[TaskRecord]:
+        """The tasks ``statement`` selects, at most ``limit``; never on the request path."""
+        if limit is not None:
+            statement = statement.limit(limit)
+        rows = self._run(lambda c: c.execute(statement).all(), bounded=False)
+        return [task_record(row) for row in rows]
+
+    def claim_task(
+        self, task_id: str, owner: str, *, lease: float, now: datetime
+    ) -> TaskRecord | None:
+        """One conditional ``UPDATE`` decides, as :meth:`reclaim` does; the row is read back in
+        the same transaction."""
+        table = self.tasks_table
+        moment = naive(now)
+        key = table.c.task_id == task_id
+        statement = (
+            sa.update(table)
+            .where(
+                key,
+                table.c.state == TaskState.OPEN.value,
+                sa.or_(table.c.owner.is_(None), table.c.owner == owner, _task_free(table, moment)),
+            )
+            .values(owner=owner, lease_expires_at=moment + timedelta(seconds=lease))
+        )
+
+        def take(connection: Connection) -> sa.Row[Any] | None:
+            if connection.execute(statement).rowcount != 1:
+                return None
+            return connection.execute(sa.select(table).where(key)).first()
+
+        row = self._run(take)
+        return None if row is None else task_record(row)
+
+    def release_task(
+        self,
+        task_id: str,
+        owner: str,
+        *,
+        polled: bool = False,
+        next_poll_at: datetime | None = None,
+        overdue: bool = False,
+        lost: bool = False,
+    ) -> TaskChange:
+        """Conditional ``UPDATE`` statements in one transaction, each on the owner's claim:
+        overdue if it was not, lost if it was open (the row each changes says what happened
+        now), then the release itself. An owner who no longer holds the task changes nothing."""
+        table = self.tasks_table
+        now = naive_now()
+        held = (table.c.task_id == task_id, table.c.owner == owner)
+        found_overdue = (
+            sa.update(table).where(*held, table.c.overdue_at.is_(None)).values(overdue_at=now)
+        )
+        found_lost = (
+            sa.update(table)
+            .where(*held, table.c.state == TaskState.OPEN.value)
+            .values(state=TaskState.LOST.value, updated_at=now)
+        )
+        released: dict[str, Any] = {
+            "owner": None,
+            "lease_expires_at": None,
+            "next_poll_at": None if next_poll_at is None else naive(next_poll_at),
+        }
+        if polled:
+            released.update(polls=table.c.polls + 1, updated_at=now)
+        release = sa.update(table).where(*held).values(released)
+
+        def change(connection: Connection) -> TaskChange:
+            became_overdue = overdue and connection.execute(found_overdue).rowcount == 1
+            became_lost = lost and connection.execute(found_lost).rowcount == 1
+            connection.execute(release)
+            return TaskChange(overdue=became_overdue, lost=became_lost)
+
+        return self._run(change)
+
+    def remember_signature(self, signature: str, digest: str, *, ttl: float) -> bool:
+        """One statement (:func:`.signatures.signature_statements`): the upsert where the
+        dialect has one, run as the claim is; elsewhere the insert, and on a unique violation the
+        conditional take of the kept row."""
+        parameters = seen(signature, digest, ttl=ttl, now=naive_now())
+        taken = self._execute(lambda statements: statements.signature, parameters)
+        if taken is not None:
+            return taken == 1
+        try:
+            self._execute(lambda statements: statements.signature_first, parameters)
+        except IntegrityError:
+            return self._execute(lambda statements: statements.signature_again, parameters) == 1
+        return True
+
     # -- what the command line and replay use --------------------------------------------------
 
     def list(
@@ -668,7 +819,8 @@ class SQLAlchemyStore(PersistentStore):
         return deleted == 1
 
     def prune(self, older_than: timedelta) -> int:
-        """Finished deliveries, and those no claim holds: unreadable bodies, abandoned claims."""
+        """Finished deliveries, and those no claim holds: unreadable bodies, abandoned claims;
+        and every signature whose window closed (not counted: they are no deliveries)."""
         table = self.table
         now = naive_now()
         statement = sa.delete(table).where(
@@ -679,8 +831,15 @@ class SQLAlchemyStore(PersistentStore):
                 table.c.lease_expires_at < now,
             ),
         )
-        deleted: int = self._run(lambda c: c.execute(statement).rowcount, bounded=False)
-        return deleted
+        signatures = self.tables.signatures
+        expired = sa.delete(signatures).where(signatures.c.expires_at < now)
+
+        def delete(connection: Connection) -> int:
+            connection.execute(expired)
+            deleted: int = connection.execute(statement).rowcount
+            return deleted
+
+        return self._run(delete, bounded=False)
 
     def reclaim(
         self,
@@ -751,3 +910,8 @@ def _explain(exc: BaseException) -> str:
         exc = exc.orig
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _task_free(table: sa.Table, now: datetime) -> sa.ColumnElement[bool]:
+    """A task whose reconciliation claim is not held at ``now`` (naive UTC)."""
+    return sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at <= now)

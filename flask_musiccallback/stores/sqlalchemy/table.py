@@ -28,6 +28,18 @@ if TYPE_CHECKING:
 #: The table's name unless ``?table=`` says otherwise.
 DEFAULT_TABLE = "musiccallback_deliveries"
 
+_DELIVERIES = "_deliveries"
+
+
+def companion_name(deliveries: str, kind: str) -> str:
+    """The name of the table of ``kind`` (``tasks``, ``signatures``) that goes with the
+    deliveries table ``deliveries``: ``<name>_<kind>``, ``<name>`` without a ``_deliveries``
+    ending (``musiccallback_deliveries`` goes with ``musiccallback_tasks``,
+    ``received_callbacks`` with ``received_callbacks_tasks``). Two apps that keep their
+    deliveries apart in one database with ``?table=`` keep everything else apart as well."""
+    return f"{deliveries.removesuffix(_DELIVERIES)}_{kind}"
+
+
 #: The states of a claimed delivery not yet settled, and of a settled one.
 IN_FLIGHT = (DeliveryState.PENDING.value, DeliveryState.PROCESSING.value)
 FINISHED = (DeliveryState.DONE.value, DeliveryState.FAILED.value)
@@ -54,6 +66,22 @@ def table_items(name: str) -> list[sa.schema.SchemaItem]:
         sa.Index(f"ix_{name}_updated_at", "updated_at"),
         sa.Index(f"ix_{name}_state_updated_at", "state", "updated_at"),
     ]
+
+
+class JSONText(sa.types.TypeDecorator[str]):
+    """A JSON column's value given as the JSON text it already is, and written as it is.
+
+    The claim writes the body as received (:meth:`~..base.Delivery.payload_json`): parsing it
+    gave the payload, so serialising the payload again on the request path would be work done
+    twice; a stage heard of is written as the JSON text the database's merge reads. Reading it
+    back is the column's :class:`sqlalchemy.JSON` as ever.
+    """
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: sa.Dialect) -> None:
+        return None
 
 
 def naive(moment: datetime) -> datetime:
@@ -146,3 +174,14 @@ def host_table(
     if table is None:
         table = db.Table(name, *items(name), bind_key=bind_key)
     return table
+
+
+def dialect_insert(dialect_name: str, table: sa.Table) -> Any:
+    """The ``INSERT`` of a dialect with ``ON CONFLICT`` (SQLite's, PostgreSQL's)."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
