@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import redis
 
@@ -12,10 +12,14 @@ from flask_musiccallback.contract import unreadable_delivery
 from flask_musiccallback.stores.base import ClaimResult, Delivery, DeliveryState
 from flask_musiccallback.stores.redis import RedisStore, delivery_id
 from flask_musiccallback.stores.registry import store_from_url
+from flask_musiccallback.stores.tasks import TaskState
 from flask_musiccallback.testing import build_callback
 
 from .conftest import URL, AppFactory
 from .servers import RedisServer
+
+COMPLETE, FAILED = TaskState.COMPLETE, TaskState.FAILED
+HOUR = timedelta(hours=1)
 
 
 def delivery(task_id: str, stage: str = "complete") -> Delivery:
@@ -138,6 +142,68 @@ def test_the_stages_of_a_task_are_fields_of_its_hash(redis_url: str) -> None:
     task = store.task("t1")
     assert task is not None
     assert dict(task.stages) == {"complete": datetime(2025, 6, 1, 10, 22, 3, 1, timezone.utc)}
+
+
+def test_tasks_are_indexed_by_state_and_by_when_they_were_last_heard_of(redis_url: str) -> None:
+    store = store_from_url(redis_url + "?prefix=idx:", ttl=600)
+    for task_id in ("open-1", "open-2", "done", "failed"):
+        store.expect(task_id, "music")
+    now = datetime.now(timezone.utc)
+    store.record_stage("done", "music", "complete", at=now, via="callback", final=COMPLETE)
+    store.record_stage("failed", "music", "failed", at=now, via="poll", final=FAILED)
+    store.record_stage("heard", "music", "text", at=now, via="callback", final=None)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    assert client.zrange("idx:tasks:open", 0, -1) == ["open-1", "open-2", "heard"]
+    assert client.zrange("idx:tasks:complete", 0, -1) == ["done"]
+    assert client.zrange("idx:tasks:failed", 0, -1) == ["failed"]
+    assert client.zrange("idx:tasks", 0, -1) == ["open-1", "open-2", "done", "failed", "heard"]
+    assert client.hget("idx:task:heard", "via:text") == "callback"
+    assert 0 < client.ttl("idx:task:heard") <= 600
+
+
+def test_overdue_and_the_task_list_by_state_read_their_index_and_not_every_task(
+    redis_url: str,
+) -> None:
+    store = store_from_url(redis_url + "?prefix=read:", ttl=600)
+    now = datetime.now(timezone.utc)
+    for n in range(30):
+        store.record_stage(f"done-{n}", "music", "complete", at=now, via="poll", final=COMPLETE)
+    store.expect("open", "music")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    read: list[str] = []
+    marker = f"end-{time.monotonic_ns()}"
+    with client.monitor() as monitor:
+        assert [task.task_id for task in store.overdue(now + HOUR, now=now)] == ["open"]
+        assert [task.task_id for task in store.tasks(state="open")] == ["open"]
+        client.echo(marker)
+        for command in monitor.listen():
+            if marker in command["command"]:
+                break
+            if command["command"].startswith("HGETALL"):
+                read.append(command["command"])
+    assert len(read) == 2, read
+
+
+def test_a_task_whose_hash_expired_leaves_the_indexes_when_they_are_read(redis_url: str) -> None:
+    store = store_from_url(redis_url + "?prefix=gone:", ttl=600)
+    store.expect("gone", "music")
+    store.expect("kept", "music")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.delete("gone:task:gone")
+    now = datetime.now(timezone.utc)
+    assert [task.task_id for task in store.overdue(now + HOUR, now=now)] == ["kept"]
+    assert client.zrange("gone:tasks:open", 0, -1) == ["kept"]
+    assert [task.task_id for task in store.tasks()] == ["kept"]
+    assert client.zrange("gone:tasks", 0, -1) == ["kept"]
+
+
+def test_a_signature_is_a_key_expiring_with_its_window(redis_url: str) -> None:
+    store = store_from_url(redis_url + "?prefix=sig:", ttl=600)
+    assert store.remember_signature("abc=", "digest", ttl=300)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.get("sig:signature:abc=") == "digest"
+    assert 0 < client.pttl("sig:signature:abc=") <= 300_000
 
 
 def test_a_server_that_lost_the_scripts_is_sent_them_again(redis_url: str) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
 
 import redis
@@ -61,9 +61,11 @@ from .base import (
     unusable_url,
 )
 from .owners import claim_owner
-from .tasks import TaskRecord, TaskState
+from .tasks import TaskChange, TaskRecord, TaskState
 
 DEFAULT_PREFIX = "musiccallback:"
+
+_Kept = TypeVar("_Kept")
 
 # Redis time in microseconds, shared by every script below: fine enough that two changes never
 # share a time, so listing by last change keeps their order. ``stamp`` formats a time exactly.
@@ -258,23 +260,107 @@ if held and held ~= 'done' and held ~= 'failed' then return 0 end
     + _FORGET
 )
 
-# KEYS: task
+# Every script that changes a task (KEYS[1]) keeps the task indexes (KEYS[2], and KEYS[2] ..
+# ':' .. state) in step: ``heard`` moves the task to ``state`` (from ``old``, its state before)
+# as heard of now, for as long as the hash lives, and forgets the ids of hashes that expired.
+_TASK_INDEXES = """
+local function heard(id, old, state, ttl)
+  redis.call('HSET', KEYS[1], 'state', state, 'updated_at', nowstamp)
+  redis.call('EXPIRE', KEYS[1], ttl)
+  if old and old ~= state then redis.call('ZREM', KEYS[2] .. ':' .. old, id) end
+  local forgotten = stamp(now - ttl * 1000000)
+  for _, index in ipairs({KEYS[2], KEYS[2] .. ':' .. state}) do
+    redis.call('ZADD', index, nowstamp, id)
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', forgotten)
+  end
+end
+"""
+
+# KEYS: task, tasks index
 # ARGV: task id, family, ttl s
 # A task expected: created open, expected now; expected again, its family and time of change
-# only, so that a retried submission keeps when it was first expected.
+# only, so that a retried submission keeps when it was first expected, its state and stages.
 _EXPECT = (
     _CLOCK
+    + _TASK_INDEXES
     + """
-local new = {created_at = nowstamp, expected_at = nowstamp, state = 'open', polls = '0'}
+local old = redis.call('HGET', KEYS[1], 'state')
+local new = {created_at = nowstamp, expected_at = nowstamp, polls = '0'}
 for field, value in pairs(new) do redis.call('HSETNX', KEYS[1], field, value) end
-redis.call('HSET', KEYS[1], 'task_id', ARGV[1], 'family', ARGV[2], 'updated_at', nowstamp)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], 'task_id', ARGV[1], 'family', ARGV[2])
+heard(ARGV[1], old, old or 'open', ARGV[3])
 return 1
 """
 )
 
-#: How a task's hash names the field of each stage heard of.
+# KEYS: task, tasks index
+# ARGV: task id, family, stage, at µs, via, final state (or ''), ttl s
+# A stage heard of: an unknown task is created open, never expected; each stage keeps the time
+# and the way it first came (HSETNX); a final stage settles the state, whatever it was.
+_HEARD = (
+    _CLOCK
+    + _TASK_INDEXES
+    + """
+local old = redis.call('HGET', KEYS[1], 'state')
+if not old then
+  redis.call('HSET', KEYS[1], 'task_id', ARGV[1], 'family', ARGV[2], 'polls', '0',
+    'created_at', nowstamp)
+end
+redis.call('HSETNX', KEYS[1], 'stage:' .. ARGV[3], ARGV[4])
+redis.call('HSETNX', KEYS[1], 'via:' .. ARGV[3], ARGV[5])
+heard(ARGV[1], old, ARGV[6] ~= '' and ARGV[6] or old or 'open', ARGV[7])
+return 1
+"""
+)
+
+# KEYS: task
+# ARGV: owner, now µs, lease until µs (both on the caller's clock, which reconciliation keeps)
+# An open task taken for reconciliation unless another owner's lease still runs.
+_CLAIM_TASK = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return false end
+local owner = redis.call('HGET', KEYS[1], 'owner')
+local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_expires_at') or '')
+if owner and owner ~= '' and owner ~= ARGV[1] and lease and lease > tonumber(ARGV[2]) then
+  return false
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease_expires_at', ARGV[3])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: task, tasks index
+# ARGV: owner, polled ('1' | '0'), next poll µs (or ''), overdue ('1' | '0'), lost ('1' | '0'),
+#       ttl s, task id
+# Gives back the owner's claim with what reconciliation did; says {overdue now, lost now}.
+_RELEASE_TASK = (
+    _CLOCK
+    + _TASK_INDEXES
+    + """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {0, 0} end
+redis.call('HSET', KEYS[1], 'owner', '', 'lease_expires_at', '', 'next_poll_at', ARGV[3])
+local overdue, lost = 0, 0
+if ARGV[4] == '1' and (redis.call('HGET', KEYS[1], 'overdue_at') or '') == '' then
+  redis.call('HSET', KEYS[1], 'overdue_at', nowstamp)
+  overdue = 1
+end
+local old = redis.call('HGET', KEYS[1], 'state')
+if ARGV[5] == '1' and old == 'open' then lost = 1 end
+if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'polls', 1) end
+if ARGV[2] == '1' or lost == 1 then heard(ARGV[7], old, lost == 1 and 'lost' or old, ARGV[6]) end
+return {overdue, lost}
+"""
+)
+
+# KEYS: signature
+# ARGV: digest, ttl ms
+# A new signature is remembered with its body's digest; one seen says whether the digest is its.
+_SIGNATURE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return redis.call('GET', KEYS[1]) == ARGV[1] and 1 or 0
+"""
+
+#: How a task's hash names the field of each stage heard of, and of the way it came.
 _STAGE_FIELD = "stage:"
+_VIA_FIELD = "via:"
 
 #: The index of its own each ``--status`` lists from (the scripts keep them), beside ``index``.
 _STATUS_INDEXES = {"pending": ":inflight", "unreadable": ":unreadable"}
@@ -327,6 +413,10 @@ class RedisStore(PersistentStore):
         self._keep = client.register_script(_KEEP)
         self._forget = client.register_script(_FORGET)
         self._expect = client.register_script(_EXPECT)
+        self._heard = client.register_script(_HEARD)
+        self._claim_task = client.register_script(_CLAIM_TASK)
+        self._release_task = client.register_script(_RELEASE_TASK)
+        self._signature = client.register_script(_SIGNATURE)
 
     @classmethod
     def from_url(cls, url: str, *, ttl: int) -> RedisStore:
@@ -472,30 +562,125 @@ class RedisStore(PersistentStore):
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def _task_key(self, task_id: str) -> str:
-        return f"{self.prefix}task:{task_id}"
+    def _task_keys(self, task_id: str) -> list[str]:
+        return [f"{self.prefix}task:{task_id}", f"{self.prefix}tasks"]
 
     def expect(self, task_id: str, family: str) -> None:
-        self._call(self._expect, [self._task_key(task_id)], [task_id, family, self.ttl])
+        self._call(self._expect, self._task_keys(task_id), [task_id, family, self.ttl])
 
     def task(self, task_id: str) -> TaskRecord | None:
-        kept = self.client.hgetall(self._task_key(task_id))
-        if not kept:
-            return None
-        fields = {_text(k): _text(v) for k, v in kept.items()}
-        return TaskRecord(
-            task_id=task_id,
-            family=fields["family"],
-            state=TaskState(fields["state"]),
-            stages={
-                name.removeprefix(_STAGE_FIELD): _instant(value)
-                for name, value in fields.items()
-                if name.startswith(_STAGE_FIELD)
-            },
-            expected_at=_moment(fields.get("expected_at")),
-            updated_at=_instant(fields["updated_at"]),
-            polls=int(fields.get("polls") or 0),
+        kept = self.client.hgetall(self._task_keys(task_id)[0])
+        return _task(_fields(kept)) if kept else None
+
+    def record_stage(
+        self,
+        task_id: str,
+        family: str,
+        stage: str,
+        *,
+        at: datetime,
+        via: str,
+        final: TaskState | None,
+    ) -> None:
+        """One script, one round trip."""
+        self._call(
+            self._heard,
+            self._task_keys(task_id),
+            [task_id, family, stage, _micros(at), via, final or "", self.ttl],
         )
+
+    def tasks(
+        self, *, state: TaskState | str | None = None, limit: int | None = 50
+    ) -> Sequence[TaskRecord]:
+        """Read from the index of every task, or of those in ``state``, newest first."""
+        index = f"{self.prefix}tasks"
+        if state is not None:
+            state = TaskState(state)
+            index += f":{state.value}"
+
+        def listed(fields: dict[str, str]) -> TaskRecord | None:
+            task = _task(fields)
+            return task if state is None or task.state is state else None
+
+        return self._scan(
+            index,
+            lambda start, count: self.client.zrevrange(index, start, start + count - 1),
+            f"{self.prefix}task:",
+            listed,
+            limit,
+        )
+
+    def overdue(
+        self, heard_before: datetime, *, now: datetime, limit: int | None = None
+    ) -> Sequence[TaskRecord]:
+        """Read from the index of open tasks, from the longest silent up to ``heard_before``."""
+        index = f"{self.prefix}tasks:{TaskState.OPEN.value}"
+        cutoff = _micros(heard_before)
+
+        def due(fields: dict[str, str]) -> TaskRecord | None:
+            task = _task(fields)
+            lease = _moment(fields.get("lease_expires_at"))
+            next_poll = task.next_poll_at
+            if task.state is not TaskState.OPEN or (lease is not None and lease > now):
+                return None
+            return task if next_poll is None or next_poll <= now else None
+
+        return self._scan(
+            index,
+            lambda start, count: self.client.zrangebyscore(
+                index, "-inf", cutoff, start=start, num=count
+            ),
+            f"{self.prefix}task:",
+            due,
+            limit,
+        )
+
+    def claim_task(
+        self, task_id: str, owner: str, *, lease: float, now: datetime
+    ) -> TaskRecord | None:
+        until = now + timedelta(seconds=lease)
+        fields = self._call(
+            self._claim_task,
+            self._task_keys(task_id)[:1],
+            [owner, _micros(now), _micros(until)],
+        )
+        if not fields:
+            return None
+        return _task(_pairs(fields))
+
+    def release_task(
+        self,
+        task_id: str,
+        owner: str,
+        *,
+        polled: bool = False,
+        next_poll_at: datetime | None = None,
+        overdue: bool = False,
+        lost: bool = False,
+    ) -> TaskChange:
+        became_overdue, became_lost = self._call(
+            self._release_task,
+            self._task_keys(task_id),
+            [
+                owner,
+                _flag(polled),
+                "" if next_poll_at is None else _micros(next_poll_at),
+                _flag(overdue),
+                _flag(lost),
+                self.ttl,
+                task_id,
+            ],
+        )
+        return TaskChange(overdue=bool(int(became_overdue)), lost=bool(int(became_lost)))
+
+    def remember_signature(self, signature: str, digest: str, *, ttl: float) -> bool:
+        """``SET NX PX`` and, for a signature seen, the comparison, in one script."""
+        remembered = self._call(
+            self._signature,
+            [f"{self.prefix}signature:{signature}"],
+            [digest, max(1, round(ttl * 1000))],
+        )
+        return bool(int(remembered))
 
     # -- what the command line and replay use --------------------------------------------------
 
@@ -507,13 +692,15 @@ class RedisStore(PersistentStore):
         # scripts, so that listing them reads those, not every delivery kept for the TTL.
         index = f"{self.prefix}index" + _STATUS_INDEXES.get(status or "", "")
 
-        def wanted(kept: KeptDelivery) -> bool:
+        def wanted(fields: dict[str, str]) -> KeptDelivery | None:
+            kept = _kept(fields)
             in_state = states is None or kept.state in states
-            return in_state and (task_id is None or kept.task_id == task_id)
+            return kept if in_state and task_id in (None, kept.task_id) else None
 
         return self._scan(
             index,
             lambda start, count: self.client.zrevrange(index, start, start + count - 1),
+            f"{self.prefix}delivery:",
             wanted,
             limit,
         )
@@ -528,7 +715,8 @@ class RedisStore(PersistentStore):
             lambda start, count: self.client.zrangebyscore(
                 index, "-inf", cutoff, start=start, num=count
             ),
-            lambda kept: kept.in_flight,
+            f"{self.prefix}delivery:",
+            lambda fields: _in_flight(_kept(fields)),
             limit,
         )
 
@@ -536,13 +724,15 @@ class RedisStore(PersistentStore):
         self,
         index: str,
         window: Callable[[int, int], Any],
-        wanted: Callable[[KeptDelivery], bool],
+        prefix: str,
+        read: Callable[[dict[str, str]], _Kept | None],
         limit: int | None,
-    ) -> Sequence[KeptDelivery]:
-        """The deliveries ``wanted`` among the ids ``window(start, count)`` reads from
-        ``index``, page by page, up to ``limit``; ids whose delivery expired leave the index."""
+    ) -> Sequence[_Kept]:
+        """What ``read`` makes of the hashes (``prefix`` and the id) of the ids that
+        ``window(start, count)`` reads from ``index``, page by page, up to ``limit``; ``None``
+        from ``read`` is a hash not wanted, and ids whose hash expired leave the index."""
         page = 200
-        found: list[KeptDelivery] = []
+        found: list[_Kept] = []
         gone: list[str] = []
         start = 0
         while limit is None or len(found) < limit:
@@ -552,13 +742,13 @@ class RedisStore(PersistentStore):
             start += page
             pipeline = self.client.pipeline(transaction=False)
             for key_id in ids:
-                pipeline.hgetall(f"{self.prefix}delivery:{key_id}")
+                pipeline.hgetall(prefix + key_id)
             for key_id, fields in zip(ids, pipeline.execute(), strict=True):
                 if not fields:
                     gone.append(key_id)
                     continue
-                kept = _kept({_text(k): _text(v) for k, v in fields.items()})
-                if wanted(kept):
+                kept = read(_fields(fields))
+                if kept is not None:
                     found.append(kept)
                     if limit is not None and len(found) >= limit:
                         break
@@ -574,7 +764,7 @@ class RedisStore(PersistentStore):
         fields = self.client.hgetall(f"{self.prefix}delivery:{delivery_id}")
         if not fields:
             return None
-        return _kept({_text(k): _text(v) for k, v in fields.items()})
+        return _kept(_fields(fields))
 
     def delete(self, delivery_id: str) -> bool:
         deleted = self._call(self._forget, self._keys(delivery_id), [delivery_id])
@@ -613,12 +803,53 @@ class RedisStore(PersistentStore):
         )
         if not fields:
             return None
-        flat = [_text(item) for item in fields]
-        return _kept(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return _kept(_pairs(fields))
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(kept: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in kept.items()}
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A hash as a script returns it (``HGETALL``: field, value, field, value...)."""
+    texts = [_text(item) for item in flat]
+    return dict(zip(texts[::2], texts[1::2], strict=True))
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _in_flight(kept: KeptDelivery) -> KeptDelivery | None:
+    return kept if kept.in_flight else None
+
+
+def _task(fields: dict[str, str]) -> TaskRecord:
+    """A task's hash as the contract reports it."""
+    return TaskRecord(
+        task_id=fields["task_id"],
+        family=fields["family"],
+        state=TaskState(fields["state"]),
+        stages={
+            name.removeprefix(_STAGE_FIELD): _instant(value)
+            for name, value in fields.items()
+            if name.startswith(_STAGE_FIELD)
+        },
+        expected_at=_moment(fields.get("expected_at")),
+        updated_at=_instant(fields["updated_at"]),
+        polls=int(fields.get("polls") or 0),
+        sources={
+            name.removeprefix(_VIA_FIELD): value
+            for name, value in fields.items()
+            if name.startswith(_VIA_FIELD)
+        },
+        overdue_at=_moment(fields.get("overdue_at")),
+        next_poll_at=_moment(fields.get("next_poll_at")),
+    )
 
 
 def _kept(fields: dict[str, str]) -> KeptDelivery:
