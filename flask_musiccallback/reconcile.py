@@ -255,6 +255,11 @@ class _Run:
         claimed = store.claim_task(task.task_id, self.owner, lease=LEASE, now=now)
         if claimed is None:
             return _skipped(task, "another reconciler has it, or it settled"), None
+        if not _due(claimed, settings.reconcile_after or 0.0, now):
+            # Listed before another run polled it and let it go: the claim is free again, but
+            # the task is not due. Given back as it was.
+            store.release_task(task.task_id, self.owner, next_poll_at=claimed.next_poll_at)
+            return _skipped(task, "another reconciler has just done it"), None
         overdue = claimed.overdue_at is None
         if overdue:
             # Before the poll dispatches what it finds, so a host hears "late" before "done".
@@ -330,6 +335,13 @@ class _Run:
             if wait > 0:
                 time.sleep(wait)
         self._last_request = time.monotonic()
+
+
+def _due(task: TaskRecord, after: float, now: datetime) -> bool:
+    """Whether ``task`` is overdue and its next poll due at ``now``, as ``Store.overdue`` lists
+    them: asked again of the claimed record, which another run may have changed since."""
+    silent = task.updated_at <= now - timedelta(seconds=after)
+    return silent and (task.next_poll_at is None or task.next_poll_at <= now)
 
 
 def _skipped(task: TaskRecord, why: str, overdue: bool = False) -> TaskReconciled:
