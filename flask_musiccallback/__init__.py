@@ -36,6 +36,8 @@ from .signals import (
     stems_failed,
     stems_separated,
     task_failed,
+    task_lost,
+    task_overdue,
     text_generated,
     video_failed,
     video_generated,
@@ -57,6 +59,7 @@ from .stores.base import (
 )
 from .stores.memory import MemoryStore
 from .stores.registry import register_store
+from .stores.tasks import TaskRecord, TaskState
 
 __all__ = [
     "CallbackEvent",
@@ -86,6 +89,8 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TaskRecord",
+    "TaskState",
     "Track",
     "VideoEvent",
     "VoiceEvent",
@@ -107,6 +112,8 @@ __all__ = [
     "stems_failed",
     "stems_separated",
     "task_failed",
+    "task_lost",
+    "task_overdue",
     "text_generated",
     "video_failed",
     "video_generated",

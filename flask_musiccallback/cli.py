@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,11 +30,14 @@ from .simulate import build_callback, callback_credentials, post_callback
 from .state import get_state
 from .stores.base import (
     STATUS_STATES,
+    KeptDelivery,
     PersistentStore,
+    Store,
     StoreError,
     StoreUnavailable,
     require_persistent,
 )
+from .stores.tasks import VIA_CALLBACK, VIA_POLL, TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from .poll import PollResult
@@ -363,21 +366,96 @@ def list_command(status: str | None, task_id: str | None, limit: int) -> None:
         )
         for kept in deliveries
     ]
+    _table(rows)
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "") -> None:
+    """Rows in columns as wide as their widest cell; the last column as it is."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        click.echo("  ".join([*cells, row[-1]]))
+        click.echo(indent + "  ".join([*cells, row[-1]]))
+
+
+def _per_process_note(store: Store) -> None:
+    """Say, once per command, that the memory store's tasks are this process's only."""
+    if store.in_process:
+        click.echo(
+            "Note: the memory store is per process; this command sees only the tasks of its own "
+            "process, not those of the web processes.",
+            err=True,
+        )
 
 
 @musiccallback.command("show")
-@click.argument("delivery_id")
+@click.argument("delivery_id", metavar="ID")
 def show_command(delivery_id: str) -> None:
-    """Show one delivery: state, attempts, last error, headers and raw payload."""
-    store = _persistent_store()
+    """Show one delivery (state, attempts, last error, headers and raw payload), or, for a task
+    id, the task (its family, state, stages, polls) and its kept deliveries."""
+    store = get_state(_app()).store
     with _store_errors():
-        kept = store.get(delivery_id)
-    if kept is None:
-        raise CommandError(f"No delivery {delivery_id!r}; `list` shows the ids.")
+        kept = store.get(delivery_id) if isinstance(store, PersistentStore) else None
+        task = None if kept is not None else store.task(delivery_id)
+    if kept is not None:
+        _show_delivery(kept)
+        return
+    if task is None:
+        if not store.persistent:
+            raise CommandError(
+                f"No task {delivery_id!r} in this process's memory store; deliveries: "
+                + _refusal(store)
+            )
+        raise CommandError(
+            f"No delivery {delivery_id!r} (nor a task of that id); `list` shows the ids, "
+            "`tasks` the tasks."
+        )
+    _show_task(store, task)
+
+
+def _refusal(store: Store) -> str:
+    try:
+        require_persistent(store)
+    except StoreError as exc:
+        return str(exc)
+    return ""
+
+
+def _show_task(store: Store, task: TaskRecord) -> None:
+    overdue = f" (overdue since {_when(task.overdue_at)})" if task.overdue_at else ""
+    fields = [
+        ("task", task.task_id),
+        ("family", task.family),
+        ("state", str(task.state) + (overdue if task.state is TaskState.OPEN else "")),
+        ("expected", _when(task.expected_at)),
+        ("updated", _when(task.updated_at)),
+        ("polls", str(task.polls)),
+        ("overdue", _when(task.overdue_at)),
+        ("next poll", _when(task.next_poll_at)),
+    ]
+    for name, value in fields:
+        click.echo(f"{name + ':':<13}{value}")
+    click.echo("stages:" + ("" if task.stages else " none yet"))
+    rows = [
+        (stage, _when(at), f"by {task.sources.get(stage, VIA_CALLBACK)}")
+        for stage, at in sorted(task.stages.items(), key=lambda item: item[1])
+    ]
+    if rows:
+        _table(rows, indent="  ")
+    if not isinstance(store, PersistentStore):
+        return
+    with _store_errors():
+        deliveries = store.list(task_id=task.task_id, limit=None)
+    click.echo("deliveries:" + ("" if deliveries else " none kept"))
+    if deliveries:
+        kept_rows = [("ID", "STATE", "STAGE", "TRIES", "UPDATED (UTC)")]
+        kept_rows += [
+            (kept.id, str(kept.state), kept.stage, str(kept.attempts), _when(kept.updated_at))
+            for kept in deliveries
+        ]
+        _table(kept_rows, indent="  ")
+
+
+def _show_delivery(kept: KeptDelivery) -> None:
     fields = [
         ("id", kept.id),
         ("task", kept.task_id),
@@ -398,6 +476,81 @@ def show_command(delivery_id: str) -> None:
         click.echo(f"  {name}: {value}")
     click.echo("payload:")
     click.echo(json.dumps(kept.payload, indent=2, ensure_ascii=False))
+
+
+@musiccallback.command("tasks")
+@click.option("--state", type=click.Choice([str(state) for state in TaskState]))
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def tasks_command(state: str | None, limit: int) -> None:
+    """List tasks, the most recently heard of first: expected by the host or created by their
+    first callback, with the stages seen (a stage that came by poll says so) and the polls made.
+
+    Works on every store; the memory store's tasks are those of this process only.
+    """
+    store = get_state(_app()).store
+    _per_process_note(store)
+    with _store_errors():
+        tasks = store.tasks(state=state, limit=limit)
+    if not tasks:
+        click.echo("No tasks.")
+        return
+    rows = [("TASK", "FAMILY", "STATE", "POLLS", "EXPECTED (UTC)", "UPDATED (UTC)", "STAGES")]
+    rows += [
+        (
+            task.task_id,
+            task.family,
+            str(task.state) + (" (overdue)" if task.overdue_at else ""),
+            str(task.polls),
+            _when(task.expected_at),
+            _when(task.updated_at),
+            _stages(task),
+        )
+        for task in tasks
+    ]
+    _table(rows)
+
+
+def _stages(task: TaskRecord) -> str:
+    """A task's stages in the order they came, each marked when a poll brought it."""
+    ordered = sorted(task.stages.items(), key=lambda item: item[1])
+    return (
+        ", ".join(
+            stage + (" (poll)" if task.sources.get(stage) == VIA_POLL else "")
+            for stage, _ in ordered
+        )
+        or "-"
+    )
+
+
+@musiccallback.command("reconcile")
+@click.option(
+    "--dry-run", is_flag=True, help="Say what a run would do; claim, poll, send and change nothing."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="The most tasks to look at, the longest silent first.",
+)
+def reconcile_command(dry_run: bool, limit: int | None) -> None:
+    """Poll the open tasks silent past MUSICCALLBACK_RECONCILE_AFTER, and give up on those open
+    past MUSICCALLBACK_RECONCILE_GIVE_UP (lost); one line per task. For cron, every minute or so.
+
+    What a poll finds is dispatched through the callbacks' deduplication. Without
+    MUSICCALLBACK_API_KEY nothing is polled, but tasks are still found overdue and lost. Exits 4
+    when the provider's trouble stopped the run early, 1 when it could not run.
+    """
+    from .reconcile import reconcile
+
+    app = _app()
+    _per_process_note(get_state(app).store)
+    with _store_errors():
+        run = reconcile(app, dry_run=dry_run, limit=limit)
+    for task in run.tasks:
+        click.echo(task.describe(dry_run=dry_run))
+    if run.stopped is not None:
+        raise (PollUnavailableError if run.tasks else CommandError)(run.stopped)
+    if not run.tasks:
+        click.echo("No task is overdue.")
 
 
 @musiccallback.command("replay")

@@ -38,6 +38,9 @@ class ConfigKeys:
     RETRY_BACKOFF = "MUSICCALLBACK_RETRY_BACKOFF"
     CELERY_APP = "MUSICCALLBACK_CELERY_APP"
     PENDING_SWEEP_AGE = "MUSICCALLBACK_PENDING_SWEEP_AGE"
+    RECONCILE_AFTER = "MUSICCALLBACK_RECONCILE_AFTER"
+    RECONCILE_GIVE_UP = "MUSICCALLBACK_RECONCILE_GIVE_UP"
+    RECONCILE_RATE = "MUSICCALLBACK_RECONCILE_RATE"
 
 
 #: The defaults ``init_app`` sets with ``app.config.setdefault``.
@@ -70,6 +73,13 @@ DEFAULTS: Mapping[str, Any] = {
     # seconds after which a delivery accepted and never finished (a process died) is dispatched
     # again by the sweep, when its claim is free; None or 0 turns the sweep off (docs/dispatch.md).
     ConfigKeys.PENDING_SWEEP_AGE: 300,
+    # Reconciliation (docs/tasks.md): seconds an open task may stay silent before it is overdue
+    # (task_overdue, then polled), None turning reconciliation off; seconds after it was expected
+    # or first heard of before an open task is given up as lost (task_lost); and the most
+    # requests a second one reconciliation run sends the provider.
+    ConfigKeys.RECONCILE_AFTER: 1800,
+    ConfigKeys.RECONCILE_GIVE_UP: 86400,
+    ConfigKeys.RECONCILE_RATE: 2.0,
 }
 
 DISPATCH_MODES = ("sync", "thread", "celery")
@@ -114,6 +124,12 @@ class Settings:
     celery_app: Any
     #: Seconds before the sweep takes a pending delivery over, or ``None``: no sweep.
     pending_sweep_age: float | None
+    #: Seconds of silence after which an open task is overdue, or ``None``: no reconciliation.
+    reconcile_after: float | None
+    #: Seconds after a task was expected or first heard of before it is given up as lost.
+    reconcile_give_up: float
+    #: The most provider requests a second of one reconciliation run.
+    reconcile_rate: float
 
     @property
     def secured(self) -> bool:
@@ -162,6 +178,13 @@ class Settings:
                 ConfigKeys.PENDING_SWEEP_AGE, config[ConfigKeys.PENDING_SWEEP_AGE] or 0
             )
             or None,
+            reconcile_after=_optional_seconds(
+                ConfigKeys.RECONCILE_AFTER, config[ConfigKeys.RECONCILE_AFTER]
+            ),
+            reconcile_give_up=_seconds(
+                ConfigKeys.RECONCILE_GIVE_UP, config[ConfigKeys.RECONCILE_GIVE_UP]
+            ),
+            reconcile_rate=_rate(ConfigKeys.RECONCILE_RATE, config[ConfigKeys.RECONCILE_RATE]),
         )
 
     def __repr__(self) -> str:
@@ -215,6 +238,16 @@ def _positive_int(key: str, value: Any) -> int:
 def _seconds(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e6:
         raise ConfigurationError(f"{key} must be a number of seconds, 0 or more, not {value!r}.")
+    return float(value)
+
+
+def _optional_seconds(key: str, value: Any) -> float | None:
+    return None if value is None else _seconds(key, value)
+
+
+def _rate(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ConfigurationError(f"{key} must be a number above 0 (per second), not {value!r}.")
     return float(value)
 
 

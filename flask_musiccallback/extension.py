@@ -15,7 +15,7 @@ from flask import Flask, current_app, has_app_context, has_request_context, url_
 
 from .config import Settings
 from .dispatch import dispatcher_for
-from .dispatch.sweep import Sweeper
+from .dispatch.sweep import Sweeper, sweeper_interval
 from .endpoint import ENDPOINT, make_blueprint
 from .events import Stage
 from .families import BUILT_IN, FAMILY_ARG, MUSIC_NAME, Families
@@ -24,6 +24,7 @@ from .redact import install_log_filters
 from .state import EXTENSION_NAME, MusicCallbackState, get_state
 from .stores.base import Store
 from .stores.registry import store_from_url
+from .stores.tasks import TaskRecord
 
 if TYPE_CHECKING:
     from .poll import PollResult
@@ -45,8 +46,9 @@ class MusicCallback:
     ``_TIMESTAMP_TOLERANCE``, ``_ALLOWED_IPS``, ``_MAX_CONTENT_LENGTH``, ``_DISPATCH``,
     ``_RECEIVER_ERRORS``, ``_EXTERNAL_URL``, ``_API_KEY`` and ``_API_BASE_URL``; off the request
     path also ``_THREAD_POOL_SIZE``, ``_THREAD_QUEUE_SIZE``, ``_RETRY_ATTEMPTS``,
-    ``_RETRY_BACKOFF``, ``_CELERY_APP`` and ``_PENDING_SWEEP_AGE`` (docs/dispatch.md). They are
-    read once, when the app is initialised; set them before.
+    ``_RETRY_BACKOFF``, ``_CELERY_APP`` and ``_PENDING_SWEEP_AGE`` (docs/dispatch.md); for
+    reconciliation ``_RECONCILE_AFTER``, ``_RECONCILE_GIVE_UP`` and ``_RECONCILE_RATE``
+    (docs/tasks.md). They are read once, when the app is initialised; set them before.
 
     One extension object may serve several apps (an app factory called twice, tests); each gets its
     own endpoint, store and settings in ``app.extensions["musiccallback"]``. A ``store`` passed
@@ -91,9 +93,9 @@ class MusicCallback:
             dispatcher=dispatcher_for(settings, store),
         )
         app.extensions[EXTENSION_NAME] = state
-        age = settings.pending_sweep_age
-        if age is not None and store.persistent and settings.dispatch != "celery":
-            state.sweeper = Sweeper(app, age)
+        every = sweeper_interval(settings, store)
+        if every is not None:
+            state.sweeper = Sweeper(app, every)
             app.before_request(state.sweeper.start)
         app.register_blueprint(make_blueprint(settings.url_rule))
         from .cli import musiccallback
@@ -177,6 +179,17 @@ class MusicCallback:
         """
         self.families.named(family)
         get_state(self._current_app()).store.expect(task_id, family)
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        """The task as the store has it: its family, state, the stages seen (when, and whether
+        by callback or poll), the polls made; ``None`` for a task never expected nor heard of.
+
+        A persistent store records a callback's stage just after the answer (off the request
+        path), so a stage read right after its request may be missing for a moment; the memory
+        store records it at once, and only this process sees it. Raises ``StoreUnavailable``
+        when the store cannot be reached.
+        """
+        return get_state(self._current_app()).store.task(task_id)
 
     def poll(self, task_id: str, *, family: str = MUSIC_NAME) -> PollResult:
         """Ask ``family``'s record endpoint about ``task_id`` and dispatch what is new.

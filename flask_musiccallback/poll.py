@@ -22,7 +22,7 @@ from flask import Flask, current_app, has_app_context
 from marshmallow import ValidationError
 
 from .config import ConfigKeys, ConfigurationError, Settings
-from .dispatch import Outcome, deliver
+from .dispatch.job import POLL_SOURCE, SOURCE_HEADER, Outcome, deliver
 from .families import MUSIC, MUSIC_NAME, Event, Family, Record
 from .pool import backoff
 from .state import get_state
@@ -235,7 +235,7 @@ def poll_task(
             f"the provider's {family} record does not read as its callback: {exc.messages}"
         ) from None
     result = dataclasses.replace(result, event=event)
-    delivery = kind.delivery(event, record.body, {"Source": "poll"})
+    delivery = kind.delivery(event, record.body, {SOURCE_HEADER: POLL_SOURCE})
     if has_app_context() and current_app._get_current_object() is app:  # type: ignore[attr-defined]
         outcome = deliver(app, state, kind, event, delivery)
     else:

@@ -99,6 +99,20 @@ callback_unreadable = _signals.signal("callback-unreadable")
 #: ``status`` (the HTTP status answered).
 callback_rejected = _signals.signal("callback-rejected")
 
+#: An open task went silent for ``MUSICCALLBACK_RECONCILE_AFTER`` seconds: its callbacks may be
+#: lost, and reconciliation polls it (docs/tasks.md). Sent once per task, before that first poll
+#: dispatches what it finds, by the reconciler that claimed the task; a reconciler that dies before
+#: recording it leaves it to be sent again (at least once). Sender: the app. Kwargs: ``task`` (a
+#: ``TaskRecord``).
+task_overdue = _signals.signal("task-overdue")
+
+#: An open task stayed open ``MUSICCALLBACK_RECONCILE_GIVE_UP`` seconds after it was expected or
+#: first heard of: reconciliation made it ``lost`` and stops polling it. Sent once, after the
+#: store recorded it (a reconciler that dies in between loses the signal, not the state: ``flask
+#: musiccallback tasks --state lost`` lists it). A result found later still settles the task.
+#: Sender: the app. Kwargs: ``task`` (a ``TaskRecord``, ``lost``).
+task_lost = _signals.signal("task-lost")
+
 #: A receiver raised. Sender: the app. Kwargs: ``event``, ``receiver`` (its qualified name) and
 #: ``exception``.
 receiver_failed = _signals.signal("receiver-failed")
@@ -120,6 +134,8 @@ __all__ = [
     "stems_failed",
     "stems_separated",
     "task_failed",
+    "task_lost",
+    "task_overdue",
     "text_generated",
     "video_failed",
     "video_generated",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,9 @@ class MusicCallbackState:
     write_back: WriteBack = field(default_factory=WriteBack)
     #: The unreadable bodies this process logged already (:mod:`.unreadable`).
     unreadable_logged: LoggedOnce = field(default_factory=LoggedOnce)
+    #: Held while a reconciliation run of this process is under way (:mod:`.reconcile`): one at
+    #: a time, whoever starts it (the sweep, a Celery beat task, the CLI).
+    reconciling: threading.Lock = field(default_factory=threading.Lock)
 
 
 def get_state(app: Flask) -> MusicCallbackState:

@@ -19,6 +19,10 @@ replay took over, never reaches the receivers twice.
 The sweep (:mod:`.sweep`) runs in the workers: each worker sends itself
 ``flask_musiccallback.sweep_pending`` once when it starts, and a Celery beat schedule may run it
 periodically. Recovered deliveries are published to the workers again.
+
+Reconciliation (:mod:`..reconcile`) is the task ``flask_musiccallback.reconcile_tasks``, which the
+host schedules with Celery beat (docs/tasks.md); what its polls find is published to the workers
+as a callback's delivery is.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from werkzeug.utils import import_string
 
 from ..config import ConfigKeys, ConfigurationError, Settings
 from ..outage import Outage
+from ..reconcile import Reconciled, reconcile
 from ..state import get_state
 from ..stores.base import Delivery, utcnow
 from .job import Job, NotQueued, process_acknowledged
@@ -50,6 +55,9 @@ TASK_NAME = "flask_musiccallback.process_delivery"
 
 #: The sweep's task, for a Celery beat schedule (docs/dispatch.md).
 SWEEP_TASK_NAME = "flask_musiccallback.sweep_pending"
+
+#: The reconciliation's task, for a Celery beat schedule (docs/tasks.md).
+RECONCILE_TASK_NAME = "flask_musiccallback.reconcile_tasks"
 
 #: Whether an app of this process uses celery dispatch with the sweep on: its workers then sweep
 #: when they start.
@@ -193,6 +201,17 @@ def sweep_pending() -> int:
     """Publish again the deliveries left pending past ``MUSICCALLBACK_PENDING_SWEEP_AGE``;
     returns how many were taken."""
     return len(sweep(_flask_app()))
+
+
+@shared_task(name=RECONCILE_TASK_NAME, ignore_result=True)
+def reconcile_tasks(limit: int | None = None) -> dict[str, int]:
+    """Reconcile the app's overdue tasks once (:func:`~..reconcile.reconcile`); how many tasks
+    ended each way. Schedule it with beat, every minute or so: a run that finds another of the
+    same worker process under way returns at once, and two workers share the tasks out."""
+    run = reconcile(_flask_app(), limit=limit)
+    if run.stopped is not None:
+        logger.info("Reconciliation: %s", run.stopped)
+    return {str(result): run.count(result) for result in Reconciled}
 
 
 @worker_ready.connect

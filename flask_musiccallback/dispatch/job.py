@@ -1,7 +1,8 @@
 """The life of one delivery, in one place: claimed, run, and settled.
 
 A callback (the endpoint) or a poll becomes a delivery, which :func:`deliver` claims in the store
-(:meth:`~..stores.base.Store.claim`) and makes a :class:`Job`. Then, by the app's dispatcher:
+(:meth:`~..stores.base.Store.claim`), notes on its task (:func:`record_stage`: the task view and
+reconciliation read it) and makes a :class:`Job`. Then, by the app's dispatcher:
 
 - ``sync``: :func:`process` runs the receivers in the request. All succeeded: ``done``
   (:meth:`Job.complete`); one raised: released for the provider's retry (``retry`` policy, 503) or
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING
 from ..signals import callback_duplicate
 from ..stores.base import ClaimResult, Delivery, StoreUnavailable
 from ..stores.owners import claim_owner
+from ..stores.tasks import VIA_CALLBACK, VIA_POLL
 from .receivers import describe, run_receivers, send_isolated
 
 if TYPE_CHECKING:
@@ -44,6 +47,11 @@ if TYPE_CHECKING:
     from ..state import MusicCallbackState
 
 logger = logging.getLogger("flask_musiccallback")
+
+
+#: The pseudo-header of a polled delivery (:func:`~..poll.poll_task`): its stage came by poll.
+SOURCE_HEADER = "Source"
+POLL_SOURCE = "poll"
 
 
 class Outcome(str, enum.Enum):
@@ -135,6 +143,7 @@ def deliver(
     if claim is not ClaimResult.CLAIMED:
         send_isolated(callback_duplicate, app, event=event, reason=claim.value)
         return Outcome.DUPLICATE
+    record_stage(state, family, event, delivery)
     job = Job(app, state, family, event, delivery)
     if not dispatcher.queued:
         return process(job)
@@ -144,6 +153,34 @@ def deliver(
         job.release(f"not queued: {exc}")
         return Outcome.RETRY
     return Outcome.RECEIVED
+
+
+def record_stage(
+    state: MusicCallbackState, family: Family, event: Event, delivery: Delivery
+) -> None:
+    """Note a new delivery's stage on its task (the task view, reconciliation), with the time it
+    was received and whether a callback or a poll brought it.
+
+    Off the request path, in the write-back's thread, unless the store lives in this process
+    (:attr:`~..stores.base.Store.in_process`): a persistent store's request then pays no round
+    trip for it, and the memory store's task reads right at once. A store that cannot be reached
+    has the write kept and made later, as a settlement's is.
+    """
+    stage = str(event.stage)
+    via = VIA_POLL if delivery.headers.get(SOURCE_HEADER) == POLL_SOURCE else VIA_CALLBACK
+    write = functools.partial(
+        state.store.record_stage,
+        event.task_id,
+        family.name,
+        stage,
+        at=event.received_at,
+        via=via,
+        final=family.task_state(stage),
+    )
+    if state.store.in_process:
+        state.write_back.write(write, "the stage", delivery)
+    else:
+        state.write_back.add(write, "the stage", delivery)
 
 
 def settle(job: Job, on_failure: Callable[[str], Outcome]) -> Outcome:

@@ -19,6 +19,10 @@ Where it runs:
   itself once when it starts and which a Celery beat schedule can run periodically; recovered
   deliveries are published to the workers again (:mod:`.celery`).
 - anywhere: ``flask musiccallback replay --pending --older-than SECONDS`` from cron.
+
+Under ``thread`` dispatch the same thread also reconciles (:mod:`..reconcile`): every round, at
+most :data:`RECONCILE_BATCH` overdue tasks are polled, with any store, the memory store included
+(whose tasks only this process sees). Under ``celery``, a beat task does it (:mod:`.celery`).
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ import weakref
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from ..config import Settings
 from ..outage import Outage
+from ..reconcile import reconcile
 from ..state import get_state
-from ..stores.base import StoreError
+from ..stores.base import Store, StoreError
 from .replay import Replayed, ReplayResult, replay
 
 if TYPE_CHECKING:
@@ -47,10 +53,36 @@ SWEEP_BATCH = 100
 MAX_INTERVAL = 60.0
 
 
+#: The most overdue tasks one round of the sweeper reconciles: at two provider requests a second,
+#: ten seconds of its thread; the next round takes the rest.
+RECONCILE_BATCH = 20
+
+#: The shortest time between two rounds of the sweeper, whatever the ages configured.
+MIN_INTERVAL = 1.0
+
+
 def interval(age: float) -> float:
     """Seconds between two sweeps: a pending delivery is swept between ``age`` and about twice
     that (at most a minute more) after it last changed."""
     return min(age, MAX_INTERVAL)
+
+
+def sweeper_interval(settings: Settings, store: Store) -> float | None:
+    """Seconds between two rounds of the sweeper of an app's web processes, or ``None`` when it
+    has nothing to do there: no pending deliveries to sweep (off, the memory store, ``celery``
+    dispatch, where workers sweep) and no tasks to reconcile (off, or not ``thread`` dispatch)."""
+    rounds = []
+    age = settings.pending_sweep_age
+    if age is not None and store.persistent and settings.dispatch != "celery":
+        rounds.append(interval(age))
+    if reconciles(settings):
+        rounds.append(interval(settings.reconcile_after or 0.0))
+    return max(MIN_INTERVAL, min(rounds)) if rounds else None
+
+
+def reconciles(settings: Settings) -> bool:
+    """Whether the sweeper reconciles: under ``thread`` dispatch, unless reconciliation is off."""
+    return settings.dispatch == "thread" and settings.reconcile_after is not None
 
 
 def sweep(app: Flask) -> list[ReplayResult]:
@@ -76,7 +108,8 @@ def sweep(app: Flask) -> list[ReplayResult]:
 
 
 class Sweeper:
-    """Sweeps one app in a daemon thread of each process that serves it.
+    """Sweeps one app, and reconciles its tasks under ``thread`` dispatch, in a daemon thread of
+    each process that serves it.
 
     ``start`` is the app's ``before_request`` hook: after the first request of a process it costs
     one comparison. An app in testing mode (``TESTING``) starts no thread, as Flask-Mail sends no
@@ -85,9 +118,9 @@ class Sweeper:
     stops its sweeper; :meth:`stop` stops it at once.
     """
 
-    def __init__(self, app: Flask, age: float) -> None:
+    def __init__(self, app: Flask, every: float) -> None:
         self._app = weakref.ref(app)
-        self.interval = interval(age)
+        self.interval = every
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -121,6 +154,8 @@ class Sweeper:
                 return
             try:
                 sweep(app)
+                if reconciles(get_state(app).settings):
+                    reconcile(app, limit=RECONCILE_BATCH)
             except StoreError as exc:
                 if outage.failed():
                     logger.warning("The sweep cannot reach the callback store: %s", exc)

@@ -24,6 +24,7 @@ from marshmallow import Schema, ValidationError
 
 from ..stores.base import MAX_TASK_ID_LENGTH, UNREADABLE_PREFIX, Delivery, Store
 from ..stores.owners import claim_owner
+from ..stores.tasks import TaskState
 
 #: The query argument of the callback URL that names the family (``callback_url(family=...)``).
 FAMILY_ARG = "family"
@@ -134,6 +135,10 @@ class Family:
     read_record: Callable[[Mapping[str, Any]], Record] | None = None
     #: Builds realistic bodies of the family (:class:`Example`), for the simulator and tests.
     example: Example | None = None
+    #: The success stages after which the task is still open (music's ``text`` and ``first``,
+    #: voice's ``phrase``): the task view records them and reconciliation keeps waiting. Every
+    #: other success stage completes the task (:meth:`task_state`).
+    ongoing: frozenset[str] = frozenset()
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -166,6 +171,13 @@ class Family:
             body=body,
             owner=claim_owner() if owner is None else owner,
         )
+
+    def task_state(self, stage: str) -> TaskState | None:
+        """What a new delivery of ``stage`` makes of its task: ``failed``, ``complete``, or
+        ``None`` for a stage of :attr:`ongoing`, after which the task stays open."""
+        if stage == FAILED:
+            return TaskState.FAILED
+        return None if str(stage) in self.ongoing else TaskState.COMPLETE
 
     def reload(self, payload: Mapping[str, Any], received_at: datetime) -> Event:
         """Load a payload handed over or kept (a Celery worker, ``replay``) as it first arrived.

@@ -242,6 +242,7 @@ MUSIC = Family(
     detect=is_music,
     superseded_by=MappingProxyType({Stage.TEXT: Stage.COMPLETE, Stage.FIRST: Stage.COMPLETE}),
     bare_keys=True,
+    ongoing=frozenset({Stage.TEXT.value, Stage.FIRST.value}),
     record_path="/api/v1/generate/record-info",
     read_record=read_record,
     example=example,

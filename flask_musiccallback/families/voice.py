@@ -246,6 +246,7 @@ VOICE = Family(
     ),
     detect=is_voice,
     superseded_by=MappingProxyType({PHRASE: COMPLETE}),
+    ongoing=frozenset({PHRASE}),
     record_path="/api/v1/voice/record-info",
     read_record=read_record,
     example=example,

@@ -192,6 +192,12 @@ class Store(ABC):
     #: where an attribute costs less than ``isinstance`` of an ABC.
     persistent: ClassVar[bool] = False
 
+    #: Whether the backend is this process's memory, so that a write costs no round trip: work
+    #: the request path may leave to the write-back thread (a task's stage,
+    #: :meth:`record_stage`) is then done inline, and a host reads it at once. False unless a
+    #: store says so; a store with a server must not.
+    in_process: ClassVar[bool] = False
+
     def __init__(self, *, ttl: int) -> None:
         self.ttl = ttl
 

@@ -46,6 +46,8 @@ class MemoryStore(Store):
     after they were last expected, and beyond ``max_entries`` of them the oldest go first.
     """
 
+    in_process = True
+
     def __init__(self, *, ttl: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         super().__init__(ttl=ttl)
         if max_entries < 1:
