@@ -38,6 +38,8 @@ class ConfigKeys:
     RETRY_BACKOFF = "MUSICCALLBACK_RETRY_BACKOFF"
     CELERY_APP = "MUSICCALLBACK_CELERY_APP"
     PENDING_SWEEP_AGE = "MUSICCALLBACK_PENDING_SWEEP_AGE"
+    EXPECTED_ONLY = "MUSICCALLBACK_EXPECTED_ONLY"
+    VERIFY_BY_FETCH = "MUSICCALLBACK_VERIFY_BY_FETCH"
 
 
 #: The defaults ``init_app`` sets with ``app.config.setdefault``.
@@ -70,6 +72,12 @@ DEFAULTS: Mapping[str, Any] = {
     # seconds after which a delivery accepted and never finished (a process died) is dispatched
     # again by the sweep, when its claim is free; None or 0 turns the sweep off (docs/dispatch.md).
     ConfigKeys.PENDING_SWEEP_AGE: 300,
+    # Defense in depth where the provider's signature is weak (docs/security.md):
+    # refuse callbacks of tasks never registered with music.expect (403 unexpected_task);
+    ConfigKeys.EXPECTED_ONLY: False,
+    # confirm each callback against the provider's record of its task before dispatching it
+    # (409 unverified when the record contradicts it); needs MUSICCALLBACK_API_KEY.
+    ConfigKeys.VERIFY_BY_FETCH: False,
 }
 
 DISPATCH_MODES = ("sync", "thread", "celery")
@@ -114,6 +122,10 @@ class Settings:
     celery_app: Any
     #: Seconds before the sweep takes a pending delivery over, or ``None``: no sweep.
     pending_sweep_age: float | None
+    #: Whether callbacks of tasks never expected are refused (``unexpected_task``).
+    expected_only: bool
+    #: Whether each callback is confirmed against the provider's record before it is dispatched.
+    verify_by_fetch: bool
 
     @property
     def secured(self) -> bool:
@@ -162,6 +174,8 @@ class Settings:
                 ConfigKeys.PENDING_SWEEP_AGE, config[ConfigKeys.PENDING_SWEEP_AGE] or 0
             )
             or None,
+            expected_only=_flag(ConfigKeys.EXPECTED_ONLY, config[ConfigKeys.EXPECTED_ONLY]),
+            verify_by_fetch=_verify_by_fetch(config),
         )
 
     def __repr__(self) -> str:
@@ -216,6 +230,23 @@ def _seconds(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e6:
         raise ConfigurationError(f"{key} must be a number of seconds, 0 or more, not {value!r}.")
     return float(value)
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be True or False, not {value!r}.")
+    return value
+
+
+def _verify_by_fetch(config: Mapping[str, Any]) -> bool:
+    """The flag, refused without the API key it needs: at start-up, not at the first callback."""
+    on = _flag(ConfigKeys.VERIFY_BY_FETCH, config[ConfigKeys.VERIFY_BY_FETCH])
+    if on and not config[ConfigKeys.API_KEY]:
+        raise ConfigurationError(
+            f"{ConfigKeys.VERIFY_BY_FETCH} asks the provider about every callback: "
+            f"set {ConfigKeys.API_KEY} too."
+        )
+    return on
 
 
 def _celery_app(value: Any) -> Any:
