@@ -38,6 +38,7 @@ from .redact import REDACTED
 from .signals import callback_rejected
 from .state import EXTENSION_NAME, MusicCallbackState
 from .stores.base import StoreUnavailable
+from .stores.tasks import TaskRecord
 from .unreadable import keep_unreadable
 from .verify import (
     SIGNATURE_HEADER,
@@ -230,12 +231,13 @@ def receive() -> Response:
         if timestamp is not None:
             check_signature(settings, request.headers, task_id, timestamp)
             check_one_body(settings, state.store, request.headers, request.get_data(cache=True))
+        task = None
         if settings.expected_only:
             # Before routing: a body no family reads is kept only for a task the host expects.
-            check_expected(state.store, task_id)
+            task = check_expected(state.store, task_id)
         named = request.args.get(FAMILY_ARG)
         try:
-            family, event = read_event(state, payload, named)
+            family, event = read_event(state, payload, named, task)
         except Unreadable as unreadable:
             if not settings.secured:
                 raise Rejected(Refusal.INVALID_PAYLOAD, unreadable.errors) from None
@@ -263,16 +265,22 @@ def receive() -> Response:
 
 
 def read_event(
-    state: MusicCallbackState, payload: Mapping[str, Any], named: str | None
+    state: MusicCallbackState,
+    payload: Mapping[str, Any],
+    named: str | None,
+    task: TaskRecord | None = None,
 ) -> tuple[Family, Any]:
     """The family that reads ``payload``, and its event; :class:`Unreadable` when none does.
 
     Routing (:meth:`~.families.Families.route`) reads the store only for a body whose keys place
     it in no family, to ask which family its task was registered with; that read raises
-    ``StoreUnavailable`` when the store is down.
+    ``StoreUnavailable`` when the store is down. ``task``, when the endpoint read it already
+    (``MUSICCALLBACK_EXPECTED_ONLY``), answers instead.
     """
+    known = None if task is None else task.family
+    registered = registered_family(state.store, payload)
     return state.extension.families.read(
-        payload, named=named, expected=registered_family(state.store, payload)
+        payload, named=named, expected=lambda: known or registered()
     )
 
 

@@ -23,6 +23,7 @@ from werkzeug.datastructures import Headers
 
 from .config import Settings
 from .stores.base import Store
+from .stores.tasks import TaskRecord
 
 SIGNATURE_HEADER = "X-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Webhook-Timestamp"
@@ -162,14 +163,16 @@ def check_one_body(settings: Settings, store: Store, headers: Headers, body: byt
         raise unauthorized()
 
 
-def check_expected(store: Store, task_id: str | None) -> None:
+def check_expected(store: Store, task_id: str | None) -> TaskRecord:
     """Refuse a callback of a task the host never registered with ``music.expect`` (403).
 
     For ``MUSICCALLBACK_EXPECTED_ONLY``: a task created by an earlier callback is not expected
     either, so a stranger who knows the callback URL (a leaked token on sunoapi.org, which signs
     nothing) can make up no task at all. A body without a task id is no expected task's.
-    Raises ``StoreUnavailable`` when the store cannot be reached.
+    Returns the task, so that routing need not read it again. Raises ``StoreUnavailable`` when
+    the store cannot be reached.
     """
     record = store.task(task_id) if task_id else None
     if record is None or record.expected_at is None:
         raise Rejected(Refusal.UNEXPECTED_TASK)
+    return record
