@@ -41,6 +41,8 @@ class ConfigKeys:
     RECONCILE_AFTER = "MUSICCALLBACK_RECONCILE_AFTER"
     RECONCILE_GIVE_UP = "MUSICCALLBACK_RECONCILE_GIVE_UP"
     RECONCILE_RATE = "MUSICCALLBACK_RECONCILE_RATE"
+    EXPECTED_ONLY = "MUSICCALLBACK_EXPECTED_ONLY"
+    VERIFY_BY_FETCH = "MUSICCALLBACK_VERIFY_BY_FETCH"
 
 
 #: The defaults ``init_app`` sets with ``app.config.setdefault``.
@@ -80,6 +82,12 @@ DEFAULTS: Mapping[str, Any] = {
     ConfigKeys.RECONCILE_AFTER: 1800,
     ConfigKeys.RECONCILE_GIVE_UP: 86400,
     ConfigKeys.RECONCILE_RATE: 2.0,
+    # Defense in depth where the provider's signature is weak (docs/security.md):
+    # refuse callbacks of tasks never registered with music.expect (403 unexpected_task);
+    ConfigKeys.EXPECTED_ONLY: False,
+    # confirm each callback against the provider's record of its task before dispatching it
+    # (409 unverified when the record contradicts it); needs MUSICCALLBACK_API_KEY.
+    ConfigKeys.VERIFY_BY_FETCH: False,
 }
 
 DISPATCH_MODES = ("sync", "thread", "celery")
@@ -130,6 +138,10 @@ class Settings:
     reconcile_give_up: float
     #: The most provider requests a second of one reconciliation run.
     reconcile_rate: float
+    #: Whether callbacks of tasks never expected are refused (``unexpected_task``).
+    expected_only: bool
+    #: Whether each callback is confirmed against the provider's record before it is dispatched.
+    verify_by_fetch: bool
 
     @property
     def secured(self) -> bool:
@@ -185,6 +197,8 @@ class Settings:
                 ConfigKeys.RECONCILE_GIVE_UP, config[ConfigKeys.RECONCILE_GIVE_UP]
             ),
             reconcile_rate=_rate(ConfigKeys.RECONCILE_RATE, config[ConfigKeys.RECONCILE_RATE]),
+            expected_only=_flag(ConfigKeys.EXPECTED_ONLY, config[ConfigKeys.EXPECTED_ONLY]),
+            verify_by_fetch=_verify_by_fetch(config),
         )
 
     def __repr__(self) -> str:
@@ -249,6 +263,23 @@ def _rate(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
         raise ConfigurationError(f"{key} must be a number above 0 (per second), not {value!r}.")
     return float(value)
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be True or False, not {value!r}.")
+    return value
+
+
+def _verify_by_fetch(config: Mapping[str, Any]) -> bool:
+    """The flag, refused without the API key it needs: at start-up, not at the first callback."""
+    on = _flag(ConfigKeys.VERIFY_BY_FETCH, config[ConfigKeys.VERIFY_BY_FETCH])
+    if on and not config[ConfigKeys.API_KEY]:
+        raise ConfigurationError(
+            f"{ConfigKeys.VERIFY_BY_FETCH} asks the provider about every callback: "
+            f"set {ConfigKeys.API_KEY} too."
+        )
+    return on
 
 
 def _celery_app(value: Any) -> Any:

@@ -2,12 +2,15 @@
 
 1. verify the source cheaply, before the body is read: address, token, signature timestamp;
 2. read the body within the size limit, and parse it as a JSON object;
-3. verify the signature, which needs the task id from the body;
+3. verify the signature, which needs the task id from the body, and that it came with no other
+   body; under ``MUSICCALLBACK_EXPECTED_ONLY``, that the task was expected;
 4. find its family (the callback URL's ``family=``, its keys, the task's registration) and
    validate the payload into an event with that family's schema;
-5. claim it in the store and dispatch the signals (:func:`~.dispatch.deliver`), or, for an
+5. under ``MUSICCALLBACK_VERIFY_BY_FETCH``, confirm it against the provider's record
+   (:mod:`.confirm`);
+6. claim it in the store and dispatch the signals (:func:`~.dispatch.deliver`), or, for an
    authenticated body no family reads, keep it (:mod:`.unreadable`);
-6. answer with one of the fixed bodies of the public contract.
+7. answer with one of the fixed bodies of the public contract.
 
 Every refusal is a :class:`~.verify.Rejected` raised by a step and answered in one place, so no
 input reaches Flask's 500 handler.
@@ -26,13 +29,16 @@ from flask import Blueprint, Flask, Response, current_app, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
+from .confirm import confirm
 from .dispatch import Outcome, deliver, send_isolated
 from .families import FAMILY_ARG, Family, find_task_id
 from .families.base import Unreadable, registered_family
+from .poll import PollError
 from .redact import REDACTED
 from .signals import callback_rejected
 from .state import EXTENSION_NAME, MusicCallbackState
 from .stores.base import StoreUnavailable
+from .stores.tasks import TaskRecord
 from .unreadable import keep_unreadable
 from .verify import (
     SIGNATURE_HEADER,
@@ -40,6 +46,8 @@ from .verify import (
     Refusal,
     Rejected,
     check_address,
+    check_expected,
+    check_one_body,
     check_signature,
     check_token,
     signed_timestamp,
@@ -219,19 +227,31 @@ def receive() -> Response:
             if timestamp is not None and rejected.reason is Refusal.INVALID_JSON:
                 raise unauthorized() from None
             raise
+        task_id = find_task_id(payload)
         if timestamp is not None:
-            check_signature(settings, request.headers, find_task_id(payload), timestamp)
+            check_signature(settings, request.headers, task_id, timestamp)
+            check_one_body(settings, state.store, request.headers, request.get_data(cache=True))
+        task = None
+        if settings.expected_only:
+            # Before routing: a body no family reads is kept only for a task the host expects.
+            task = check_expected(state.store, task_id)
         named = request.args.get(FAMILY_ARG)
         try:
-            family, event = read_event(state, payload, named)
+            family, event = read_event(state, payload, named, task)
         except Unreadable as unreadable:
             if not settings.secured:
                 raise Rejected(Refusal.INVALID_PAYLOAD, unreadable.errors) from None
             return _keep(app, state, payload, body, unreadable, named)
+        if settings.verify_by_fetch:
+            # Before the claim, which is not held across a request to the provider.
+            confirm(settings, family, event, payload)
     except Rejected as rejected:
         return _reject(app, rejected)
     except StoreUnavailable as exc:
         return _unavailable(state, exc)
+    except PollError as exc:
+        logger.warning("Cannot confirm a callback with the provider; answering 503: %s", exc)
+        return _answer(*_ANSWERS[Outcome.RETRY])
 
     persistent = state.store.persistent
     delivery = family.delivery(
@@ -245,16 +265,22 @@ def receive() -> Response:
 
 
 def read_event(
-    state: MusicCallbackState, payload: Mapping[str, Any], named: str | None
+    state: MusicCallbackState,
+    payload: Mapping[str, Any],
+    named: str | None,
+    task: TaskRecord | None = None,
 ) -> tuple[Family, Any]:
     """The family that reads ``payload``, and its event; :class:`Unreadable` when none does.
 
     Routing (:meth:`~.families.Families.route`) reads the store only for a body whose keys place
     it in no family, to ask which family its task was registered with; that read raises
-    ``StoreUnavailable`` when the store is down.
+    ``StoreUnavailable`` when the store is down. ``task``, when the endpoint read it already
+    (``MUSICCALLBACK_EXPECTED_ONLY``), answers instead.
     """
+    known = None if task is None else task.family
+    registered = registered_family(state.store, payload)
     return state.extension.families.read(
-        payload, named=named, expected=registered_family(state.store, payload)
+        payload, named=named, expected=lambda: known or registered()
     )
 
 

@@ -49,6 +49,13 @@ REFUSALS: Mapping[Refusal, str] = MappingProxyType(
         Refusal.INVALID_PAYLOAD: (
             "JSON that is not a callback: no task id, or a value of wrong type."
         ),
+        Refusal.UNEXPECTED_TASK: (
+            "A callback of a task never registered with `expect` (MUSICCALLBACK_EXPECTED_ONLY)."
+        ),
+        Refusal.UNVERIFIED: (
+            "The provider's record of the task contradicts the callback "
+            "(MUSICCALLBACK_VERIFY_BY_FETCH)."
+        ),
     }
 )
 
@@ -167,6 +174,8 @@ def _responses(settings: Settings) -> dict[str, Any]:
         Refusal.FORBIDDEN: bool(settings.allowed_networks),
         # Behind a source check, a body no family reads is kept (200), never refused.
         Refusal.INVALID_PAYLOAD: not settings.secured,
+        Refusal.UNEXPECTED_TASK: settings.expected_only,
+        Refusal.UNVERIFIED: settings.verify_by_fetch,
     }
     kept = " or kept (a body no family reads)" if settings.secured else ""
     responses: dict[str, Any] = {
@@ -177,24 +186,34 @@ def _responses(settings: Settings) -> dict[str, Any]:
             ),
         }
     }
-    for reason, description in REFUSALS.items():
-        if not refused.get(reason, True):
-            continue
+    # Refusals that share a status (403: forbidden, unexpected_task) are one answer of it.
+    by_status: dict[int, list[Refusal]] = {}
+    for reason in REFUSALS:
+        if refused.get(reason, True):
+            by_status.setdefault(reason.status, []).append(reason)
+    for status, reasons in by_status.items():
+        first = reasons[0]
+        named = [str(reason) for reason in reasons]
+        reason_schema = {"const": named[0]} if len(named) == 1 else {"enum": named}
         schema: dict[str, Any] = {
             "allOf": [
                 {"$ref": "#/components/schemas/RejectedAnswer"},
-                {"properties": {"reason": {"const": str(reason)}}},
+                {"properties": {"reason": reason_schema}},
             ]
         }
-        example: dict[str, Any] = {"status": "rejected", "reason": str(reason)}
-        if reason is Refusal.INVALID_PAYLOAD:
+        example: dict[str, Any] = {"status": "rejected", "reason": str(first)}
+        if first is Refusal.INVALID_PAYLOAD:
             schema["allOf"].append({"required": ["errors"]})
             example["errors"] = {"data": {"task_id": ["Missing task id."]}}
-        content = _json(schema, example)
-        responses[str(reason.status)] = {"description": description, "content": content}
+        description = " Or: ".join(
+            REFUSALS[reason] if len(reasons) == 1 else f"`{reason}`: {REFUSALS[reason]}"
+            for reason in reasons
+        )
+        responses[str(status)] = {"description": description, "content": _json(schema, example)}
+    fetching = ", or the provider cannot confirm it" if settings.verify_by_fetch else ""
     responses["503"] = {
-        "description": "A receiver raised under the `retry` policy, or the store is unreachable: "
-        "the provider should deliver again.",
+        "description": "A receiver raised under the `retry` policy, or the store is unreachable"
+        f"{fetching}: the provider should deliver again.",
         "content": _json({"$ref": "#/components/schemas/RetryAnswer"}, {"status": "retry"}),
     }
     return responses

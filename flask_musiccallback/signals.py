@@ -95,8 +95,8 @@ callback_duplicate = _signals.signal("callback-duplicate")
 callback_unreadable = _signals.signal("callback-unreadable")
 
 #: A refused request. Sender: the app. Kwargs: ``reason`` (``unauthorized``, ``forbidden``,
-#: ``too_large``, ``invalid_json`` or ``invalid_payload``), ``errors`` (a dict, may be empty) and
-#: ``status`` (the HTTP status answered).
+#: ``too_large``, ``invalid_json``, ``invalid_payload``, ``unexpected_task`` or ``unverified``),
+#: ``errors`` (a dict, may be empty) and ``status`` (the HTTP status answered).
 callback_rejected = _signals.signal("callback-rejected")
 
 #: An open task went silent for ``MUSICCALLBACK_RECONCILE_AFTER`` seconds: its callbacks may be

@@ -10,8 +10,10 @@ endpoint, source checks and deduplication included.
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -60,11 +62,46 @@ def build_callback(
     )
 
 
+class _Stamps:
+    """The signature timestamps handed out per task, so that each signature is a delivery's own.
+
+    The provider signs a delivery when it sends it, and a task's stages come seconds or minutes
+    apart; a simulation sends them within one second, where a timestamp of "now" would give two
+    bodies one signature, which the endpoint refuses (one signature, one body). So a timestamp
+    used already for the task is moved a second back, well inside the window. Bounded: the
+    tasks signed longest ago are forgotten first.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._used: OrderedDict[str, set[int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, task_id: str, now: int) -> int:
+        with self._lock:
+            used = {stamp for stamp in self._used.pop(task_id, set()) if stamp > now - 600}
+            stamp = now
+            while stamp in used:
+                stamp -= 1
+            used.add(stamp)
+            self._used[task_id] = used
+            if len(self._used) > self._size:
+                self._used.popitem(last=False)
+            return stamp
+
+
+_stamps = _Stamps()
+
+
 def signature_headers(
     task_id: str, key: str | bytes, timestamp: int | None = None
 ) -> dict[str, str]:
-    """The kie.ai HMAC headers for ``task_id``, signed now unless ``timestamp`` is given."""
-    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    """The kie.ai HMAC headers for ``task_id``, signed now unless ``timestamp`` is given.
+
+    Signed now, each call for a task gets a timestamp of its own (:class:`_Stamps`), as each of
+    the provider's deliveries has; reuse the headers to send the very same delivery again.
+    """
+    stamp = str(_stamps.take(task_id, int(time.time())) if timestamp is None else timestamp)
     secret = key.encode() if isinstance(key, str) else key
     return {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(secret, task_id, stamp)}
 

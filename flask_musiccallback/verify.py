@@ -1,4 +1,5 @@
-"""Source checks: IP allow-list, URL token, kie.ai HMAC signature with a timestamp window.
+"""Source checks: IP allow-list, URL token, kie.ai HMAC signature with a timestamp window, and
+the defenses where that signature is weak: one signature to one body, expected tasks only.
 
 Each check is a small function that raises :class:`Rejected` and otherwise returns nothing, so the
 endpoint composes them in the order that leaks least: the cheap ones before the body is read, and a
@@ -21,6 +22,8 @@ from typing import Any
 from werkzeug.datastructures import Headers
 
 from .config import Settings
+from .stores.base import Store
+from .stores.tasks import TaskRecord
 
 SIGNATURE_HEADER = "X-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Webhook-Timestamp"
@@ -43,6 +46,8 @@ class Refusal(str, enum.Enum):
     FORBIDDEN = "forbidden", 403
     TOO_LARGE = "too_large", 413
     INVALID_PAYLOAD = "invalid_payload", 422
+    UNEXPECTED_TASK = "unexpected_task", 403
+    UNVERIFIED = "unverified", 409
 
     def __str__(self) -> str:
         return str.__str__(self)
@@ -141,3 +146,33 @@ def check_signature(
     if not _matches_any(given, expected):
         raise unauthorized()
 
+
+def check_one_body(settings: Settings, store: Store, headers: Headers, body: bytes) -> None:
+    """Refuse a verified signature already accepted with another body (401).
+
+    kie.ai signs the task id and the timestamp, not the body (PROVIDER.md section 5), so whoever
+    saw one signed request could post the same headers with a body of their own while the
+    timestamp is in the window. The store remembers each signature with the digest of the raw
+    bytes it came with, as long as the window lasts both ways: a redelivery sends the same bytes
+    and stays a duplicate; another body is refused. Raises ``StoreUnavailable`` when the store
+    cannot be reached.
+    """
+    signature = headers.get(SIGNATURE_HEADER, "").strip()
+    digest = hashlib.sha256(body).hexdigest()
+    if not store.remember_signature(signature, digest, ttl=2 * settings.timestamp_tolerance):
+        raise unauthorized()
+
+
+def check_expected(store: Store, task_id: str | None) -> TaskRecord:
+    """Refuse a callback of a task the host never registered with ``music.expect`` (403).
+
+    For ``MUSICCALLBACK_EXPECTED_ONLY``: a task created by an earlier callback is not expected
+    either, so a stranger who knows the callback URL (a leaked token on sunoapi.org, which signs
+    nothing) can make up no task at all. A body without a task id is no expected task's.
+    Returns the task, so that routing need not read it again. Raises ``StoreUnavailable`` when
+    the store cannot be reached.
+    """
+    record = store.task(task_id) if task_id else None
+    if record is None or record.expected_at is None:
+        raise Rejected(Refusal.UNEXPECTED_TASK)
+    return record

@@ -16,6 +16,7 @@ from flask_musiccallback.testing import build_callback, record_signals
 from flask_musiccallback.verify import Refusal
 
 from .conftest import URL, AppFactory
+from .fake_provider import FakeProvider
 from .servers import serve
 
 
@@ -245,14 +246,25 @@ REFUSED_REQUESTS: dict[Refusal, tuple[dict[str, Any], str, bytes]] = {
     Refusal.FORBIDDEN: ({"ALLOWED_IPS": ["10.0.0.0/8"]}, URL, b"{}"),
     Refusal.TOO_LARGE: ({"MAX_CONTENT_LENGTH": 10}, URL, b'{"code": 200, "data": {}}'),
     Refusal.INVALID_PAYLOAD: ({"TOKEN": None}, "/music-callback", b"{}"),
+    Refusal.UNEXPECTED_TASK: ({"EXPECTED_ONLY": True}, URL, json.dumps(build_callback()).encode()),
+    # Against the fake provider, which records the task as still pending.
+    Refusal.UNVERIFIED: (
+        {"VERIFY_BY_FETCH": True, "API_KEY": "provider-key"},
+        URL,
+        json.dumps(build_callback(task_id="unconfirmed")).encode(),
+    ),
 }
 
 
 @pytest.mark.parametrize("refusal", list(Refusal), ids=str)
 def test_each_refusal_is_answered_and_signalled_with_its_own_status(
-    make_app: AppFactory, refusal: Refusal
+    make_app: AppFactory, refusal: Refusal, request: pytest.FixtureRequest
 ) -> None:
     config, url, body = REFUSED_REQUESTS[refusal]
+    if refusal is Refusal.UNVERIFIED:
+        provider: FakeProvider = request.getfixturevalue("provider")
+        provider.statuses("unconfirmed", "PENDING")
+        config = {**config, "API_BASE_URL": provider.url}
     app = make_app(**config)
     with record_signals(app) as recorded:
         answer = app.test_client().post(url, data=body, content_type="application/json")
