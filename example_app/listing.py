@@ -52,6 +52,13 @@ class TaskRow:
             return "overdue"
         return str(self.record.state)
 
+    @property
+    def families(self) -> list[str]:
+        """The families its callbacks came from, or the one it was submitted as."""
+        if self.task.families or self.record is None:
+            return self.task.families
+        return [self.record.family]
+
     def via(self, stage: str) -> str | None:
         """How ``stage`` came: ``"callback"`` or ``"poll"`` (``None``: the view does not say)."""
         return None if self.record is None else self.record.sources.get(stage)

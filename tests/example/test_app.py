@@ -282,6 +282,7 @@ def test_an_overdue_task_is_shown_overdue_though_nothing_was_ever_received(
 
     assert "task--overdue" in shown
     assert ">Overdue</span>" in shown
+    assert '<span class="family family--music">Music</span> Submitted' in shown
     assert "Overdue since" in shown
     assert "reconciliation asks the provider" in shown
 
