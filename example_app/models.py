@@ -79,9 +79,10 @@ class Task(db.Model):  # type: ignore[name-defined,misc]
     @property
     def status(self) -> str:
         """``text``, ``first``, ``phrase``, ``complete`` or ``failed``: the furthest stage
-        received."""
+        received; ``waiting`` before any (a task submitted, known from the extension's task
+        view only)."""
         return max(
-            (stage.stage for stage in self.stages), key=STAGE_RANK.__getitem__, default="text"
+            (stage.stage for stage in self.stages), key=STAGE_RANK.__getitem__, default="waiting"
         )
 
     @property

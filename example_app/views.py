@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from urllib.parse import unquote, urlsplit
 
@@ -16,11 +15,11 @@ from flask import (
     send_from_directory,
     url_for,
 )
-from sqlalchemy import func
 
 from . import samples
+from .listing import STATE_NAMES, TaskRow, list_version, recent_rows
 from .media import media_folder
-from .models import Task, aware, db
+from .models import aware
 from .receivers import music
 
 bp = Blueprint("pages", __name__)
@@ -29,19 +28,8 @@ bp = Blueprint("pages", __name__)
 INERT = "default-src 'none'; style-src 'unsafe-inline'"
 
 
-def recent_tasks() -> list[Task]:
-    limit = int(current_app.config["PAGE_TASKS"])
-    return list(
-        db.session.scalars(db.select(Task).order_by(Task.created_at.desc()).limit(limit)).all()
-    )
-
-
-def _version() -> str:
-    """Changes whenever any task does: the tag the page's refreshes are compared with."""
-    latest, count = db.session.execute(
-        db.select(func.max(Task.updated_at), func.count(Task.id))
-    ).one()
-    return hashlib.sha256(f"{latest}|{count}".encode()).hexdigest()[:20]
+def page_rows() -> list[TaskRow]:
+    return recent_rows(int(current_app.config["PAGE_TASKS"]))
 
 
 def _masked_callback_url() -> str:
@@ -59,17 +47,17 @@ def _masked_callback_url() -> str:
 
 @bp.app_context_processor
 def helpers() -> dict[str, object]:
-    return {"is_sample": is_sample}
+    return {"is_sample": is_sample, "state_names": STATE_NAMES}
 
 
 @bp.get("/")
 def index() -> str:
-    tasks = recent_tasks()
+    rows = page_rows()
     return render_template(
         "index.html",
-        tasks=tasks,
-        active=any(task.in_progress for task in tasks),
-        version=_version(),
+        rows=rows,
+        active=any(row.in_progress for row in rows),
+        version=list_version(rows),
         callback_url=_masked_callback_url(),
         refresh_seconds=current_app.config["PAGE_REFRESH_SECONDS"],
     )
@@ -78,13 +66,11 @@ def index() -> str:
 @bp.get("/tasks")
 def task_list() -> Response:
     """The list alone, for the page's refreshes; ``304`` when nothing changed since its tag."""
-    version = _version()
+    rows = page_rows()
+    version = list_version(rows)
     if request.if_none_match.contains(version):
         return Response(status=304, headers={"ETag": f'"{version}"'})
-    tasks = recent_tasks()
-    html = render_template(
-        "_tasks.html", tasks=tasks, active=any(task.in_progress for task in tasks)
-    )
+    html = render_template("_tasks.html", rows=rows, active=any(row.in_progress for row in rows))
     response = Response(html, mimetype="text/html")
     response.set_etag(version)
     response.headers["Cache-Control"] = "no-cache"

@@ -26,7 +26,17 @@ from .config import ConfigurationError
 from .dispatch.replay import Replayed, replay
 from .families import FAMILY_ARG, MUSIC_NAME
 from .families.examples import RESELLERS
-from .simulate import build_callback, callback_credentials, post_callback
+from .simulate import (
+    PAST_RETRY_WINDOW,
+    PROVIDER_RETRY_WINDOW,
+    Answer,
+    BadDay,
+    Delivery,
+    build_callback,
+    callback_credentials,
+    deliver_stages,
+    post_callback,
+)
 from .state import get_state
 from .stores.base import (
     STATUS_STATES,
@@ -49,9 +59,6 @@ DEFAULT_STAGES = ("text", "first", "complete")
 EXIT_UNAUTHORIZED = 3
 EXIT_UNAVAILABLE = 4
 EXIT_TIMEOUT = 5
-
-#: (status code, body) of one answer of the endpoint.
-Answer = tuple[int, str]
 
 
 class CommandError(click.ClickException):
@@ -102,11 +109,13 @@ def url_command() -> None:
 
 
 def _in_process(app: Flask, query: Mapping[str, str]) -> Callable[[Mapping[str, Any]], Answer]:
-    """Posts to the app's own endpoint through its test client: the real checks and dedup path."""
-    client = app.test_client()
+    """Posts to the app's own endpoint through its test client: the real checks and dedup path.
+
+    A client per request, so that ``--twice`` can post from two threads at once.
+    """
 
     def send(payload: Mapping[str, Any]) -> Answer:
-        response = post_callback(app, payload, client=client, query=query)
+        response = post_callback(app, payload, query=query)
         return response.status_code, response.get_data(as_text=True)
 
     return send
@@ -173,6 +182,38 @@ def _over_http(
     help="The code of every callback; not 200 means failure.  [default: 200, 501 if failed]",
 )
 @click.option("--url", help="Post over HTTP to this URL instead of the app's own endpoint.")
+@click.option(
+    "--drop",
+    multiple=True,
+    metavar="STAGE",
+    help="Do not send this stage at all, as a callback lost for good; repeat for several.",
+)
+@click.option(
+    "--out-of-order",
+    is_flag=True,
+    help="Send the stages last first (complete before first), as a late retry arrives.",
+)
+@click.option(
+    "--twice",
+    is_flag=True,
+    help="Post each callback twice at the same moment, from two threads: one is received, the "
+    "other answered as a duplicate.",
+)
+@click.option(
+    "--late",
+    type=click.FloatRange(min=0),
+    is_flag=False,
+    flag_value=PAST_RETRY_WINDOW,
+    metavar="[SECONDS]",
+    help=f"Hold the callbacks this long before sending them; alone, {PAST_RETRY_WINDOW} s: past "
+    f"the provider's last retry ({PROVIDER_RETRY_WINDOW // 60} minutes after its first try), "
+    "when only reconciliation could have recovered the task.",
+)
+@click.option(
+    "--unexpected",
+    is_flag=True,
+    help="Do not register the task first (music.expect), as for a task the host never submitted.",
+)
 def simulate_command(
     family: str,
     stages: tuple[str, ...],
@@ -181,17 +222,26 @@ def simulate_command(
     tracks: int,
     code: int | None,
     url: str | None,
+    drop: tuple[str, ...],
+    out_of_order: bool,
+    twice: bool,
+    late: float | None,
+    unexpected: bool,
 ) -> None:
     """Send realistic callbacks, tokened and signed as the configuration requires.
 
     Without --url they go to the app's own endpoint in this process, through its real checks,
     deduplication and receivers. A family other than music is sent to the callback URL that names
-    it (family=F), as callback_url(family=F) gives it. Prints each answer; exits 1 if any was
-    refused.
+    it (family=F), as callback_url(family=F) gives it. The task is first registered with
+    music.expect in this app's store, as a host does when it submits one (not with --unexpected).
+
+    --drop, --out-of-order, --twice and --late deliver as the provider does on a bad day, and
+    combine. Prints each answer (both of --twice); exits 1 if any was refused.
     """
     app = _app()
+    extension = get_state(app).extension
     try:
-        kind = get_state(app).extension.families.named(family)
+        kind = extension.families.named(family)
     except LookupError as exc:
         raise click.BadParameter(str(exc), param_hint="--family") from None
     if kind.example is None:
@@ -203,23 +253,64 @@ def simulate_command(
         if stage not in allowed:
             choices = ", ".join(allowed)
             raise click.BadParameter(f"{stage!r} is not one of {choices}", param_hint="--stage")
+    stages = stages or (DEFAULT_STAGES if kind.name == MUSIC_NAME else (kind.stages[0],))
+    for stage in drop:
+        if stage not in stages:
+            sent = ", ".join(stages)
+            raise click.BadParameter(f"{stage!r} is not a stage sent ({sent})", param_hint="--drop")
     task_id = task_id or f"sim-{uuid.uuid4().hex[:16]}"
+    if not unexpected:
+        try:
+            extension.expect(task_id, family=kind.name)
+        except StoreError as exc:
+            raise CommandError(f"the callback store is unreachable: {exc}") from None
     # As a host submits a task of another family: with a callback URL that names the family, the
     # one way its failures (which name no family) are read by it.
-    query = {} if kind is get_state(app).extension.families.default else {FAMILY_ARG: family}
+    query = {} if kind is extension.families.default else {FAMILY_ARG: family}
     send = _over_http(app, url, query) if url else _in_process(app, query)
+    bad_day = BadDay(frozenset(drop), out_of_order, twice, late or 0.0)
     click.echo(f"Task {task_id} ({family}) -> {url or 'the app in-process'}")
-    refused = False
-    default = DEFAULT_STAGES if kind.name == MUSIC_NAME else (kind.stages[0],)
-    for stage in stages or default:
-        body = build_callback(
+    if out_of_order:
+        click.echo(f"Out of order: {', '.join(bad_day.order(stages))}")
+    if bad_day.late:
+        click.echo(f"Holding the callbacks {bad_day.late:g} s before sending them...")
+
+    def build(stage: str) -> dict[str, Any]:
+        return build_callback(
             stage, family=kind, task_id=task_id, tracks=tracks, code=code, reseller=reseller
         )
-        status, answer = send(body)
-        click.echo(f"{stage:<9} {status} {answer.strip()}")
-        refused |= status >= 400
+
+    refused = False
+    for delivery in deliver_stages(stages, build, send, bad_day):
+        click.echo(_delivered(delivery))
+        refused |= any(status >= 400 for status, _ in delivery.answers)
     if refused:
         raise CommandError("the endpoint did not accept every callback")
+
+
+def _status_of(answer: str) -> object:
+    """The ``status`` of an answer's JSON body, or ``None`` (a proxy's HTML page, say)."""
+    try:
+        body = json.loads(answer)
+    except ValueError:
+        return None
+    return body.get("status") if isinstance(body, dict) else None
+
+
+def _delivered(delivery: Delivery) -> str:
+    """One line per stage: its answers, and what the bad day did to it."""
+    if delivery.dropped:
+        return f"{delivery.stage:<9} dropped (not sent)"
+    answers = "; ".join(f"{status} {answer.strip()}" for status, answer in delivery.answers)
+    line = f"{delivery.stage:<9} {answers}"
+    if len(delivery.answers) > 1:
+        line += f"  (sent {len(delivery.answers)} times at once)"
+    if delivery.late:
+        line += f"  (late by {delivery.late:g} s"
+        if all(_status_of(answer) == "duplicate" for _, answer in delivery.answers):
+            line += "; a duplicate: it, or a later stage, was dispatched before it came"
+        line += ")"
+    return line
 
 
 def _describe(result: PollResult) -> str:

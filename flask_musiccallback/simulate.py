@@ -5,6 +5,11 @@ module, so it is production code: it needs Flask only, never pytest. :func:`buil
 produces what real traffic looks like (epoch-millisecond ``createTime``, every track field), not
 the friendlier shape of the vendor docs, and :func:`post_callback` goes through the app's real
 endpoint, source checks and deduplication included.
+
+:func:`deliver_stages` delivers a task's callbacks as the provider does on its bad days
+(:class:`BadDay`): a stage never sent, stages out of order, one callback twice at once, all of
+them late. Each is a case the receiver must survive and reconciliation must repair, so a host can
+watch it happen in development rather than learn it in production.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -163,3 +169,102 @@ def post_callback(
         headers={**credentials.headers, **(headers or {})},
         environ_base={"REMOTE_ADDR": credentials.remote_addr},
     )
+
+
+#: (status code, body) of one answer of the endpoint.
+Answer = tuple[int, str]
+
+#: Seconds after its first failed attempt at which the provider stops calling back: retries 1, 5
+#: and 15 minutes after the failure (PROVIDER.md section 1).
+PROVIDER_RETRY_WINDOW = 21 * 60
+
+#: How long ``simulate --late`` holds callbacks when given no delay: a minute past that window, so
+#: what arrives could not have come from the provider's retries.
+PAST_RETRY_WINDOW = PROVIDER_RETRY_WINDOW + 60
+
+
+@dataclass(frozen=True)
+class BadDay:
+    """How the provider mistreats one task's callbacks; the faults combine freely.
+
+    The default delivers every stage once, in order, at once: a good day.
+    """
+
+    #: Stages never sent: the callback lost on the way, or the receiver down until the provider's
+    #: retries ran out. Only reconciliation finds them.
+    drop: frozenset[str] = frozenset()
+    #: Send the stages last first (``complete`` before ``first``), as retries of an earlier stage
+    #: overtaken by a later one arrive.
+    out_of_order: bool = False
+    #: Post each callback twice at the same moment, from two threads: a retry racing the original
+    #: whose answer the provider did not wait for.
+    twice: bool = False
+    #: Seconds to hold the callbacks before the first is sent.
+    late: float = 0.0
+
+    def order(self, stages: Sequence[str]) -> list[str]:
+        """The stages in the order they come, dropped ones included (they are reported too)."""
+        return list(reversed(stages)) if self.out_of_order else list(stages)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one stage's callback."""
+
+    stage: str
+    #: The endpoint's answers: none for a dropped stage, two for one sent twice.
+    answers: tuple[Answer, ...]
+    #: Seconds it was held back before it was sent.
+    late: float = 0.0
+
+    @property
+    def dropped(self) -> bool:
+        return not self.answers
+
+
+def deliver_stages(
+    stages: Sequence[str],
+    build: Callable[[str], Mapping[str, Any]],
+    send: Callable[[Mapping[str, Any]], Answer],
+    bad_day: BadDay = BadDay(),
+    *,
+    wait: Callable[[float], None] = time.sleep,
+) -> Iterator[Delivery]:
+    """Deliver a task's ``stages`` through ``send`` as ``bad_day`` says, one at a time, lazily.
+
+    ``build`` makes a stage's body, once: a callback sent twice is the same body twice, as the
+    provider's retries are (with an HMAC key, two bodies under one signature would be refused as a
+    forgery). The wait of ``late`` happens once, before the first stage sent; ``send`` must be
+    safe to call from two threads at once when ``twice`` is set.
+    """
+    held = bad_day.late
+    for stage in bad_day.order(stages):
+        if stage in bad_day.drop:
+            yield Delivery(stage, ())
+            continue
+        body = build(stage)
+        if held:
+            wait(held)
+        answers = send_concurrently(send, body) if bad_day.twice else (send(body),)
+        yield Delivery(stage, answers, late=bad_day.late)
+        held = 0.0
+
+
+def send_concurrently(
+    send: Callable[[Mapping[str, Any]], Answer], body: Mapping[str, Any], copies: int = 2
+) -> tuple[Answer, ...]:
+    """Post ``body`` ``copies`` times at the same moment, each from its own thread, and return
+    every answer (in the order of the threads, not of their arrival).
+
+    A barrier releases the threads together, so the copies race through the endpoint's claim
+    rather than follow one another. An exception in any thread is raised here.
+    """
+    start = threading.Barrier(copies)
+
+    def one() -> Answer:
+        start.wait()
+        return send(body)
+
+    with ThreadPoolExecutor(copies, thread_name_prefix="simulate-twice") as pool:
+        futures = [pool.submit(one) for _ in range(copies)]
+        return tuple(future.result() for future in futures)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ from markupsafe import escape
 
 from example_app import DEFAULTS, _instance_token
 from example_app.models import Result, Task, TaskStage, Track, db
-from example_app.receivers import keep_lyrics, keep_voice, record
+from example_app.receivers import keep_lyrics, keep_voice, music, record
 from flask_musiccallback.families import BUILT_IN, LYRICS, MUSIC, VOICE
 from flask_musiccallback.simulate import post_callback
 from flask_musiccallback.state import get_state
+from flask_musiccallback.stores.tasks import VIA_CALLBACK, VIA_POLL, TaskState
 from flask_musiccallback.testing import CallbackClient, build_callback, record_signals
 
 from .conftest import TOKEN, ExampleFactory, example_config, settle, task
@@ -213,6 +215,111 @@ def test_the_list_answers_not_modified_until_a_task_changes(
     changed = client.get("/tasks", headers={"If-None-Match": first.headers["ETag"]})
     assert changed.status_code == 200
     assert "task-1" in changed.get_data(as_text=True)
+
+
+# The extension's task view on the page: each task's state, and how each stage came.
+
+
+def article(html: str, task_id: str) -> str:
+    """The part of the page showing ``task_id``."""
+    match = re.search(rf'<article [^>]*data-task="{re.escape(task_id)}".*?</article>', html, re.S)
+    assert match is not None, f"{task_id} is not on the page"
+    return match.group(0)
+
+
+def step(html: str, stage: str) -> str:
+    match = re.search(rf'<li class="step step--{stage}">.*?</li>', html, re.S)
+    assert match is not None, f"no {stage} in {html}"
+    return match.group(0)
+
+
+def reconcile_once(app: Flask, task_id: str, **change: bool) -> None:
+    """What reconciliation records of a task it looked at: overdue, or given up as lost."""
+    store = get_state(app).store
+    assert store.claim_task(task_id, "test-reconciler", lease=60, now=datetime.now(timezone.utc))
+    store.release_task(task_id, "test-reconciler", **change)
+
+
+def test_the_page_shows_each_tasks_state_and_whether_each_stage_came_by_callback_or_poll(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    simulate(deliver, "task-1")
+    settle(example)
+    store, now = get_state(example).store, datetime.now(timezone.utc)
+    for stage in ("text", "first"):
+        store.record_stage("task-1", "music", stage, at=now, via=VIA_CALLBACK, final=None)
+    store.record_stage(
+        "task-1", "music", "complete", at=now, via=VIA_POLL, final=TaskState.COMPLETE
+    )
+
+    shown = article(page(example), "task-1")
+
+    assert '<span class="state state--complete"' in shown
+    assert ">Complete</span>" in shown
+    assert ">by callback<" in step(shown, "text")
+    assert ">by callback<" in step(shown, "first")
+    assert ">by poll<" in step(shown, "complete")
+
+
+def test_a_submitted_task_shows_as_open_before_any_callback(example: Flask) -> None:
+    with example.app_context():
+        music.expect("submitted-1")
+
+    shown = article(page(example), "submitted-1")
+
+    assert '<span class="state state--open"' in shown
+    assert "Submitted, nothing heard yet" in shown
+
+
+def test_an_overdue_task_is_shown_overdue_though_nothing_was_ever_received(
+    example: Flask,
+) -> None:
+    with example.app_context():
+        music.expect("silent-1")
+    reconcile_once(example, "silent-1", overdue=True)
+
+    shown = article(page(example), "silent-1")
+
+    assert "task--overdue" in shown
+    assert ">Overdue</span>" in shown
+    assert '<span class="family family--music">Music</span> Submitted' in shown
+    assert "Overdue since" in shown
+    assert "reconciliation asks the provider" in shown
+
+
+def test_a_lost_task_is_shown_lost_and_no_longer_watched(
+    example: Flask, deliver: CallbackClient
+) -> None:
+    simulate(deliver, "task-1", "text")
+    settle(example)
+    with example.app_context():
+        music.expect("task-1")
+    reconcile_once(example, "task-1", overdue=True, lost=True)
+
+    html = page(example)
+    shown = article(html, "task-1")
+
+    assert "task--lost" in shown
+    assert ">Lost</span>" in shown
+    assert "Lost: nothing more will come." in shown
+    assert "Waiting for the next stage" not in shown
+    assert step(shown, "text")
+    assert 'data-active="false"' in html
+
+
+def test_the_list_changes_when_only_the_task_view_does(example: Flask) -> None:
+    """Reconciliation writes to the extension's store, not to the app's tables: the page's
+    refresh must see it all the same."""
+    with example.app_context():
+        music.expect("silent-1")
+    client = example.test_client()
+    before = client.get("/tasks").headers["ETag"]
+
+    reconcile_once(example, "silent-1", overdue=True)
+
+    changed = client.get("/tasks", headers={"If-None-Match": before})
+    assert changed.status_code == 200
+    assert ">Overdue</span>" in changed.get_data(as_text=True)
 
 
 def test_the_page_shows_the_callback_url_without_its_token(example: Flask) -> None:
