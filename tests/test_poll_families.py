@@ -1,7 +1,8 @@
-"""Polling every family but music (API.md section 9, PROVIDER.md section 6) over real HTTP, on
-every store: each family's own record endpoint is asked, its record becomes the event its callback
-gives, and polls and callbacks share one deduplication. The provider is a fake served on
-127.0.0.1 (tests/fake_provider.py); the music family's polling is tests/test_poll.py's.
+"""Polling every family but music (API.md section 9, PROVIDER.md section 6) over real HTTP, on a
+store of each kind (memory, SQL, Redis): each family's own record endpoint is asked, its record
+becomes the event its callback gives, and polls and callbacks share one deduplication. The store
+sees a family's polled delivery as any other (tests/test_poll.py polls music on every store).
+The provider is a fake served on 127.0.0.1 (tests/fake_provider.py).
 
 Each family's records say their status the way that family's endpoint does: spelled statuses,
 an integer ``successFlag`` (MIDI), an integer as text (cover), or a ``status`` of their own
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +38,7 @@ from flask_musiccallback.poll import PollResult
 from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import build_callback
 
-from .backends import StoreApp
+from .backends import Backend, StoreApp, make_backend
 from .conftest import AppFactory
 from .fake_provider import FakeProvider
 from .family_kit import (
@@ -176,9 +178,15 @@ def case(request: pytest.FixtureRequest) -> Case:
     return case
 
 
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """A store of each kind; what differs between stores of one kind is tested elsewhere."""
+    return make_backend(request.param, request, tmp_path)
+
+
 @pytest.fixture
 def musiccallback_app(store_app: StoreApp, provider: FakeProvider) -> Flask:
-    """On every store: a polled event is kept and deduplicated as a callback is."""
+    """A polled event is kept and deduplicated as a callback is."""
     return store_app(API_KEY=API_KEY, API_BASE_URL=provider.url)
 
 
