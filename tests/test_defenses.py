@@ -32,11 +32,6 @@ UNAUTHORIZED = (401, {"status": "rejected", "reason": "unauthorized"})
 UNEXPECTED = (403, {"status": "rejected", "reason": "unexpected_task"})
 UNVERIFIED = (409, {"status": "rejected", "reason": "unverified"})
 
-#: The stores the probe runs on: every store of tests/backends.py once SQL and Redis fulfil the
-#: task contract (issue 15), the memory store until then.
-PROBE_BACKENDS = ["memory"]
-
-
 def post(app: Flask, body: dict[str, Any], **kwargs: Any) -> tuple[int, Any]:
     answer = app.test_client().post(kwargs.pop("url", URL), json=body, **kwargs)
     return answer.status_code, answer.get_json()
@@ -53,7 +48,6 @@ def names(recorded: list[tuple[str, dict[str, Any]]]) -> list[str]:
 # One signature, one body
 
 
-@pytest.mark.parametrize("backend", PROBE_BACKENDS, indirect=True)
 def test_a_signature_replayed_with_another_body_is_refused_and_the_same_body_is_a_duplicate(
     store_app: StoreApp,
 ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,9 @@ class Statement:
     autocommit: bool
     #: SQLite's ``PRAGMA synchronous`` on the connection as the statement ran (2 is FULL).
     synchronous: int | None
+    #: Whether the request's thread ran it: the endpoint's path, not the write-back's thread,
+    #: which records each stage on its task afterwards.
+    on_request: bool = True
 
 
 def database_of(dbapi_connection: Any) -> str | None:
@@ -92,6 +96,11 @@ def autocommits(dbapi_connection: Any) -> bool:
 SYNCHRONOUS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 
 
+def on_request() -> bool:
+    """Whether the statement runs in the test's thread, where the test client runs the request."""
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextmanager
 def statements_run(url: str) -> Iterator[list[Statement]]:
     """Every statement run meanwhile on the database of ``url``, as its driver runs it.
@@ -114,7 +123,11 @@ def statements_run(url: str) -> Iterator[list[Statement]]:
                 value = setting[1].upper()
                 level[0] = int(value) if value.isdigit() else SYNCHRONOUS[value]
             elif not sql.upper().startswith("PRAGMA"):
-                seen.append(Statement(sql.split()[0].upper(), autocommits(connection), level[0]))
+                seen.append(
+                    Statement(
+                        sql.split()[0].upper(), autocommits(connection), level[0], on_request()
+                    )
+                )
 
         connection.set_trace_callback(trace)
         undo.append(lambda: connection.set_trace_callback(None))
@@ -122,7 +135,11 @@ def statements_run(url: str) -> Iterator[list[Statement]]:
     def watch_psycopg(connection: psycopg.Connection[Any]) -> None:
         class Recording(psycopg.Cursor[Any]):
             def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-                seen.append(Statement(str(query).split()[0].upper(), connection.autocommit, None))
+                seen.append(
+                    Statement(
+                        str(query).split()[0].upper(), connection.autocommit, None, on_request()
+                    )
+                )
                 return super().execute(query, *args, **kwargs)
 
         factory = connection.cursor_factory
@@ -174,18 +191,25 @@ def test_a_new_delivery_is_one_autocommitted_statement_to_claim_and_one_to_compl
     """For ``first`` the stale check (is the task's ``complete`` done?) is part of the claim."""
     app = sql_app
     post(app, build_callback("complete"))  # the table exists, the connection is made
+    get_state(app).extension.wait_idle(app=app)
     with statements_run(app.config["DATABASE_URL"]) as seen:
         assert post(app, build_callback(stage)) == RECEIVED
-    assert [(s.sql, s.autocommit) for s in seen] == [("INSERT", True), ("UPDATE", True)]
+        get_state(app).extension.wait_idle(app=app)
+    request = [(s.sql, s.autocommit) for s in seen if s.on_request]
+    assert request == [("INSERT", True), ("UPDATE", True)]
+    # The task's stage is recorded off the request path, in one statement of its own.
+    assert [(s.sql, s.autocommit) for s in seen if not s.on_request] == [("INSERT", True)]
 
 
 def test_a_duplicate_costs_the_claim_and_one_read_of_why(sql_app: Flask) -> None:
     app = sql_app
     payload = build_callback("complete")
     post(app, payload)
+    get_state(app).extension.wait_idle(10, app=app)
     with statements_run(app.config["DATABASE_URL"]) as seen:
         assert post(app, payload) == {"status": "duplicate"}
-    assert [s.sql for s in seen] == ["INSERT", "SELECT"]
+        get_state(app).extension.wait_idle(10, app=app)
+    assert [s.sql for s in seen] == ["INSERT", "SELECT"]  # a duplicate records no stage
 
 
 def test_on_its_own_sqlite_file_the_claim_and_the_completion_wait_for_the_disk(
@@ -193,11 +217,12 @@ def test_on_its_own_sqlite_file_the_claim_and_the_completion_wait_for_the_disk(
 ) -> None:
     app = make_app(STORE=sqlite_url(tmp_path))
     post(app, build_callback("complete"))
+    get_state(app).extension.wait_idle(app=app)
     with statements_run(sqlite_url(tmp_path)) as seen:
         post(app, build_callback("complete"))
         post(app, build_callback("complete"))
     full = 2
-    assert [(s.sql, s.synchronous) for s in seen if s.sql != "PRAGMA"] == [
+    assert [(s.sql, s.synchronous) for s in seen if s.sql != "PRAGMA" and s.on_request] == [
         ("INSERT", full),
         ("UPDATE", full),
         ("INSERT", full),
@@ -261,19 +286,24 @@ def test_on_postgresql_the_request_paths_statements_are_prepared_by_the_server(
     """psycopg prepares a statement it runs often; the store's text never changes, so it does."""
     app = make_app(STORE=postgresql_url)
     with checkouts(postgresql_url) as connections:
-        for _ in range(8):
+        for _ in range(16):  # psycopg prepares a statement on its fifth run on a connection
             post(app, build_callback("complete"))
-    [connection] = connections
-    prepared = connection.execute("SELECT statement FROM pg_prepared_statements").fetchall()
-    assert sorted(statement.split()[0] for (statement,) in prepared) == ["INSERT", "UPDATE"]
+            get_state(app).extension.wait_idle(10, app=app)
+    prepared = {
+        statement.split()[0]
+        for connection in connections  # the request's, and the write-back's recording stages
+        for (statement,) in connection.execute(
+            "SELECT statement FROM pg_prepared_statements"
+        ).fetchall()
+    }
+    assert prepared == {"INSERT", "UPDATE"}
 
 
 def redis_commands(redis_url: str, name: str, action: Callable[[], None]) -> list[str]:
     """The commands the client called ``name`` sent while ``action`` ran, each by its first word;
     the commands a script runs are not its client's round trips, and are left out."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    (store_client,) = [c for c in client.client_list() if c["name"] == name]
-    store_port = store_client["addr"].rpartition(":")[2]
+    ports = {c["addr"].rpartition(":")[2] for c in client.client_list() if c["name"] == name}
     marker = f"end-{name}"
     sent: list[str] = []
     with client.monitor() as monitor:
@@ -282,21 +312,25 @@ def redis_commands(redis_url: str, name: str, action: Callable[[], None]) -> lis
         for command in monitor.listen():
             if marker in command["command"]:
                 break
-            if command["client_type"] != "lua" and command["client_port"] == store_port:
+            if command["client_type"] != "lua" and command["client_port"] in ports:
                 sent.append(command["command"].split()[0])
     client.close()
     return sent
 
 
 def test_on_redis_a_new_delivery_is_two_round_trips(make_app: AppFactory, redis_url: str) -> None:
+    """The claim and the completion; the task's stage is a third script, run by the write-back's
+    thread after the answer (the SQL tests above tell the threads apart)."""
     name = f"hot-path-{time.monotonic_ns()}"
     app = make_app(STORE=f"{redis_url}?client_name={name}")
     post(app, build_callback("complete"))
+    get_state(app).extension.wait_idle(10, app=app)
 
     def deliver() -> None:
         assert post(app, build_callback("first")) == RECEIVED
+        get_state(app).extension.wait_idle(10, app=app)
 
-    assert redis_commands(redis_url, name, deliver) == ["EVALSHA", "EVALSHA"]
+    assert redis_commands(redis_url, name, deliver) == ["EVALSHA", "EVALSHA", "EVALSHA"]
 
 
 def hear_and_check(store: Store) -> None:
@@ -347,20 +381,24 @@ def test_the_hosts_engine_gets_its_connections_back_as_they_were(
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_off_the_request_path_a_delivery_is_three_autocommitted_statements(
+def test_off_the_request_path_a_delivery_is_three_autocommitted_statements_and_its_stage_one(
     request: pytest.FixtureRequest, make_app: AppFactory, tmp_path: Path, backend: str
 ) -> None:
-    """The queued claim, the start by the worker, the completion."""
+    """The queued claim (the request's only one), the start by the worker, the completion; and
+    the stage recorded on the task by the write-back's thread."""
     url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgresql_url")
     app = make_app(STORE=url, DISPATCH="thread")
     dispatcher = get_state(app).dispatcher
     post(app, build_callback("complete"))
     assert dispatcher.wait_idle(10)
+    assert get_state(app).extension.wait_idle(10, app=app)
     with statements_run(url) as seen:
         assert post(app, build_callback("complete")) == RECEIVED
-        assert dispatcher.wait_idle(10)
+        assert get_state(app).extension.wait_idle(10, app=app)
     dispatcher.close(10)
-    assert [(s.sql, s.autocommit) for s in seen] == [
+    assert [(s.sql, s.autocommit) for s in seen if s.on_request] == [("INSERT", True)]
+    assert sorted((s.sql, s.autocommit) for s in seen) == [
+        ("INSERT", True),
         ("INSERT", True),
         ("UPDATE", True),
         ("UPDATE", True),

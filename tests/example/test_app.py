@@ -243,14 +243,28 @@ def reconcile_once(app: Flask, task_id: str, **change: bool) -> None:
 def test_the_page_shows_each_tasks_state_and_whether_each_stage_came_by_callback_or_poll(
     example: Flask, deliver: CallbackClient
 ) -> None:
-    simulate(deliver, "task-1")
+    # The extension records each delivered stage on the task itself, the first way it came
+    # winning: text and first come by callback; complete only by a poll, recorded as
+    # reconciliation does (the app's receiver, then the stage on the task view).
+    simulate(deliver, "task-1", "text", "first")
     settle(example)
-    store, now = get_state(example).store, datetime.now(timezone.utc)
-    for stage in ("text", "first"):
-        store.record_stage("task-1", "music", stage, at=now, via=VIA_CALLBACK, final=None)
-    store.record_stage(
-        "task-1", "music", "complete", at=now, via=VIA_POLL, final=TaskState.COMPLETE
+    with example.app_context():
+        record(MUSIC.load(build_callback("complete", task_id="task-1")))
+    get_state(example).store.record_stage(
+        "task-1",
+        "music",
+        "complete",
+        at=datetime.now(timezone.utc),
+        via=VIA_POLL,
+        final=TaskState.COMPLETE,
     )
+    recorded = get_state(example).store.task("task-1")
+    assert recorded is not None
+    assert dict(recorded.sources) == {
+        "text": VIA_CALLBACK,
+        "first": VIA_CALLBACK,
+        "complete": VIA_POLL,
+    }
 
     shown = article(page(example), "task-1")
 
