@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_musiccallback import all_tracks_generated, callback_received
+from flask_musiccallback.state import get_state
 from flask_musiccallback.stores.base import DEFAULT_TIMEOUT, DeliveryState
 from flask_musiccallback.stores.sqlalchemy import DEFAULT_TABLE
 from flask_musiccallback.testing import build_callback
@@ -151,6 +152,7 @@ def test_a_database_restart_costs_no_503(make_app: AppFactory, flask_sqlalchemy:
     try:
         app = sql_app(make_app, server.url(server.create_database()), flask_sqlalchemy)
         assert post(app, build_callback("complete")) == RECEIVED
+        get_state(app).extension.wait_idle(10, app=app)  # its stage is on its task too
         server.stop()
         server.start()
         # The pooled connection died with the server; the store retries once on a new one.
@@ -167,6 +169,7 @@ def test_a_database_gone_after_use_answers_503_until_it_is_back(
     try:
         app = sql_app(make_app, server.url(server.create_database()), flask_sqlalchemy)
         assert post(app, build_callback("complete")) == RECEIVED
+        get_state(app).extension.wait_idle(10, app=app)  # its stage is on its task too
         server.stop()
         assert post(app, build_callback("complete")) == RETRY
         server.start()
