@@ -183,7 +183,13 @@ class PostgresServer:
         self.pg_ctl("start", "-w", "-t", "30", "-l", log, "-o", options)
 
     def stop(self) -> None:
-        self.pg_ctl("stop", "-m", "immediate", "-w")
+        """Stop at once, ending every connection, as a crash or a restart does.
+
+        A server that is not ``durable`` shuts down ``fast`` (a checkpoint first): crashed, it
+        would lose the commits of the last moments that a production server keeps (its commits
+        do not wait for the disk), such as the tables a test just created.
+        """
+        self.pg_ctl("stop", "-m", "immediate" if self.durable else "fast", "-w")
 
     def frozen(self) -> contextlib.AbstractContextManager[None]:
         """The postmaster and every process it started, stopped for the block."""
