@@ -237,7 +237,7 @@ def receive() -> Response:
             task = check_expected(state.store, task_id)
         named = request.args.get(FAMILY_ARG)
         try:
-            family, event = read_event(state, payload, named, task)
+            family, event = read_event(state, payload, named, task_id, task)
         except Unreadable as unreadable:
             if not settings.secured:
                 raise Rejected(Refusal.INVALID_PAYLOAD, unreadable.errors) from None
@@ -268,20 +268,25 @@ def read_event(
     state: MusicCallbackState,
     payload: Mapping[str, Any],
     named: str | None,
+    task_id: str | None,
     task: TaskRecord | None = None,
 ) -> tuple[Family, Any]:
-    """The family that reads ``payload``, and its event; :class:`Unreadable` when none does.
+    """The family that reads ``payload`` (whose task id is ``task_id``), and its event;
+    :class:`Unreadable` when none does.
 
     Routing (:meth:`~.families.Families.route`) reads the store only for a body whose keys place
     it in no family, to ask which family its task was registered with; that read raises
     ``StoreUnavailable`` when the store is down. ``task``, when the endpoint read it already
     (``MUSICCALLBACK_EXPECTED_ONLY``), answers instead.
     """
-    known = None if task is None else task.family
-    registered = registered_family(state.store, payload)
-    return state.extension.families.read(
-        payload, named=named, expected=lambda: known or registered()
-    )
+    expected = registered_family(state.store, task_id)
+    if task is not None:
+        known = task.family
+
+        def expected() -> str | None:
+            return known
+
+    return state.extension.families.read(payload, named=named, expected=expected)
 
 
 def _keep(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError
 
-from ..families.base import FAMILY_HEADER, Unreadable, registered_family
+from ..families.base import FAMILY_HEADER, Unreadable, find_task_id, registered_family
 from ..state import get_state
 from ..stores.base import (
     DeliveryState,
@@ -190,9 +190,8 @@ def _reread(
     """
     named = kept.headers.get(FAMILY_HEADER)
     try:
-        family, _ = state.extension.families.read(
-            kept.payload, named=named, expected=registered_family(state.store, kept.payload)
-        )
+        expected = registered_family(state.store, find_task_id(kept.payload))
+        family, _ = state.extension.families.read(kept.payload, named=named, expected=expected)
     except Unreadable as exc:
         detail = f"still no family reads it: {exc.errors}"
         return ReplayResult(kept.id, Replayed.UNREADABLE, detail, kept)

@@ -350,12 +350,12 @@ class Unreadable(Exception):  # noqa: N818 - names what the body is
         self.errors = errors
 
 
-def registered_family(store: Store, payload: Mapping[str, Any]) -> Callable[[], str | None]:
+def registered_family(store: Store, task_id: str | None) -> Callable[[], str | None]:
     """What :meth:`Families.route` asks, last, of a body its keys do not place: the family the
-    body's task was registered with (``music.expect``), read from ``store`` only when asked."""
+    body's task (``task_id``, :func:`find_task_id`) was registered with (``music.expect``), read
+    from ``store`` only when asked."""
 
     def expected() -> str | None:
-        task_id = find_task_id(payload)
         record = store.task(task_id) if task_id else None
         return None if record is None else record.family
 
