@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .archive.fetch import AllowList
 from .pool import backoff
 from .redact import redact_url
 
@@ -43,6 +44,11 @@ class ConfigKeys:
     RECONCILE_RATE = "MUSICCALLBACK_RECONCILE_RATE"
     EXPECTED_ONLY = "MUSICCALLBACK_EXPECTED_ONLY"
     VERIFY_BY_FETCH = "MUSICCALLBACK_VERIFY_BY_FETCH"
+    ARCHIVE = "MUSICCALLBACK_ARCHIVE"
+    ARCHIVE_MAX_BYTES = "MUSICCALLBACK_ARCHIVE_MAX_BYTES"
+    ARCHIVE_ALLOW = "MUSICCALLBACK_ARCHIVE_ALLOW"
+    ARCHIVE_THREADS = "MUSICCALLBACK_ARCHIVE_THREADS"
+    ARCHIVE_TIMEOUT = "MUSICCALLBACK_ARCHIVE_TIMEOUT"
 
 
 #: The defaults ``init_app`` sets with ``app.config.setdefault``.
@@ -88,6 +94,16 @@ DEFAULTS: Mapping[str, Any] = {
     # confirm each callback against the provider's record of its task before dispatching it
     # (409 unverified when the record contradicts it); needs MUSICCALLBACK_API_KEY.
     ConfigKeys.VERIFY_BY_FETCH: False,
+    # The media archive (docs/archive.md): an fsspec URL every new success event's media is
+    # copied to, off the request path, or None; the largest file it keeps; the hosts and
+    # networks its links may lead to although they are not public (loopback, private, ...);
+    # threads copying in each process (sync and thread dispatch); seconds to wait on a media
+    # server, to connect and for each read.
+    ConfigKeys.ARCHIVE: None,
+    ConfigKeys.ARCHIVE_MAX_BYTES: 200 * 1024 * 1024,
+    ConfigKeys.ARCHIVE_ALLOW: None,
+    ConfigKeys.ARCHIVE_THREADS: 2,
+    ConfigKeys.ARCHIVE_TIMEOUT: 30,
 }
 
 DISPATCH_MODES = ("sync", "thread", "celery")
@@ -142,6 +158,13 @@ class Settings:
     expected_only: bool
     #: Whether each callback is confirmed against the provider's record before it is dispatched.
     verify_by_fetch: bool
+    #: The fsspec URL of the media archive, or ``None``: no archive.
+    archive_url: str | None = field(repr=False)
+    archive_max_bytes: int
+    #: Where links may lead although it is not public.
+    archive_allow: AllowList
+    archive_threads: int
+    archive_timeout: float
 
     @property
     def secured(self) -> bool:
@@ -199,6 +222,17 @@ class Settings:
             reconcile_rate=_rate(ConfigKeys.RECONCILE_RATE, config[ConfigKeys.RECONCILE_RATE]),
             expected_only=_flag(ConfigKeys.EXPECTED_ONLY, config[ConfigKeys.EXPECTED_ONLY]),
             verify_by_fetch=_verify_by_fetch(config),
+            archive_url=_optional_text(ConfigKeys.ARCHIVE, config[ConfigKeys.ARCHIVE]),
+            archive_max_bytes=_positive_int(
+                ConfigKeys.ARCHIVE_MAX_BYTES, config[ConfigKeys.ARCHIVE_MAX_BYTES]
+            ),
+            archive_allow=_allow_list(config[ConfigKeys.ARCHIVE_ALLOW]),
+            archive_threads=_positive_int(
+                ConfigKeys.ARCHIVE_THREADS, config[ConfigKeys.ARCHIVE_THREADS]
+            ),
+            archive_timeout=_positive_seconds(
+                ConfigKeys.ARCHIVE_TIMEOUT, config[ConfigKeys.ARCHIVE_TIMEOUT]
+            ),
         )
 
     def __repr__(self) -> str:
@@ -259,6 +293,12 @@ def _optional_seconds(key: str, value: Any) -> float | None:
     return None if value is None else _seconds(key, value)
 
 
+def _positive_seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ConfigurationError(f"{key} must be a number of seconds above 0, not {value!r}.")
+    return float(value)
+
+
 def _rate(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
         raise ConfigurationError(f"{key} must be a number above 0 (per second), not {value!r}.")
@@ -310,6 +350,19 @@ def _secrets(key: str, value: Any) -> tuple[bytes, ...]:
             raise ConfigurationError(f"{key} must be a non-empty string or a list of them.")
         out.append(item)
     return tuple(out)
+
+
+def _allow_list(value: Any) -> AllowList:
+    """Host names, addresses and networks: one as a string, or a list of them."""
+    if value is None:
+        return AllowList()
+    values = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(item, str) for item in values):
+        raise ConfigurationError(f"{ConfigKeys.ARCHIVE_ALLOW} must list host names or networks.")
+    try:
+        return AllowList.parse(values)
+    except ValueError as exc:
+        raise ConfigurationError(f"{ConfigKeys.ARCHIVE_ALLOW}: {exc}") from exc
 
 
 def _networks(value: Any) -> tuple[IPNetwork, ...]:

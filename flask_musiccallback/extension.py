@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from flask import Flask, current_app, has_app_context, has_request_context, url_for
 
+from .archive.copies import archive_for
 from .config import Settings
 from .dispatch import dispatcher_for
 from .dispatch.sweep import Sweeper, sweeper_interval
@@ -91,6 +92,7 @@ class MusicCallback:
             settings=settings,
             store=store,
             dispatcher=dispatcher_for(settings, store),
+            archive=archive_for(settings),
         )
         app.extensions[EXTENSION_NAME] = state
         every = sweeper_interval(settings, store)
@@ -224,10 +226,15 @@ class MusicCallback:
         """
         state = get_state(app or self._current_app())
         left = _time_left(timeout)
-        return state.dispatcher.wait_idle(left()) and state.write_back.wait_idle(left())
+        waits = [state.dispatcher.wait_idle, state.write_back.wait_idle]
+        if state.archive is not None:
+            # The write-back queues the media copies, and records how they ended.
+            waits += [state.archive.wait_idle, state.write_back.wait_idle]
+        return all(wait(left()) for wait in waits)
 
     def close(self, app: Flask | None = None, *, timeout: float | None = DRAIN_TIMEOUT) -> bool:
-        """Shut the extension down on the app: its sweep, dispatch pool, kept writes and store.
+        """Shut the extension down on the app: its sweep, dispatch pool, media copies, kept writes
+        and store.
 
         What was accepted is finished within ``timeout`` seconds (the bound the interpreter's exit
         gives a pool), so that a test or a host stopping an app before its process ends loses no
@@ -242,6 +249,9 @@ class MusicCallback:
             state.sweeper.stop()
         left = _time_left(timeout)
         finished = state.dispatcher.close(left())
+        if state.archive is not None:
+            state.write_back.wait_idle(left())
+            finished = state.archive.close(left()) and finished
         finished = state.write_back.close(left()) and finished
         self._closed.add(app)
         open_apps = (get_state(other) for other in self._apps if other not in self._closed)

@@ -113,6 +113,19 @@ task_overdue = _signals.signal("task-overdue")
 #: Sender: the app. Kwargs: ``task`` (a ``TaskRecord``, ``lost``).
 task_lost = _signals.signal("task-lost")
 
+#: Every file of a new success event was copied to ``MUSICCALLBACK_ARCHIVE`` (docs/archive.md),
+#: off the request path. Sender: the app. Kwargs: ``event``, ``files`` (a dict: each source URL
+#: to its archived URL; content the callback carried, a MIDI result, is keyed ``callback:`` and
+#: its file name) and ``archived`` (an ``ArchivedFile`` for each: path, size, content type, and
+#: whether it was fetched now or found archived already).
+media_archived = _signals.signal("media-archived")
+
+#: A file of an event could not be archived after the copy's last attempt (copies are retried
+#: as receivers are: ``MUSICCALLBACK_RETRY_ATTEMPTS``, ``MUSICCALLBACK_RETRY_BACKOFF``). Sent
+#: once for each such file; a persistent store keeps the copy failed, and ``replay`` tries it
+#: again. Sender: the app. Kwargs: ``event``, ``url`` (the source) and ``error`` (why).
+media_archive_failed = _signals.signal("media-archive-failed")
+
 #: A receiver raised. Sender: the app. Kwargs: ``event``, ``receiver`` (its qualified name) and
 #: ``exception``.
 receiver_failed = _signals.signal("receiver-failed")
@@ -128,6 +141,8 @@ __all__ = [
     "first_track_generated",
     "lyrics_failed",
     "lyrics_generated",
+    "media_archive_failed",
+    "media_archived",
     "midi_failed",
     "midi_generated",
     "receiver_failed",

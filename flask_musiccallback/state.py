@@ -15,6 +15,7 @@ from .writeback import WriteBack
 if TYPE_CHECKING:
     from flask import Flask
 
+    from .archive.copies import Archive
     from .dispatch import Dispatcher
     from .dispatch.sweep import Sweeper
     from .extension import MusicCallback
@@ -30,6 +31,8 @@ class MusicCallbackState:
     settings: Settings
     store: Store
     dispatcher: Dispatcher
+    #: The media archive (``MUSICCALLBACK_ARCHIVE``), or ``None``.
+    archive: Archive | None = field(default=None)
     #: The sweep of pending deliveries in this app's web processes, or ``None`` (off, the memory
     #: store, or ``celery`` dispatch, where workers sweep).
     sweeper: Sweeper | None = field(default=None)

@@ -56,6 +56,10 @@ TASK_NAME = "flask_musiccallback.process_delivery"
 #: The sweep's task, for a Celery beat schedule (docs/dispatch.md).
 SWEEP_TASK_NAME = "flask_musiccallback.sweep_pending"
 
+#: The media archive's copies (docs/archive.md): a task of its own, so that a host can route
+#: the downloads to workers of their own with ``task_routes``.
+ARCHIVE_TASK_NAME = "flask_musiccallback.archive_media"
+
 #: The reconciliation's task, for a Celery beat schedule (docs/tasks.md).
 RECONCILE_TASK_NAME = "flask_musiccallback.reconcile_tasks"
 
@@ -82,8 +86,10 @@ class CeleryDispatcher:
 
     queued = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, task_name: str = TASK_NAME) -> None:
         global _sweep_at_start
+        #: The task each job is published as: a delivery's, or a media copy's.
+        self.task_name = task_name
         self._configured: Any = settings.celery_app
         self._celery: Celery | None = None
         self._broker = Outage()
@@ -109,7 +115,7 @@ class CeleryDispatcher:
     def submit(self, job: Job) -> None:
         try:
             self.celery_app(job.app).send_task(
-                TASK_NAME,
+                self.task_name,
                 kwargs=task_kwargs(job),
                 retry=True,
                 retry_policy=PUBLISH_RETRY_POLICY,
@@ -157,9 +163,25 @@ def _flask_app() -> Flask:
 
 
 @shared_task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)
-def process_delivery(
-    self: Task[Any, Any],
+def process_delivery(self: Task[Any, Any], /, **message: Any) -> None:
+    """Run one attempt of a delivery in a worker; a failed attempt is retried by Celery.
+
+    The message is a trigger: a copy delivered twice, or one whose delivery a replay took over,
+    finds the delivery no longer waiting for its claim and runs nothing.
+    """
+    _run(self, archive=False, **message)
+
+
+@shared_task(name=ARCHIVE_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
+def archive_media(self: Task[Any, Any], /, **message: Any) -> None:
+    """Run one attempt of a media copy (:mod:`..archive.copies`) in a worker, as a delivery's."""
+    _run(self, archive=True, **message)
+
+
+def _run(
+    task: Task[Any, Any],
     *,
+    archive: bool,
     family: str,
     task_id: str,
     stage: str,
@@ -169,16 +191,13 @@ def process_delivery(
     attempt: int = 1,
     runner: str | None = None,
 ) -> None:
-    """Run one attempt of a delivery in a worker; a failed attempt is retried by Celery.
-
-    The message is a trigger: a copy delivered twice, or one whose delivery a replay took over,
-    finds the delivery no longer waiting for its claim and runs nothing.
-    """
     app = _flask_app()
     state = get_state(app)
     try:
         kind = state.extension.families.named(family)
         event = kind.reload(payload, datetime.fromisoformat(received_at))
+        if archive and state.archive is None:
+            raise LookupError(f"{ConfigKeys.ARCHIVE} is not set in the worker's app")
     except (LookupError, ValidationError, ValueError) as exc:
         logger.error("A worker cannot read task %s stage %s: %s", task_id, stage, exc)
         unreadable = Delivery(task_id, stage, payload, utcnow(), owner=owner)
@@ -189,9 +208,11 @@ def process_delivery(
         return
     delivery = kind.delivery(event, payload, owner=owner)
     job = Job(app, state, kind, event, delivery, attempt=attempt, runner=runner)
+    if state.archive is not None and archive:
+        job = state.archive.job(job)
     next_attempt = process_acknowledged(job)
     if next_attempt is not None:
-        raise self.retry(
+        raise task.retry(
             countdown=next_attempt.delay, kwargs=task_kwargs(next_attempt.job), max_retries=None
         )
 

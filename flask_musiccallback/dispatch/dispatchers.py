@@ -103,8 +103,8 @@ class ThreadDispatcher:
 
     queued = True
 
-    def __init__(self, settings: Settings) -> None:
-        self.pool = Pool(settings.thread_pool_size, settings.thread_queue_size)
+    def __init__(self, settings: Settings, pool: Pool | None = None) -> None:
+        self.pool = pool or Pool(settings.thread_pool_size, settings.thread_queue_size)
         self._full = Outage()
 
     def submit(self, job: Job) -> None:

@@ -18,6 +18,9 @@ A replay or the sweep (:mod:`.replay`) takes a kept delivery over with ``reclaim
 cannot go on: :func:`deliver` for a new delivery, the job itself when its receivers are
 interrupted; dispatchers only run or queue.
 
+A new delivery of a success with media also has its media copied, when the app has an archive
+(:mod:`..archive.copies`): a job of its own, claimed and queued by the write-back.
+
 A job's writes to the store name the owner of its claim (:attr:`~..stores.base.Delivery.owner`)
 and go through the app's :class:`~..writeback.WriteBack`: when the store cannot be reached just
 then, the outcome stands (the receivers are not run again for it) and the write is made once the
@@ -68,6 +71,17 @@ class NotQueued(Exception):  # noqa: N818 - reads as what happened: "not queued"
     """A dispatcher could not queue a job now (its queue is full, the broker is down)."""
 
 
+def receivers(job: Job) -> list[Exception]:
+    """A job's usual work: the event's receivers, every one (:func:`.run_receivers`)."""
+    return run_receivers(job.app, job.family, job.event)
+
+
+#: What a job does with its event; what raised, as a list, says it failed. The receivers, or
+#: the copy of its media to the archive (:mod:`..archive`), which is kept and retried as a
+#: delivery is.
+Work = Callable[["Job"], list[Exception]]
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A claimed delivery on its way to its receivers: what came, for which app, and under
@@ -86,6 +100,8 @@ class Job:
     #: Whether the delivery was acknowledged before (a replay, the sweep): the provider will not
     #: send it again, so a dispatcher must not refuse it to push back on the provider.
     replayed: bool = False
+    #: What the job does: :func:`receivers` unless it is a media copy.
+    work: Work = receivers
 
     def complete(self) -> None:
         self._write("the completion", lambda: self.state.store.complete(self.delivery))
@@ -145,6 +161,8 @@ def deliver(
         return Outcome.DUPLICATE
     record_stage(state, family, event, delivery)
     job = Job(app, state, family, event, delivery)
+    if state.archive is not None:
+        state.archive.schedule(state, job)
     if not dispatcher.queued:
         return process(job)
     try:
@@ -191,7 +209,7 @@ def settle(job: Job, on_failure: Callable[[str], Outcome]) -> Outcome:
     """
     settled = False
     try:
-        failures = run_receivers(job.app, job.family, job.event)
+        failures = job.work(job)
         if failures:
             outcome = on_failure(describe(failures))
         else:

@@ -8,6 +8,10 @@ both with back-off retries. Only the claim differs: instead of
 :meth:`~.stores.base.Store.claim`, which would call a kept delivery a duplicate,
 :meth:`~.stores.base.PersistentStore.reclaim` takes it, which is just as atomic, so two replays
 of one delivery never both run it, and a job that finds its delivery taken runs nothing.
+
+A media copy (:mod:`..archive.copies`) is kept as a delivery is, and replayed the same way, by
+the archive's dispatcher (never in the request's thread): its files archived already are not
+fetched again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError
 
+from ..archive.copies import copied_stage
+from ..config import ConfigKeys
 from ..families.base import FAMILY_HEADER, Unreadable, find_task_id, registered_family
 from ..state import get_state
 from ..stores.base import (
@@ -143,6 +149,12 @@ def _replay_one(
     if kept.state is DeliveryState.UNREADABLE:
         return _reread(app, state, store, kept)
     dispatcher = state.dispatcher
+    event_key = copied_stage(kept.stage)
+    if event_key is not None:
+        if state.archive is None:
+            detail = f"a media copy, and {ConfigKeys.ARCHIVE} is not set here"
+            return ReplayResult(delivery_id, Replayed.SKIPPED, detail, kept)
+        dispatcher = state.archive.dispatcher
     dead = kept.owner if kept.in_flight and owner_is_dead(kept.owner) else None
     taken = store.reclaim(delivery_id, force=force, abandoned_by=dead, queued=dispatcher.queued)
     if taken is None:
@@ -150,7 +162,7 @@ def _replay_one(
         why = f"{current.state}" + (f", held by {current.owner}" if current.in_flight else "")
         return ReplayResult(delivery_id, Replayed.SKIPPED, why + "; --force takes it", current)
     try:
-        family = state.extension.families.keyed(taken.stage)
+        family = state.extension.families.keyed(event_key or taken.stage)
         event = family.reload(taken.payload, taken.received_at)
     except LookupError as exc:
         error = f"the kept delivery's family is not registered here: {exc}"
@@ -161,11 +173,14 @@ def _replay_one(
         store.fail(taken.held(), error)
         return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
     delivery = family.delivery(event, taken.payload, taken.headers, owner=taken.owner)
+    job = Job(app, state, family, event, delivery, replayed=True)
+    if event_key is not None and state.archive is not None:
+        job = state.archive.job(job)
+        delivery = job.delivery
     if (delivery.task_id, delivery.stage) != (taken.task_id, taken.stage):
         error = f"the kept payload is now read as {delivery.task_id}/{delivery.stage}"
         store.fail(taken.held(), error)
         return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
-    job = Job(app, state, family, event, delivery, replayed=True)
     if not dispatcher.queued:
         process(job)
         return _settled(store, ReplayResult(delivery_id, Replayed.QUEUED, "", taken))

@@ -13,7 +13,7 @@ polling, replay or workers (docs/families.md).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -22,7 +22,8 @@ from typing import Any, Protocol, cast
 from blinker import Signal
 from marshmallow import Schema, ValidationError
 
-from ..stores.base import MAX_TASK_ID_LENGTH, UNREADABLE_PREFIX, Delivery, Store
+from ..archive.media import Media
+from ..stores.base import COPY_PREFIX, MAX_TASK_ID_LENGTH, UNREADABLE_PREFIX, Delivery, Store
 from ..stores.owners import claim_owner
 from ..stores.tasks import TaskState
 
@@ -32,6 +33,10 @@ FAMILY_ARG = "family"
 #: The pseudo-header a body kept as unreadable records the ``family=`` of its callback URL under,
 #: so that ``replay --unreadable`` routes it as the endpoint would have.
 FAMILY_HEADER = "Callback-Family"
+
+#: How store keys that are not a family's start: kept unreadable bodies, and media copies
+#: (:mod:`..archive.copies`, which keys them so).
+RESERVED_PREFIXES = frozenset({UNREADABLE_PREFIX, COPY_PREFIX})
 
 #: The stage of every family's failure.
 FAILED = "failed"
@@ -104,6 +109,10 @@ def _nothing(payload: Mapping[str, Any]) -> bool:
     return False
 
 
+def _no_media(event: Any) -> Sequence[Media]:
+    return ()
+
+
 @dataclass(frozen=True)
 class Family:
     """One kind of callback: how to recognise it, read it, poll it, and announce its stages."""
@@ -139,6 +148,9 @@ class Family:
     #: voice's ``phrase``): the task view records them and reconciliation keeps waiting. Every
     #: other success stage completes the task (:meth:`task_state`).
     ongoing: frozenset[str] = frozenset()
+    #: The files a success event of the family carries, for the media archive
+    #: (``MUSICCALLBACK_ARCHIVE``, docs/archive.md); never asked about a failure. None by default.
+    media: Callable[[Any], Sequence[Media]] = _no_media
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -221,10 +233,12 @@ class Families:
         """
         if family.name in self._named:
             raise ValueError(f"A callback family named {family.name!r} is registered already.")
-        # Kept unreadable bodies are keyed ``unreadable:<digest>``: no family may key its own so.
-        if ":" in family.name or not family.name or f"{family.name}:" == UNREADABLE_PREFIX:
+        # Kept unreadable bodies are keyed ``unreadable:<digest>`` and media copies
+        # ``archive:<key>``: no family may key its own so.
+        if ":" in family.name or not family.name or f"{family.name}:" in RESERVED_PREFIXES:
             raise ValueError(
-                "A family's name must be non-empty, have no ':' and not be 'unreadable'."
+                "A family's name must be non-empty, have no ':' and be neither 'unreadable' "
+                "nor 'archive'."
             )
         if family.bare_keys and any(other.bare_keys for other in self._asked):
             raise ValueError("Only one callback family may key its stages bare.")

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from marshmallow import fields, post_load
 
+from ..archive.media import Media
 from ..events import FamilyEvent
 from ..signals import cover_failed, cover_generated
 from .base import COMPLETE, Family, complete_or_failed
@@ -96,6 +97,13 @@ example = example_from(
 )
 
 
+def media(event: CoverEvent) -> tuple[Media, ...]:
+    """Each cover image, numbered in the order sent."""
+    return tuple(
+        Media(f"cover-{number}", "png", url=url) for number, url in enumerate(event.images, 1)
+    )
+
+
 COVER = Family(
     name=COVER_NAME,
     schema=cover_schema,
@@ -109,4 +117,5 @@ COVER = Family(
         failure_data={"images": None},
     ),
     example=example,
+    media=media,
 )

@@ -27,6 +27,7 @@ Why it is read as it does:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
 
+from ..archive.media import Media
 from ..events import FamilyEvent
 from ..schemas import StatusCode
 from ..signals import midi_failed, midi_generated
@@ -284,6 +286,16 @@ def example(
     return body if kie else {"task_id": task_id, **body}
 
 
+def media(event: MidiEvent) -> tuple[Media, ...]:
+    """The result itself: the callback carries the notes, not a link, and they are kept as the
+    JSON they came in (its ``data``)."""
+    if not event.instruments:
+        return ()
+    data = event.raw.get("data", event.raw)
+    content = json.dumps(data, indent=2, ensure_ascii=False, default=dict).encode()
+    return (Media("midi", "json", content=content),)
+
+
 MIDI = Family(
     name=MIDI_NAME,
     schema=midi_schema,
@@ -297,4 +309,5 @@ MIDI = Family(
         failure_data={"instruments": None},
     ),
     example=example,
+    media=media,
 )

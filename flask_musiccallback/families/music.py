@@ -17,7 +17,8 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
-from ..events import Stage
+from ..archive.media import Media, readable
+from ..events import CallbackEvent, Stage
 from ..schemas import callback_schema, load_callback
 from ..signals import all_tracks_generated, first_track_generated, task_failed, text_generated
 from .base import Family, Record, is_failure
@@ -227,6 +228,20 @@ def example(
     return body
 
 
+def media(event: CallbackEvent) -> tuple[Media, ...]:
+    """Each track's audio and cover image, named after the track's title and id."""
+    files: list[Media] = []
+    for number, track in enumerate(event.tracks, start=1):
+        name = readable(track.title, track.id, fallback=f"track-{number}")
+        audio = track.audio_url or track.source_audio_url
+        image = track.image_url or track.source_image_url
+        if audio:
+            files.append(Media(name, "mp3", url=audio))
+        if image:
+            files.append(Media(f"{name}-cover", "jpeg", url=image))
+    return tuple(files)
+
+
 MUSIC = Family(
     name=MUSIC_NAME,
     schema=callback_schema,
@@ -246,4 +261,5 @@ MUSIC = Family(
     record_path="/api/v1/generate/record-info",
     read_record=read_record,
     example=example,
+    media=media,
 )

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, post_load, pre_load
 
+from ..archive.media import Media, readable
 from ..events import FamilyEvent
 from ..signals import stems_failed, stems_separated
 from .base import COMPLETE, Family, complete_or_failed
@@ -308,6 +309,13 @@ example = example_from(
 )
 
 
+def media(event: StemsEvent) -> tuple[Media, ...]:
+    """Every stem, named after it (``vocals``, ``drums``, ...)."""
+    return tuple(
+        Media(readable(name, fallback="stem"), "mp3", url=url) for name, url in event.stems.items()
+    )
+
+
 STEMS = Family(
     name=STEMS_NAME,
     schema=stems_schema,
@@ -321,4 +329,5 @@ STEMS = Family(
         failure_data={INFO_KEYS[0]: None},
     ),
     example=example,
+    media=media,
 )

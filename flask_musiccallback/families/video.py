@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from marshmallow import fields, post_load
 
+from ..archive.media import Media
 from ..events import FamilyEvent
 from ..signals import video_failed, video_generated
 from .base import COMPLETE, Family, complete_or_failed
@@ -96,6 +97,11 @@ example = example_from(
 )
 
 
+def media(event: VideoEvent) -> tuple[Media, ...]:
+    """The video."""
+    return (Media("video", "mp4", url=event.video_url),) if event.video_url else ()
+
+
 VIDEO = Family(
     name=VIDEO_NAME,
     schema=video_schema,
@@ -109,4 +115,5 @@ VIDEO = Family(
         failure_data={"video_url": None},
     ),
     example=example,
+    media=media,
 )

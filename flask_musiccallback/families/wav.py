@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from marshmallow import EXCLUDE, Schema, fields, post_load
 
+from ..archive.media import Media
 from ..events import FamilyEvent
 from ..signals import wav_converted, wav_failed
 from .base import COMPLETE, Family, complete_or_failed
@@ -101,6 +102,11 @@ example = example_from(
 )
 
 
+def media(event: WavEvent) -> tuple[Media, ...]:
+    """The WAV file."""
+    return (Media("audio", "wav", url=event.wav_url),) if event.wav_url else ()
+
+
 WAV = Family(
     name=WAV_NAME,
     schema=wav_schema,
@@ -114,4 +120,5 @@ WAV = Family(
         failure_data={"audioWavUrl": None},
     ),
     example=example,
+    media=media,
 )

@@ -69,6 +69,10 @@ MAX_STAGE_LENGTH = 64
 #: How the stage of a kept unreadable body starts (:func:`unreadable_stage`).
 UNREADABLE_PREFIX = "unreadable:"
 
+#: How the stage of a media copy starts (:mod:`..archive.copies`): ``archive:`` and the key of
+#: the event whose media it copies.
+COPY_PREFIX = "archive:"
+
 #: The longest error text a persistent store keeps with a delivery.
 MAX_ERROR_LENGTH = 4000
 

@@ -1,0 +1,211 @@
+"""Fetching a media link a callback named, without letting the link reach inside the network.
+
+A callback's links are chosen by whoever sends the callback. Fetched blindly, a link to
+``http://127.0.0.1:8080/admin``, to a cloud's metadata address, or to a public name that redirects
+(or resolves, a second later) to either, makes the receiver read its own network and keep the
+answer as a "track" (server-side request forgery). So every hop is checked, and the check is
+what is connected to:
+
+- only ``http`` and ``https`` links;
+- the host is resolved once, here, and every address it resolves to must be public: not
+  loopback, private, link-local, multicast, reserved or otherwise non-global, unless the host, or
+  a network holding the address, is on the allow-list (:class:`AllowList`);
+- the connection goes to the address just checked (the URL's host is replaced by it; the
+  ``Host`` header and TLS's server name and certificate check keep the name), so a name that
+  resolves differently a moment later (DNS rebinding) changes nothing;
+- redirects are followed here, not by httpx, each new location checked the same way;
+- connections are not kept alive between requests, so a connection opened for one name is never
+  reused for another name on the same address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+#: The schemes a media link may have.
+SCHEMES = frozenset({"http", "https"})
+
+#: The most redirects one fetch follows.
+MAX_REDIRECTS = 5
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Refused(Exception):  # noqa: N818 - reads as what happened to the link
+    """A link the archive will not fetch: its scheme, or the address it leads to. Never
+    retried: the same link is refused again."""
+
+
+class FetchFailed(Exception):  # noqa: N818
+    """A fetch that did not give the file. ``retry`` says whether another attempt may
+    (a timeout, a dropped connection, 5xx, 429), or not (404: an expired link; too large)."""
+
+    def __init__(self, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+#: Statuses worth another attempt: the server or the way to it may be better in a moment.
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """The hosts and networks a link may lead to although they are not public
+    (``MUSICCALLBACK_ARCHIVE_ALLOW``): a media server of the host's own, tests' ``127.0.0.1``."""
+
+    hosts: frozenset[str] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> AllowList:
+        """Read host names, addresses and networks (``10.0.0.0/8``); ``ValueError`` for an
+        entry that is none of them."""
+        hosts: set[str] = set()
+        networks: list[IPNetwork] = []
+        for entry in entries:
+            entry = entry.strip().lower()
+            if not entry:
+                raise ValueError("an empty entry")
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                if "/" in entry or not all(part for part in entry.split(".")):
+                    raise ValueError(f"{entry!r} is neither a host name nor a network") from None
+                hosts.add(entry.rstrip("."))
+        return cls(frozenset(hosts), tuple(networks))
+
+    def allows(self, host: str, address: IPAddress) -> bool:
+        """Whether ``host``, resolved to ``address``, may be connected to."""
+        if is_public(address):
+            return True
+        if host.lower().rstrip(".") in self.hosts:
+            return True
+        return any(address in network for network in self.networks)
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether ``address`` is on the public internet: global, and not multicast.
+
+    An IPv6 address that carries an IPv4 one (``::ffff:127.0.0.1``) is judged by the IPv4 one.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to, for a TCP connection to ``port``."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise FetchFailed(f"cannot resolve {host!r}: {exc}", retry=True) from None
+    addresses: list[IPAddress] = []
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+class SafeFetcher:
+    """Streams media links through the checks above; one per run of copies (it holds a client).
+
+    ``transport`` is for tests of the fetcher itself only; the checks do not depend on it.
+    """
+
+    def __init__(
+        self,
+        allow: AllowList,
+        *,
+        timeout: float = 30.0,
+        user_agent: str = "flask-musiccallback",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.allow = allow
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            headers={"User-Agent": user_agent},
+            transport=transport,
+            trust_env=False,
+        )
+
+    def __enter__(self) -> SafeFetcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def checked(self, url: str) -> tuple[httpx.URL, str]:
+        """``url`` with its host replaced by the address to connect to, and the host's name;
+        :class:`Refused` when it may not be fetched."""
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise Refused(f"not a usable link: {exc}") from None
+        if parsed.scheme not in SCHEMES:
+            raise Refused(f"only http and https links are fetched, not {parsed.scheme or url!r}")
+        host = parsed.host
+        if not host:
+            raise Refused("a link without a host")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        addresses = resolve(host, port)
+        refused = [str(a) for a in addresses if not self.allow.allows(host, a)]
+        if refused or not addresses:
+            raise Refused(
+                f"{host} resolves to {', '.join(refused) or 'nothing'}, which is not public; "
+                "list it in MUSICCALLBACK_ARCHIVE_ALLOW to fetch from it"
+            )
+        return parsed.copy_with(host=str(addresses[0])), host
+
+    @contextlib.contextmanager
+    def stream(self, url: str) -> Iterator[httpx.Response]:
+        """The answer to ``GET url``, redirects followed and checked, its body not read yet.
+
+        Raises :class:`Refused` for a link (or a redirect) that may not be fetched, and
+        :class:`FetchFailed` for an answer that is not the file.
+        """
+        for _ in range(MAX_REDIRECTS + 1):
+            target, host = self.checked(url)
+            request = self._client.build_request(
+                "GET",
+                target,
+                headers={"Host": _host_header(httpx.URL(url), host)},
+                extensions={"sni_hostname": host},
+            )
+            try:
+                response = self._client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise FetchFailed(f"{type(exc).__name__}: {exc}".rstrip(": "), retry=True) from None
+            try:
+                if response.is_redirect:
+                    location = response.headers.get("Location", "")
+                    url = str(httpx.URL(url).join(location))
+                    continue
+                if response.status_code != 200:
+                    retry = response.status_code in RETRY_STATUSES
+                    raise FetchFailed(f"HTTP {response.status_code}", retry=retry)
+                yield response
+                return
+            finally:
+                response.close()
+        raise FetchFailed(f"more than {MAX_REDIRECTS} redirects", retry=False)
+
+
+def _host_header(url: httpx.URL, host: str) -> str:
+    """The ``Host`` header for ``url``: its name, and its port when it is not the default."""
+    name = f"[{host}]" if ":" in host else host
+    default = 443 if url.scheme == "https" else 80
+    return name if url.port in (None, default) else f"{name}:{url.port}"
