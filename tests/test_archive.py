@@ -369,3 +369,14 @@ def test_the_copies_are_kept_apart_from_the_events(tmp_path: Path, host: MediaHo
     assert names.count("all_tracks_generated") == 1
     assert names.count("media_archived") == 1
     assert "callback_duplicate" not in names
+
+
+@pytest.mark.parametrize("path", ["../secret.txt", "/etc/passwd", "a/../../secret.txt", "..", "."])
+def test_archive_open_never_leaves_the_archive(tmp_path: Path, path: str) -> None:
+    (tmp_path / "secret.txt").write_text("not archived")
+    app = archive_app(tmp_path)
+    (tmp_path / "archive" / "a").mkdir(parents=True)
+    archive = get_state(app).archive
+    assert archive is not None
+    with pytest.raises(FileNotFoundError):
+        archive.open(path)

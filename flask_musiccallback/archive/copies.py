@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import posixpath
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ import httpx
 
 from ..config import ConfigKeys, ConfigurationError, Settings
 from ..dispatch.dispatchers import ThreadDispatcher
-from ..dispatch.job import Job, NotQueued
+from ..dispatch.job import Job, NotQueued, after_the_answer
 from ..dispatch.receivers import send_isolated
 from ..families.base import FAILED
 from ..pool import Pool
@@ -128,8 +129,15 @@ class Archive:
 
     def open(self, path: str) -> Any:
         """The archived file at ``path`` (relative to the root), opened for reading; for a host
-        that serves the archive (the example app does)."""
-        return self.fs.open(f"{self.root}/{path}", "rb")
+        that serves the archive (the example app does).
+
+        ``path`` may come from a request: one that leads out of the archive (``..``, an
+        absolute path) is :class:`FileNotFoundError`, as a file that is not there.
+        """
+        clean = posixpath.normpath(path)
+        if clean in (".", "..") or clean.startswith(("/", "../")) or "\x00" in path:
+            raise FileNotFoundError(path)
+        return self.fs.open(f"{self.root}/{clean}", "rb")
 
     def folder(self, task_id: str, family: str) -> str:
         """Where the files of ``task_id``'s ``family`` events go, relative to the root."""
@@ -172,10 +180,7 @@ class Archive:
                     exc,
                 )
 
-        if state.store.in_process:
-            state.write_back.write(claim_and_queue, "the media copy", delivery)
-        else:
-            state.write_back.add(claim_and_queue, "the media copy", delivery)
+        after_the_answer(state, claim_and_queue, "the media copy", delivery)
 
     def copy(self, job: Job) -> list[Exception]:
         """A :class:`Job`'s work: archive every file of its event not archived yet.
@@ -197,6 +202,9 @@ class Archive:
                     logger.warning(
                         "Cannot archive %s of task %s: %s", media.source, event.task_id, exc
                     )
+                except Exception as exc:  # one file's surprise must not cost the others theirs
+                    failures.append(ArchiveFailed(media.source, f"{type(exc).__name__}: {exc}"))
+                    logger.exception("Archiving %s of task %s failed", media.source, event.task_id)
         if any(file.fetched for file in archived):
             self._write_manifest(f"{folder}/{event.stage}.manifest.json", archived)
         if failures:

@@ -177,13 +177,7 @@ def record_stage(
     state: MusicCallbackState, family: Family, event: Event, delivery: Delivery
 ) -> None:
     """Note a new delivery's stage on its task (the task view, reconciliation), with the time it
-    was received and whether a callback or a poll brought it.
-
-    Off the request path, in the write-back's thread, unless the store lives in this process
-    (:attr:`~..stores.base.Store.in_process`): a persistent store's request then pays no round
-    trip for it, and the memory store's task reads right at once. A store that cannot be reached
-    has the write kept and made later, as a settlement's is.
-    """
+    was received and whether a callback or a poll brought it, after the answer."""
     stage = str(event.stage)
     via = VIA_POLL if delivery.headers.get(SOURCE_HEADER) == POLL_SOURCE else VIA_CALLBACK
     write = functools.partial(
@@ -195,10 +189,23 @@ def record_stage(
         via=via,
         final=family.task_state(stage),
     )
+    after_the_answer(state, write, "the stage", delivery)
+
+
+def after_the_answer(
+    state: MusicCallbackState, write: Callable[[], None], what: str, delivery: Delivery
+) -> None:
+    """Make a store write the answer need not wait for (``what`` of ``delivery``, for the log).
+
+    In the write-back's thread, unless the store lives in this process
+    (:attr:`~..stores.base.Store.in_process`): a persistent store's request then pays no round
+    trip for it, and the memory store reads right at once what was written. A store that cannot
+    be reached has the write kept and made later, as a settlement's is.
+    """
     if state.store.in_process:
-        state.write_back.write(write, "the stage", delivery)
+        state.write_back.write(write, what, delivery)
     else:
-        state.write_back.add(write, "the stage", delivery)
+        state.write_back.add(write, what, delivery)
 
 
 def settle(job: Job, on_failure: Callable[[str], Outcome]) -> Outcome:
