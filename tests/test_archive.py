@@ -208,7 +208,7 @@ def test_a_server_that_never_answers_times_out_and_fails(tmp_path: Path, host: M
 def test_a_file_over_the_cap_is_not_kept_half_written(
     tmp_path: Path, host: MediaHost, declared: bool
 ) -> None:
-    app = archive_app(tmp_path, ARCHIVE_MAX_BYTES=100_000, RETRY_ATTEMPTS=1)
+    app = archive_app(tmp_path, ARCHIVE_MAX_BYTES=100_000, RETRY_ATTEMPTS=3)
     body = host.rebase(build_callback("complete", task_id="big-1", tracks=1))
     audio = body["data"]["data"][0]["audio_url"]
     host.sizes[host.path_of(audio)] = 1_000_000
@@ -220,6 +220,7 @@ def test_a_file_over_the_cap_is_not_kept_half_written(
     failed = [kwargs for name, kwargs in signals if name == "media_archive_failed"]
     assert [kwargs["url"] for kwargs in failed] == [audio]
     assert "MUSICCALLBACK_ARCHIVE_MAX_BYTES" in failed[0]["error"]
+    assert host.hits[host.path_of(audio)] == 1, "no retry can make the file smaller"
     folder = tmp_path / "archive" / "big-1" / "music"
     assert sorted(path.suffix for path in folder.iterdir()) == [".jpeg", ".json"]
 
@@ -267,13 +268,14 @@ class Listener:
 def test_links_into_the_network_are_never_connected_to(tmp_path: Path, link: str) -> None:
     listener = Listener()
     try:
-        app = archive_app(tmp_path, ARCHIVE_ALLOW=None, RETRY_ATTEMPTS=1)
+        app = archive_app(tmp_path, ARCHIVE_ALLOW=None, RETRY_ATTEMPTS=3, RETRY_BACKOFF=5.0)
         url = link.format(port=listener.port)
         body = build_callback("complete", task_id="ssrf-1", tracks=1)
         body["data"]["data"][0].update(audio_url=url, image_url=None, source_image_url=None)
         with record_signals(app) as signals:
             post(app, body)
-            settle(app)
+            # Refused for good: given up at once, not after two back-offs of 5 s.
+            assert get_state(app).extension.wait_idle(4, app=app)
         failed = [kwargs for name, kwargs in signals if name == "media_archive_failed"]
         assert [kwargs["url"] for kwargs in failed] == [url]
         assert listener.connections == 0
@@ -380,3 +382,62 @@ def test_archive_open_never_leaves_the_archive(tmp_path: Path, path: str) -> Non
     assert archive is not None
     with pytest.raises(FileNotFoundError):
         archive.open(path)
+
+
+def test_content_types_outlive_the_run_that_fetched_them(tmp_path: Path, host: MediaHost) -> None:
+    app = archive_app(tmp_path)
+    first = host.rebase(build_callback("first", task_id="types-1", tracks=1))
+    post(app, first)
+    settle(app)
+    complete = host.rebase(build_callback("complete", task_id="types-1", tracks=2))
+    complete["data"]["data"][0] = first["data"]["data"][0]
+    post(app, complete)
+    settle(app)
+    folder = tmp_path / "archive" / "types-1" / "music"
+    manifest = json.loads((folder / "complete.manifest.json").read_text())
+    by_source = {item["source"]: item for item in manifest["files"]}
+    found = by_source[first["data"]["data"][0]["audio_url"]]
+    assert (found["fetched"], found["content_type"]) == (False, "audio/mpeg")
+    assert len(by_source) == 4
+
+
+def test_what_a_killed_process_left_half_written_is_cleared(
+    tmp_path: Path, host: MediaHost
+) -> None:
+    app = archive_app(tmp_path)
+    body = host.rebase(build_callback("complete", task_id="stale-1", tracks=1))
+    track = body["data"]["data"][0]
+    name = f"{track['title'].replace(' ', '-')}-{track['id']}.mp3"
+    folder = tmp_path / "archive" / "stale-1" / "music"
+    folder.mkdir(parents=True)
+    (folder / f".{name}.0123abcd.part").write_bytes(b"half a file")
+    post(app, body)
+    settle(app)
+    assert sorted(path.name for path in folder.iterdir() if path.suffix == ".part") == []
+    assert (folder / name).read_bytes() == content(host.path_of(track["audio_url"]))
+
+
+def test_each_side_of_an_advanced_split_is_archived(tmp_path: Path, host: MediaHost) -> None:
+    stems = next(family for family in BUILT_IN if family.name == "stems")
+    app = archive_app(tmp_path)
+    body = success(stems, host, task_id="split-1")
+    side = {"duration": 30.5, "stem_type_group_name": "Vocals"}
+    (info,) = (value for key, value in body["data"].items() if key.endswith("_info"))
+    info["origin_data"] = [
+        {
+            "extract": {**side, "id": "x1", "audio_url": f"{host.base}/parts/vocals only.mp3"},
+            "remove": {**side, "id": "r1", "audio_url": f"{host.base}/parts/no vocals.mp3"},
+        }
+    ]
+    post(app, body)
+    settle(app)
+    folder = tmp_path / "archive" / "split-1" / "stems"
+    assert (folder / "Vocals-extract-x1.mp3").read_bytes() == content("parts/vocals only.mp3")
+    assert (folder / "Vocals-remove-r1.mp3").read_bytes() == content("parts/no vocals.mp3")
+
+
+def test_a_host_family_cannot_name_a_file_out_of_its_folder(tmp_path: Path) -> None:
+    from flask_musiccallback.archive.media import Media
+
+    assert Media("../../etc/passwd", "mp3", url="https://x/y").filename == "etc-passwd.mp3"
+    assert Media("a/b", "../sh", content=b"").filename == "a-b.sh"

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import logging
 import posixpath
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,7 @@ import httpx
 
 from ..config import ConfigKeys, ConfigurationError, Settings
 from ..dispatch.dispatchers import ThreadDispatcher
-from ..dispatch.job import Job, NotQueued, after_the_answer
+from ..dispatch.job import Job, NotQueued, Permanent, after_the_answer, last_attempt
 from ..dispatch.receivers import send_isolated
 from ..families.base import FAILED
 from ..pool import Pool
@@ -80,6 +81,15 @@ class ArchiveFailed(Exception):  # noqa: N818 - reads as what happened to the fi
         super().__init__(f"{url}: {error}")
         self.url = url
         self.error = error
+
+
+class ArchiveRefused(ArchiveFailed, Permanent):
+    """A file no retry can archive: its link is refused, or it is over the cap. A 404 is not
+    one: a CDN may not have a file yet a moment after the callback announced it."""
+
+
+class TooLarge(Exception):  # noqa: N818
+    """A file over ``MUSICCALLBACK_ARCHIVE_MAX_BYTES``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +203,18 @@ class Archive:
         folder = self.folder(event.task_id, job.family.name)
         archived: list[ArchivedFile] = []
         failures: list[ArchiveFailed] = []
+        known = self._known(folder)
         with SafeFetcher(self.allow, timeout=self.timeout) as fetcher:
             for media in media_of(job.family, event):
+                path = f"{folder}/{media.filename}"
                 try:
-                    archived.append(self._keep(fetcher, media, f"{folder}/{media.filename}"))
-                except (Refused, FetchFailed, OSError) as exc:
+                    archived.append(self._keep(fetcher, media, path, known))
+                except (Refused, TooLarge) as exc:
+                    failures.append(ArchiveRefused(media.source, str(exc)))
+                    logger.warning(
+                        "Cannot archive %s of task %s: %s", media.source, event.task_id, exc
+                    )
+                except (FetchFailed, OSError) as exc:
                     failures.append(ArchiveFailed(media.source, str(exc)))
                     logger.warning(
                         "Cannot archive %s of task %s: %s", media.source, event.task_id, exc
@@ -208,7 +225,7 @@ class Archive:
         if any(file.fetched for file in archived):
             self._write_manifest(f"{folder}/{event.stage}.manifest.json", archived)
         if failures:
-            if job.attempt >= job.state.settings.retry_attempts:
+            if last_attempt(job, list(failures)):
                 for failure in failures:
                     send_isolated(
                         media_archive_failed,
@@ -222,16 +239,20 @@ class Archive:
         send_isolated(media_archived, job.app, event=event, files=files, archived=tuple(archived))
         return []
 
-    def _keep(self, fetcher: SafeFetcher, media: Media, path: str) -> ArchivedFile:
+    def _keep(
+        self, fetcher: SafeFetcher, media: Media, path: str, known: Mapping[str, Any]
+    ) -> ArchivedFile:
+        """Archive one file at ``path``, unless it is there already (``known``: what the
+        manifests beside it say of their files, by path)."""
         full = f"{self.root}/{path}"
+        content_type: str | None
         if self.fs.exists(full):
-            return ArchivedFile(
-                media.source, self.url_of(path), path, int(self.fs.size(full)), None, False
-            )
+            content_type = known.get(path, {}).get("content_type")
+            size = int(self.fs.size(full))
+            return ArchivedFile(media.source, self.url_of(path), path, size, content_type, False)
         folder, _, name = full.rpartition("/")
         partial = f"{folder}/.{name}.{uuid.uuid4().hex}.part"
         self.fs.makedirs(folder, exist_ok=True)
-        content_type: str | None
         try:
             if media.content is not None:
                 with self.fs.open(partial, "wb") as out:
@@ -242,9 +263,14 @@ class Archive:
                 size, content_type = self._fetch(fetcher, media.url, partial)
             self.fs.mv(partial, full)
         finally:
-            with contextlib.suppress(FileNotFoundError, OSError):
+            with contextlib.suppress(OSError):
                 if self.fs.exists(partial):
                     self.fs.rm(partial)
+        # What a process killed while fetching this file left beside it. A copy fetching it
+        # right now loses its partial file, and finds the file archived at its next attempt.
+        with contextlib.suppress(OSError):
+            for stale in self.fs.glob(f"{folder}/.{glob.escape(name)}.*.part"):
+                self.fs.rm(stale)
         return ArchivedFile(media.source, self.url_of(path), path, size, content_type, True)
 
     def _fetch(self, fetcher: SafeFetcher, url: str, partial: str) -> tuple[int, str | None]:
@@ -252,13 +278,13 @@ class Archive:
         with fetcher.stream(url) as response:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self.max_bytes:
-                raise FetchFailed(self._too_large(), retry=False)
+                raise TooLarge(self._too_large())
             size = 0
             with self.fs.open(partial, "wb") as out:
                 for chunk in _chunks(response):
                     size += len(chunk)
                     if size > self.max_bytes:
-                        raise FetchFailed(self._too_large(), retry=False)
+                        raise TooLarge(self._too_large())
                     out.write(chunk)
             if size == 0:
                 raise FetchFailed("an empty answer", retry=True)
@@ -266,6 +292,21 @@ class Archive:
 
     def _too_large(self) -> str:
         return f"larger than MUSICCALLBACK_ARCHIVE_MAX_BYTES ({self.max_bytes} bytes)"
+
+    def _known(self, folder: str) -> dict[str, Any]:
+        """What the manifests in ``folder`` say of their files, by path: a file archived by an
+        earlier run (another stage, an attempt that archived some files) keeps its content
+        type in the manifests written after it."""
+        known: dict[str, Any] = {}
+        try:
+            manifests = sorted(self.fs.glob(f"{self.root}/{folder}/*.manifest.json"))
+            for manifest in manifests:
+                with self.fs.open(manifest, "r") as file:
+                    for item in json.load(file).get("files", []):
+                        known[item["path"]] = item
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("Cannot read the archive manifests of %s: %s", folder, exc)
+        return known
 
     def _write_manifest(self, path: str, archived: Sequence[ArchivedFile]) -> None:
         record = {

@@ -48,7 +48,9 @@ class Media:
 
     @property
     def filename(self) -> str:
-        return f"{self.name}.{self.ext}"
+        """``name.ext``, made safe: a host's family may name its files from what a callback
+        says, and no name may lead out of its folder."""
+        return f"{readable(self.name)}.{readable(self.ext, fallback='bin')}"
 
     @property
     def source(self) -> str:

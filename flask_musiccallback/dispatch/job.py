@@ -121,6 +121,19 @@ class Job:
         self.state.write_back.write(write, what, self.delivery)
 
 
+class Permanent(Exception):  # noqa: N818 - a kind of failure, mixed into others
+    """A failure no later attempt can mend (a link the archive refuses, a file over its cap):
+    a job whose every failure is one gives up at once instead of retrying."""
+
+
+def last_attempt(job: Job, failures: list[Exception]) -> bool:
+    """Whether ``job``'s run that failed with ``failures`` is its last one, off the request path:
+    ``MUSICCALLBACK_RETRY_ATTEMPTS`` runs made, or nothing a retry could mend."""
+    if job.attempt >= job.state.settings.retry_attempts:
+        return True
+    return all(isinstance(failure, Permanent) for failure in failures)
+
+
 @dataclass(frozen=True, slots=True)
 class NextAttempt:
     """A job to run again after ``delay`` seconds (off the request path)."""
@@ -208,8 +221,9 @@ def after_the_answer(
         state.write_back.add(write, what, delivery)
 
 
-def settle(job: Job, on_failure: Callable[[str], Outcome]) -> Outcome:
-    """Run the receivers of a claimed delivery: complete it, or let ``on_failure(error)`` decide.
+def settle(job: Job, on_failure: Callable[[list[Exception]], Outcome]) -> Outcome:
+    """Run the receivers of a claimed delivery: complete it, or let ``on_failure(failures)``
+    decide.
 
     Whatever escapes (``BaseException`` included) releases the claim, so a delivery is never left
     held by a request or a job that no longer runs.
@@ -218,7 +232,7 @@ def settle(job: Job, on_failure: Callable[[str], Outcome]) -> Outcome:
     try:
         failures = job.work(job)
         if failures:
-            outcome = on_failure(describe(failures))
+            outcome = on_failure(failures)
         else:
             job.complete()
             outcome = Outcome.RECEIVED
@@ -234,7 +248,8 @@ def process(job: Job) -> Outcome:
     says whether a failure is retried by the provider (release, 503) or acknowledged (fail, 200).
     """
 
-    def on_failure(error: str) -> Outcome:
+    def on_failure(failures: list[Exception]) -> Outcome:
+        error = describe(failures)
         if job.state.settings.receiver_errors == "retry":
             job.release(error)
             return Outcome.RETRY
@@ -286,10 +301,11 @@ def process_acknowledged(job: Job) -> NextAttempt | None:
     )
     next_attempt: NextAttempt | None = None
 
-    def on_failure(error: str) -> Outcome:
+    def on_failure(failures: list[Exception]) -> Outcome:
         nonlocal next_attempt
         attempt = job.attempt
-        if attempt < settings.retry_attempts:
+        error = describe(failures)
+        if not last_attempt(running, failures):
             delay = settings.retry_delay(attempt)
             logger.warning(
                 "Attempt %d of %d failed on task %s stage %s; retrying in %.1f s: %s",

@@ -174,9 +174,14 @@ def _replay_one(
         return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
     delivery = family.delivery(event, taken.payload, taken.headers, owner=taken.owner)
     job = Job(app, state, family, event, delivery, replayed=True)
-    if event_key is not None and state.archive is not None:
-        job = state.archive.job(job)
-        delivery = job.delivery
+    if state.archive is not None:
+        if event_key is not None:
+            job = state.archive.job(job)
+            delivery = job.delivery
+        else:
+            # A copy its process never got to claim (it died just after the answer) is made
+            # now; one claimed already is left to its own fate.
+            state.archive.schedule(state, job)
     if (delivery.task_id, delivery.stage) != (taken.task_id, taken.stage):
         error = f"the kept payload is now read as {delivery.task_id}/{delivery.stage}"
         store.fail(taken.held(), error)

@@ -310,10 +310,20 @@ example = example_from(
 
 
 def media(event: StemsEvent) -> tuple[Media, ...]:
-    """Every stem, named after it (``vocals``, ``drums``, ...)."""
-    return tuple(
+    """Every stem, named after it (``vocal``, ``drums``, ...), and each side of an advanced
+    split's parts, named after its group and side (``Vocals-extract``) and its id."""
+    files = [
         Media(readable(name, fallback="stem"), "mp3", url=url) for name, url in event.stems.items()
-    )
+    ]
+    seen = set(event.stems.values())
+    for number, part in enumerate(event.parts, start=1):
+        for side, audio in (("extract", part.extract), ("remove", part.remove)):
+            if audio is None or not audio.audio_url or audio.audio_url in seen:
+                continue
+            seen.add(audio.audio_url)
+            name = readable(audio.group, side, audio.id, fallback=f"part-{number}-{side}")
+            files.append(Media(name, "mp3", url=audio.audio_url))
+    return tuple(files)
 
 
 STEMS = Family(
