@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -55,6 +56,13 @@ class FetchFailed(Exception):  # noqa: N818
 #: Statuses worth another attempt: the server or the way to it may be better in a moment.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
+#: NAT64's well-known prefix (RFC 6052): a translator delivers ``64:ff9b::a.b.c.d`` to ``a.b.c.d``.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+#: A host name on the allow-list: labels of letters, digits, ``-`` and ``_`` (a container's name),
+#: so that ``media:8080`` or ``*.example.com`` is an error, not an entry that never matches.
+HOST_NAME = re.compile(r"[\w-]+(?:\.[\w-]+)*\.?")
+
 
 @dataclass(frozen=True)
 class AllowList:
@@ -77,9 +85,9 @@ class AllowList:
             try:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
-                if "/" in entry or not all(part for part in entry.split(".")):
+                if not HOST_NAME.fullmatch(entry):
                     raise ValueError(f"{entry!r} is neither a host name nor a network") from None
-                hosts.add(entry.rstrip("."))
+                hosts.add(_wire_name(entry.rstrip(".")))
         return cls(frozenset(hosts), tuple(networks))
 
     def allows(self, host: str, address: IPAddress) -> bool:
@@ -92,13 +100,24 @@ class AllowList:
 
 
 def is_public(address: IPAddress) -> bool:
-    """Whether ``address`` is on the public internet: global, and not multicast.
+    """Whether ``address`` is on the public internet: global, and not multicast or reserved.
 
-    An IPv6 address that carries an IPv4 one (``::ffff:127.0.0.1``) is judged by the IPv4 one.
+    An IPv6 address that carries an IPv4 one a packet may be delivered to (``::ffff:127.0.0.1``,
+    NAT64's ``64:ff9b::7f00:1``, 6to4's ``2002:7f00:1::``) is judged by the IPv4 one.
     """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = _carried(address)
+        if carried is not None:
+            address = carried
+    return address.is_global and not address.is_multicast and not address.is_reserved
+
+
+def _carried(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return address.sixtofour
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
@@ -157,7 +176,9 @@ class SafeFetcher:
             raise Refused(f"not a usable link: {exc}") from None
         if parsed.scheme not in SCHEMES:
             raise Refused(f"only http and https links are fetched, not {parsed.scheme or url!r}")
-        host = parsed.host
+        # The name as sent (an IDN in its ASCII form): ``Host`` and TLS need it, and httpx's
+        # decoded ``host`` raises for a malformed ``xn--`` label.
+        host = parsed.raw_host.decode("ascii")
         if not host:
             raise Refused("a link without a host")
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -202,6 +223,14 @@ class SafeFetcher:
             finally:
                 response.close()
         raise FetchFailed(f"more than {MAX_REDIRECTS} redirects", retry=False)
+
+
+def _wire_name(name: str) -> str:
+    """``name`` as a link's host is compared: in the form httpx sends it (an IDN's A-labels)."""
+    try:
+        return httpx.URL(scheme="http", host=name).raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise ValueError(f"{name!r} is not a usable host name: {exc}") from None
 
 
 def _host_header(url: httpx.URL, host: str) -> str:
