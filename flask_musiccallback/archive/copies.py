@@ -46,7 +46,7 @@ from ..dispatch.receivers import send_isolated
 from ..families.base import FAILED
 from ..pool import Pool
 from ..signals import media_archive_failed, media_archived
-from ..stores.base import COPY_PREFIX, ClaimResult
+from ..stores.base import ClaimResult, copy_stage
 from ..stores.owners import claim_owner
 from .fetch import AllowList, FetchFailed, Refused, SafeFetcher
 from .media import Media, safe_segment
@@ -62,16 +62,6 @@ logger = logging.getLogger("flask_musiccallback")
 
 #: Bytes read from the network and written to the archive at a time.
 CHUNK_SIZE = 256 * 1024
-
-
-def copy_stage(stage_key: str) -> str:
-    """The store key of the copy of an event keyed ``stage_key``."""
-    return COPY_PREFIX + stage_key
-
-
-def copied_stage(stage_key: str) -> str | None:
-    """The key of the event whose copy ``stage_key`` is, or ``None`` when it is no copy."""
-    return stage_key[len(COPY_PREFIX) :] if stage_key.startswith(COPY_PREFIX) else None
 
 
 class ArchiveFailed(Exception):  # noqa: N818 - reads as what happened to the file

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError
 
-from ..archive.copies import copied_stage
 from ..config import ConfigKeys
 from ..families.base import FAMILY_HEADER, Unreadable, find_task_id, registered_family
 from ..state import get_state
@@ -33,6 +32,7 @@ from ..stores.base import (
     DeliveryState,
     KeptDelivery,
     PersistentStore,
+    copied_stage,
     require_persistent,
     utcnow,
 )

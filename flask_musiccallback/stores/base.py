@@ -148,8 +148,8 @@ class NotReached(Exception):  # noqa: N818 - says what happened, as StoreUnavail
 
 #: The methods of the contract whose backend errors are translated at the boundary.
 _BOUNDARY = frozenset(
-    {"record_stage", "tasks", "overdue", "claim_task", "release_task", "remember_signature"} |
-    {"claim", "start", "defer", "complete", "release", "fail", "expect", "task"}
+    {"record_stage", "tasks", "overdue", "claim_task", "release_task", "remember_signature"}
+    | {"claim", "start", "defer", "complete", "release", "fail", "expect", "task"}
     | {"list", "get", "prune", "reclaim", "pending", "keep_unreadable", "delete"}
 )
 
@@ -418,6 +418,17 @@ def unreadable_stage(body: bytes) -> str:
     kept already; a digest of 40 hex digits leaves the whole (51) within :data:`MAX_STAGE_LENGTH`.
     """
     return UNREADABLE_PREFIX + hashlib.blake2b(body, digest_size=20).hexdigest()
+
+
+def copy_stage(stage_key: str) -> str:
+    """The stage of the media copy of the event keyed ``stage_key`` (:mod:`..archive.copies`)."""
+    return COPY_PREFIX + stage_key
+
+
+def copied_stage(stage_key: str) -> str | None:
+    """The key of the event whose media copy is keyed ``stage_key``, or ``None`` when it is no
+    copy."""
+    return stage_key[len(COPY_PREFIX) :] if stage_key.startswith(COPY_PREFIX) else None
 
 
 @dataclass(frozen=True, slots=True)
