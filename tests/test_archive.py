@@ -441,3 +441,31 @@ def test_a_host_family_cannot_name_a_file_out_of_its_folder(tmp_path: Path) -> N
 
     assert Media("../../etc/passwd", "mp3", url="https://x/y").filename == "etc-passwd.mp3"
     assert Media("a/b", "../sh", content=b"").filename == "a-b.sh"
+
+
+def test_unnamed_parts_of_a_split_get_names_of_their_own() -> None:
+    from flask_musiccallback.families.stems import STEMS, StemAudio, StemPart, StemsEvent
+
+    def side(url: str) -> StemAudio:
+        return StemAudio(id=None, audio_url=url, duration=None, group=None)
+
+    parts = tuple(
+        StemPart(side(f"https://x/{n}e.mp3"), side(f"https://x/{n}r.mp3")) for n in (1, 2)
+    )
+    event = StemsEvent(
+        task_id="t",
+        stage="complete",
+        code=200,
+        msg="",
+        raw={},
+        received_at=None,  # type: ignore[arg-type]
+        stems={},
+        parts=parts,
+    )
+    names = [media.filename for media in STEMS.media(event)]
+    assert names == [
+        "part-1-extract.mp3",
+        "part-1-remove.mp3",
+        "part-2-extract.mp3",
+        "part-2-remove.mp3",
+    ]

@@ -45,8 +45,11 @@ class Refused(Exception):  # noqa: N818 - reads as what happened to the link
 
 
 class FetchFailed(Exception):  # noqa: N818
-    """A fetch that did not give the file. ``retry`` says whether another attempt may
-    (a timeout, a dropped connection, 5xx, 429), or not (404: an expired link; too large)."""
+    """A fetch that did not give the file. ``retry`` is what HTTP says of it: whether the same
+    request may succeed later (a timeout, a dropped connection, 5xx, 429) or not as such (404,
+    a redirect loop). The archive retries both kinds all the same, as a CDN may not have a file
+    yet a moment after the callback announced it; it gives up at once only on a refusal
+    or a file over its cap."""
 
     def __init__(self, message: str, *, retry: bool) -> None:
         super().__init__(message)

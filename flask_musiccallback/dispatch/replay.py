@@ -174,18 +174,17 @@ def _replay_one(
         return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
     delivery = family.delivery(event, taken.payload, taken.headers, owner=taken.owner)
     job = Job(app, state, family, event, delivery, replayed=True)
-    if state.archive is not None:
-        if event_key is not None:
-            job = state.archive.job(job)
-            delivery = job.delivery
-        else:
-            # A copy its process never got to claim (it died just after the answer) is made
-            # now; one claimed already is left to its own fate.
-            state.archive.schedule(state, job)
+    if state.archive is not None and event_key is not None:
+        job = state.archive.job(job)
+        delivery = job.delivery
     if (delivery.task_id, delivery.stage) != (taken.task_id, taken.stage):
         error = f"the kept payload is now read as {delivery.task_id}/{delivery.stage}"
         store.fail(taken.held(), error)
         return ReplayResult(delivery_id, Replayed.INVALID, error, taken)
+    if state.archive is not None and event_key is None:
+        # A copy its process never got to claim (it died just after the answer) is made now;
+        # one claimed already is left to its own fate.
+        state.archive.schedule(state, job)
     if not dispatcher.queued:
         process(job)
         return _settled(store, ReplayResult(delivery_id, Replayed.QUEUED, "", taken))

@@ -321,7 +321,8 @@ def media(event: StemsEvent) -> tuple[Media, ...]:
             if audio is None or not audio.audio_url or audio.audio_url in seen:
                 continue
             seen.add(audio.audio_url)
-            name = readable(audio.group, side, audio.id, fallback=f"part-{number}-{side}")
+            named = audio.group or audio.id
+            name = readable(audio.group, side, audio.id) if named else f"part-{number}-{side}"
             files.append(Media(name, "mp3", url=audio.audio_url))
     return tuple(files)
 
