@@ -11,7 +11,8 @@ of one delivery never both run it, and a job that finds its delivery taken runs 
 
 A media copy (:mod:`..archive.copies`) is kept as a delivery is, and replayed the same way, by
 the archive's dispatcher (never in the request's thread): its files archived already are not
-fetched again.
+fetched again. A replayed delivery has its copy claimed as a new one has (a duplicate, and
+nothing, when it was claimed already): a process that died between the two claims left none.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def replay(
     deduplication included, and its unreadable copy deleted; the others stay kept.
 
     Under ``thread`` and ``celery`` dispatch the results are :attr:`Replayed.QUEUED`; ``wait``
-    waits until this process's pool is idle (every job of it, not only these) and reports how the
-    deliveries it ran ended. Celery's workers are not waited for.
+    waits until this process's pool is idle (every job of it, not only these), and its media
+    copies too, and reports how the deliveries it ran ended. Celery's workers are not waited for.
     """
     state = get_state(app)
     store = require_persistent(state.store)
@@ -129,7 +130,9 @@ def replay(
             _replay_one(app, state, store, delivery_id, kept, force)
             for delivery_id, kept in chosen.items()
         ]
-    if wait and any(result.result is Replayed.QUEUED for result in results):
+    if wait and (
+        state.archive is not None or any(result.result is Replayed.QUEUED for result in results)
+    ):
         state.extension.wait_idle(app=app)
         results = [_settled(store, result) for result in results]
     return results
