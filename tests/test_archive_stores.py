@@ -502,6 +502,7 @@ def test_a_copy_cut_short_by_a_killed_process_is_taken_over_and_completed(
     assert media.fetches(links) == [2, 1, 1, 1]
     assert sorted(archived_files(archive).values()) == the_files_of(links, media)
     assert kept(app, task_id).state is DeliveryState.DONE
+    assert not list(archive.rglob(".*.part")), "the killed process's partial file is cleared"
 
 
 def test_a_delivery_taken_over_from_a_dead_process_has_its_media_copied(
