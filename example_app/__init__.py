@@ -1,10 +1,11 @@
 """A host application for flask-musiccallback: what a real one looks like, small enough to read.
 
 ``scripts/demo.sh`` runs it on http://127.0.0.1:5000. It keeps every task it hears about in a
-database (SQLite in the instance folder unless ``SQLALCHEMY_DATABASE_URI`` says otherwise), copies
-each finished track's audio and cover to a local folder before the provider's links expire, and
-shows it all on one page that follows tasks as they progress. ``flask --app example_app
-musiccallback simulate`` sends it a task.
+database (SQLite in the instance folder unless ``SQLALCHEMY_DATABASE_URI`` says otherwise), has the
+extension archive every result's media before the provider's links expire (a folder of the
+instance folder unless ``MUSICCALLBACK_ARCHIVE`` says otherwise), and shows it all on one page that
+follows tasks as they progress, playing the archived copies. ``flask --app example_app
+musiccallback simulate`` sends it a task, whose media it serves itself (samples.py).
 
 Configuration, lowest precedence first: :data:`DEFAULTS`, ``instance/config.py``, ``FLASK_*``
 environment variables (``FLASK_MUSICCALLBACK_TOKEN``, ``FLASK_SQLALCHEMY_DATABASE_URI``), then the
@@ -23,12 +24,11 @@ from typing import Any
 import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
-from sqlalchemy import event, func
+from sqlalchemy import event
 
-from flask_musiccallback.simulate import SIMULATED_MEDIA_HOST
+from flask_musiccallback.state import get_state
 
-from . import media
-from .models import Task, Track, db
+from .models import db
 from .receivers import music
 from .views import bp
 
@@ -38,35 +38,50 @@ DEFAULTS: Mapping[str, Any] = {
     "SQLALCHEMY_DATABASE_URI": "sqlite:///example_app.db",
     # The extension keeps its deliveries in the app's own database, beside the tasks.
     "MUSICCALLBACK_STORE": "sqlalchemy://",
-    # Receivers download media: answer the provider first, run them in a pool of threads.
+    # Answer the provider first; run the receivers in a pool of threads.
     "MUSICCALLBACK_DISPATCH": "thread",
-    # Where local copies of audio and covers go; None: the instance folder's "media".
-    "MEDIA_FOLDER": None,
-    "MEDIA_DOWNLOAD_ATTEMPTS": 3,
-    "MEDIA_DOWNLOAD_BACKOFF": 1.0,
-    "MEDIA_DOWNLOAD_TIMEOUT": 30.0,
-    "MEDIA_MAX_BYTES": 50 * 1024 * 1024,
-    # Links on this host are answered by built-in samples (see samples.py); None turns it off.
-    "MEDIA_SAMPLE_HOST": SIMULATED_MEDIA_HOST,
+    # The archive fetches links that lead to public addresses only. Simulated tasks' media are
+    # this app's own samples, on loopback (MUSICCALLBACK_SIMULATED_MEDIA_URL): 127.0.0.1
+    # is allowed for them alone. An app that receives the provider's callbacks lists nothing
+    # here (FLASK_MUSICCALLBACK_ARCHIVE_ALLOW='[]'), or a callback could have it fetch, and
+    # serve, what its own loopback services answer.
+    "MUSICCALLBACK_ARCHIVE_ALLOW": ["127.0.0.1"],
+    # Where this app's server is, as the app itself reaches it; None: what `flask init --port`
+    # recorded in the instance folder, else http://127.0.0.1:5000.
+    "SERVER_URL": None,
     # Seconds between the page's checks for changes while a task is in progress.
     "PAGE_REFRESH_SECONDS": 3.0,
     # Tasks shown on the page, newest first.
     "PAGE_TASKS": 50,
 }
 
+# Set by create_app unless configured (None turns either off): MUSICCALLBACK_ARCHIVE, the folder
+# "archive" of the instance folder; MUSICCALLBACK_SIMULATED_MEDIA_URL, SERVER_URL's /samples.
+
 #: The file in the instance folder holding the callback token made on the first run.
 TOKEN_FILE = "callback-token"  # noqa: S105 - a file name
+#: The file in the instance folder holding the server's URL, as ``init --port`` says it.
+SERVER_URL_FILE = "server-url"
+#: The server's URL when nothing says otherwise (``flask run``'s default).
+DEFAULT_SERVER_URL = "http://127.0.0.1:5000"
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app; ``config`` wins over every other source (tests use it)."""
-    app = Flask(__name__, instance_relative_config=True)
+def create_app(
+    config: Mapping[str, Any] | None = None, *, instance_path: str | None = None
+) -> Flask:
+    """Build the app; ``config`` wins over every other source (tests use it, and
+    ``instance_path``)."""
+    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
     app.config.from_mapping(DEFAULTS)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env()
     app.config.update(config or {})
-    if app.config["MEDIA_FOLDER"] is None:
-        app.config["MEDIA_FOLDER"] = os.path.join(app.instance_path, "media")
+    if app.config["SERVER_URL"] is None:
+        app.config["SERVER_URL"] = _recorded_server_url(app)
+    app.config.setdefault("MUSICCALLBACK_ARCHIVE", (Path(app.instance_path) / "archive").as_uri())
+    app.config.setdefault(
+        "MUSICCALLBACK_SIMULATED_MEDIA_URL", f"{app.config['SERVER_URL'].rstrip('/')}/samples"
+    )
     if not any(
         app.config.get(key)
         for key in ("MUSICCALLBACK_TOKEN", "MUSICCALLBACK_HMAC_KEY", "MUSICCALLBACK_ALLOWED_IPS")
@@ -77,13 +92,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     music.init_app(app)
     app.register_blueprint(bp)
     app.cli.add_command(init_command)
-    app.cli.add_command(download_media_command)
     with app.app_context():
         for engine in db.engines.values():
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
         db.create_all()
     return app
+
+
+def _recorded_server_url(app: Flask) -> str:
+    """The URL ``init --port`` recorded: what a ``flask`` command in another terminal needs to
+    know where the server's samples are."""
+    try:
+        return (Path(app.instance_path) / SERVER_URL_FILE).read_text().strip() or DEFAULT_SERVER_URL
+    except FileNotFoundError:
+        return DEFAULT_SERVER_URL
 
 
 def _instance_token(app: Flask) -> str:
@@ -122,20 +145,25 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
 @click.option("--port", type=int, default=5000, show_default=True, help="The port it will run on.")
 @with_appcontext
 def init_command(port: int) -> None:
-    """Create the database, the media folder and the callback token, and say how to try it.
+    """Create the database, the archive folder and the callback token, record the server's port,
+    and say how to try it.
 
-    Every start does the same; ``scripts/demo.sh`` runs this first to show where things are.
+    ``scripts/demo.sh`` runs this first; the port recorded is where later ``flask`` commands (a
+    ``simulate`` in another terminal) find the server's samples.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    folder = media.media_folder(app)
-    folder.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{port}"
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    (Path(app.instance_path) / SERVER_URL_FILE).write_text(base + "\n")
+    archive = get_state(app).archive
+    if archive is not None:
+        archive.fs.makedirs(archive.root, exist_ok=True)
     with app.test_request_context(base_url=base):
         callback_url = music.callback_url()
     click.echo(
         f"""
   Database      {db.engine.url.render_as_string(hide_password=True)}
-  Media         {folder}
+  Archive       {archive.url_of("") if archive is not None else "none (MUSICCALLBACK_ARCHIVE)"}
   Page          {base}/
   Callback URL  {callback_url}
 
@@ -148,21 +176,6 @@ def init_command(port: int) -> None:
       flask --app example_app musiccallback simulate --url {base}/music-callback
 
   Another kind of task: add --family lyrics (or wav, stems, midi, video, cover, voice).
+  Its media are this server's samples ({base}/samples/), archived once it is done.
 """
     )
-
-
-@click.command("download-media")
-@click.argument("task_ids", nargs=-1)
-@with_appcontext
-def download_media_command(task_ids: tuple[str, ...]) -> None:
-    """Copy the media of finished tasks that have no local copy yet (all tasks, or TASK_IDS)."""
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    if not task_ids:
-        task_ids = tuple(db.session.scalars(db.select(Task.id)).all())
-    for task_id in task_ids:
-        media.save_task_media(app, task_id)
-    counts = db.session.execute(
-        db.select(Track.media_status, func.count()).group_by(Track.media_status)
-    ).all()
-    click.echo(", ".join(f"{count} {status}" for status, count in counts) or "no tracks")

@@ -4,14 +4,19 @@ the other families.
 A task is whatever the provider reported under one task id: music, lyrics, a WAV, stems, MIDI, a
 video, cover images or a voice. Every family's stages go to one timeline (``task_stages``, keyed as
 the extension deduplicates them: task id, family, stage); music's tracks have a table of their own,
-because their media are copied and their fields filled in stage by stage, while each other family's
-result is one row of ``results``, holding what the page shows of it as JSON.
+because their fields are filled in stage by stage, while each other family's result is one row of
+``results``, holding what the page shows of it as JSON.
+
+Tracks and results also say what the extension's media archive did with their files
+(``MUSICCALLBACK_ARCHIVE``): each file's path in the archive once it is there, or why it could not
+be archived, and a ``media_status`` summing them up (:func:`media_status`).
 
 Times are stored as naive UTC (SQLite keeps no zone) and made aware again where they are shown.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,10 +35,26 @@ db = SQLAlchemy(model_class=Base)
 #: reached. A voice's ``phrase`` (the phrase to record) comes before its ``complete``.
 STAGE_RANK = {"text": 1, "first": 2, "phrase": 2, "complete": 3, "failed": 4}
 
-#: ``media_status`` of a track: ``none`` before the task completes; ``pending`` while its audio
-#: and cover are being copied; ``saved`` once both are local; ``failed`` when a copy could not be
-#: made (the page then uses the provider's links, which expire after about two weeks).
-MEDIA_STATUSES = ("none", "pending", "saved", "failed")
+#: ``media_status`` of a track or a result: ``none`` when it has no file (yet) or nothing archives
+#: it; ``pending`` while the archive copies its files; ``archived`` once every one is in the
+#: archive; ``failed`` when one could not be archived after the archive's retries (the page then
+#: uses the provider's link, which expires after about two weeks; ``flask musiccallback replay``
+#: tries again).
+MEDIA_STATUSES = ("none", "pending", "archived", "failed")
+
+
+def media_status(files: Iterable[tuple[str | None, str | None]], archiving: bool) -> str:
+    """The :data:`MEDIA_STATUSES` of a row from the ``(path, error)`` of each of its files: the
+    path once archived, the error once the archive gave up on it."""
+    files = list(files)
+    if not files:
+        return "none"
+    missing = [error for path, error in files if path is None]
+    if not missing:
+        return "archived"
+    if any(missing):
+        return "failed"
+    return "pending" if archiving else "none"
 
 
 def utcnow() -> datetime:
@@ -91,7 +112,9 @@ class Task(db.Model):  # type: ignore[name-defined,misc]
 
     @property
     def media_pending(self) -> bool:
-        return any(track.media_status == "pending" for track in self.tracks)
+        """Whether the archive is still copying a file of its tracks or results."""
+        rows: list[Track | Result] = [*self.tracks, *self.results]
+        return any(row.media_status == "pending" for row in rows)
 
     @property
     def in_progress(self) -> bool:
@@ -126,7 +149,7 @@ class TaskStage(db.Model):  # type: ignore[name-defined,misc]
 
 
 class Track(db.Model):  # type: ignore[name-defined,misc]
-    """One track of a task, filled in as the stages arrive, with its local media once saved.
+    """One track of a task, filled in as the stages arrive, with its archived media.
 
     Keyed by its position in the task's list, since the provider may leave its ``id`` out.
     """
@@ -146,18 +169,32 @@ class Track(db.Model):  # type: ignore[name-defined,misc]
     model_name: Mapped[str | None] = mapped_column(sa.String(64))
     duration: Mapped[float | None]
     generated_at: Mapped[datetime | None]
+    #: The links the archive copies (the provider's ``source_`` ones when these are missing).
     audio_url: Mapped[str | None] = mapped_column(sa.Text)
     stream_audio_url: Mapped[str | None] = mapped_column(sa.Text)
     image_url: Mapped[str | None] = mapped_column(sa.Text)
-    #: Paths inside the media folder of the local copies.
-    audio_file: Mapped[str | None] = mapped_column(sa.Text)
-    image_file: Mapped[str | None] = mapped_column(sa.Text)
+    #: Paths in the archive of the copies, from its root (``{task_id}/music/{name}.{ext}``).
+    audio_path: Mapped[str | None] = mapped_column(sa.Text)
+    image_path: Mapped[str | None] = mapped_column(sa.Text)
+    #: Why a file could not be archived, after the archive's last attempt.
+    audio_error: Mapped[str | None] = mapped_column(sa.Text)
+    image_error: Mapped[str | None] = mapped_column(sa.Text)
     media_status: Mapped[str] = mapped_column(sa.String(16), default="none")
-    media_error: Mapped[str | None] = mapped_column(sa.Text)
 
     @property
     def tag_list(self) -> list[str]:
         return [tag.strip() for tag in (self.tags or "").split(",") if tag.strip()]
+
+    def settle_media(self, archiving: bool) -> None:
+        files = [
+            (path, error)
+            for url, path, error in (
+                (self.audio_url, self.audio_path, self.audio_error),
+                (self.image_url, self.image_path, self.image_error),
+            )
+            if url
+        ]
+        self.media_status = media_status(files, archiving)
 
 
 class Result(db.Model):  # type: ignore[name-defined,misc]
@@ -179,6 +216,17 @@ class Result(db.Model):  # type: ignore[name-defined,misc]
     #: The stage whose callback filled it in.
     stage: Mapped[str] = mapped_column(sa.String(16))
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    #: Each archived file's path in the archive, by the link it was copied from (``callback:``
+    #: and its name for content the callback carried: a MIDI result's notes).
+    files: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    #: Why a file could not be archived, by its link.
+    file_errors: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    media_status: Mapped[str] = mapped_column(sa.String(16), default="none")
+
+    def settle_media(self, sources: Iterable[str], archiving: bool) -> None:
+        """``sources``: the links of every file the result has, as the archive names them."""
+        files = [(self.files.get(source), self.file_errors.get(source)) for source in sources]
+        self.media_status = media_status(files, archiving)
 
 
 def insert_missing(model: Any, values: dict[str, Any]) -> None:

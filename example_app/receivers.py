@@ -1,22 +1,26 @@
-"""What the example app does with each callback: record the task's progress and result, and keep
-a music task's media.
+"""What the example app does with each callback: record the task's progress and result, and
+what the media archive kept of its files.
 
 The receivers run off the request path (``MUSICCALLBACK_DISPATCH = "thread"``) in an app context,
 possibly several stages of one task at once and in any order, and again after a failure; so every
 write is idempotent and an earlier stage never overwrites what a later one filled in.
 
-Every family goes through :func:`record`; what differs is what each keeps of its event for the
-page (``result``). Only music tracks' media are copied here: the other families' links are shown
-as the provider sent them.
+Every stage of every family goes through :func:`record`; what differs is what each family keeps
+of its event for the page (:data:`RESULTS`). The files themselves are the extension's to copy
+(``MUSICCALLBACK_ARCHIVE``): it fetches every success's media off the request path, then sends
+``media_archived`` or, after its last retry, ``media_archive_failed``, whose receivers here record
+on the task's rows where each file is, or why it is not. Those signals come from the archive's own
+threads, maybe before the stage's receiver has run: they go through :func:`record` too, which
+writes the task, its stage and its rows from the event whichever comes first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
-from flask import current_app
+from flask import Flask, current_app
 
 from flask_musiccallback import (
     CallbackEvent,
@@ -25,15 +29,17 @@ from flask_musiccallback import (
     LyricsEvent,
     MidiEvent,
     MusicCallback,
-    Stage,
     StemsEvent,
     VideoEvent,
     VoiceEvent,
     WavEvent,
+    media_archive_failed,
+    media_archived,
 )
 from flask_musiccallback import Track as CallbackTrack
+from flask_musiccallback.archive.copies import ArchivedFile
+from flask_musiccallback.state import get_state
 
-from . import media
 from .models import (
     STAGE_RANK,
     Result,
@@ -48,57 +54,58 @@ from .models import (
 
 music = MusicCallback()
 
-#: Track fields copied from the event as they are, when the event carries them.
-_TRACK_FIELDS = (
-    ("audio_id", "id"),
-    ("title", "title"),
-    ("tags", "tags"),
-    ("prompt", "prompt"),
-    ("model_name", "model_name"),
-    ("duration", "duration"),
-    ("audio_url", "audio_url"),
-    ("stream_audio_url", "stream_audio_url"),
-    ("image_url", "image_url"),
-)
 
-
-@music.on(Stage.TEXT)
-@music.on(Stage.FIRST)
-@music.on(Stage.FAILED)
-def record_progress(event: CallbackEvent) -> None:
-    """Add the stage to the task's timeline and fill its tracks in."""
+def keep(event: FamilyEvent) -> None:
+    """Add the stage to the task's timeline, and fill in its tracks or its result."""
     record(event)
 
 
-@music.on(Stage.COMPLETE)
-def keep_tracks(event: CallbackEvent) -> None:
-    """Record the finished task, then copy its audio and covers before the provider's links expire.
-
-    The copy never raises: a failed download is recorded on the track and the page uses the
-    provider's link meanwhile (``flask download-media`` tries again).
-    """
-    record(event)
-    media.save_task_media(current_app._get_current_object(), event.task_id)  # type: ignore[attr-defined]
+# Every stage of every family, successes and failures alike.
+for _family in music.families:
+    for _stage in _family.stages:
+        music.on(_stage, family=_family.name)(keep)
 
 
-@music.on("complete", family="lyrics")
-def keep_lyrics(event: LyricsEvent) -> None:
+@media_archived.connect
+def keep_archived(
+    sender: Flask, *, event: FamilyEvent, archived: tuple[ArchivedFile, ...], **extra: Any
+) -> None:
+    """Every file of a success is in the archive: note where, for the page to serve it."""
+    if _ours(sender):
+        record(event, archived={file.source: file.path for file in archived})
+
+
+@media_archive_failed.connect
+def keep_archive_failure(
+    sender: Flask, *, event: FamilyEvent, url: str, error: str, **extra: Any
+) -> None:
+    """A file could not be archived after the archive's retries: note why; the page plays the
+    provider's link meanwhile, and ``flask musiccallback replay`` tries again."""
+    if _ours(sender):
+        record(event, failed={url: error})
+
+
+def _ours(app: Flask) -> bool:
+    """Whether ``app`` is served by this extension object: the archive's signals, unlike
+    ``music.on``, are sent for every app of the process (a test suite builds many)."""
+    return "musiccallback" in app.extensions and get_state(app).extension is music
+
+
+# What the page shows of each family's result, but music's (whose tracks have a table of their
+# own): the ``data`` its macro in templates/_results.html reads.
+
+
+def _lyrics(event: LyricsEvent) -> dict[str, Any]:
     """Each variant's title and text (line breaks and ``[Verse]`` marks as sent), and why a
     variant failed when one did."""
-    record(event, {"variants": [asdict(variant) for variant in event.lyrics]})
-
-
-@music.on("complete", family="wav")
-def keep_wav(event: WavEvent) -> None:
-    record(event, {"url": event.wav_url})
+    return {"variants": [asdict(variant) for variant in event.lyrics]}
 
 
 #: Labels of the stems whose name does not read well as it is (``backing_vocals`` does).
 _STEM_NAMES = {"origin": "original"}
 
 
-@music.on("complete", family="stems")
-def keep_stems(event: StemsEvent) -> None:
+def _stems(event: StemsEvent) -> dict[str, Any]:
     """One labelled link per stem: the separation's or split's stems by name, then, for each
     part of an advanced split, the stem taken out and the track without it."""
     stems = [_stem(_STEM_NAMES.get(name, name), url) for name, url in event.stems.items()]
@@ -109,57 +116,73 @@ def keep_stems(event: StemsEvent) -> None:
         if part.remove is not None and part.remove.audio_url:
             group = (part.remove.group or "the stem").lower()
             stems.append(_stem(f"Without {group}", part.remove.audio_url, part.remove.duration))
-    record(event, {"stems": stems})
+    return {"stems": stems}
 
 
 def _stem(name: str, url: str, duration: float | None = None) -> dict[str, Any]:
     return {"label": name.replace("_", " ").capitalize(), "url": url, "duration": duration}
 
 
-@music.on("complete", family="midi")
-def keep_midi_summary(event: MidiEvent) -> None:
+def _midi(event: MidiEvent) -> dict[str, Any]:
     """Each instrument with its number of notes: a summary for the page, not the notes
-    themselves (a song has thousands; ``event.raw`` has them all)."""
+    themselves (a song has thousands; the archive keeps them all, as JSON)."""
     instruments = [
         {"name": instrument.name, "notes": len(instrument.notes)}
         for instrument in event.instruments
     ]
-    record(event, {"instruments": instruments})
+    return {"instruments": instruments}
 
 
-@music.on("complete", family="video")
-def keep_video(event: VideoEvent) -> None:
-    record(event, {"url": event.video_url})
-
-
-@music.on("complete", family="cover")
-def keep_cover_images(event: CoverEvent) -> None:
-    record(event, {"images": list(event.images)})
-
-
-@music.on("phrase", family="voice")
-@music.on("complete", family="voice")
-def keep_voice(event: VoiceEvent) -> None:
+def _voice(event: VoiceEvent) -> dict[str, Any]:
     """The phrase the speaker must record (``phrase``), then the voice made of it
     (``complete``)."""
-    record(event, {"phrase": event.validate_info, "voice_id": event.voice_id})
+    return {"phrase": event.validate_info, "voice_id": event.voice_id}
 
 
-@music.on("failed", family="lyrics")
-@music.on("failed", family="wav")
-@music.on("failed", family="stems")
-@music.on("failed", family="midi")
-@music.on("failed", family="video")
-@music.on("failed", family="cover")
-@music.on("failed", family="voice")
-def record_failure(event: FamilyEvent) -> None:
-    """Any other family's failure: its code, message and error are all there is to show."""
-    record(event)
+def _wav(event: WavEvent) -> dict[str, Any]:
+    return {"url": event.wav_url}
 
 
-def record(event: FamilyEvent, result: Mapping[str, Any] | None = None) -> None:
-    """Write one stage of a task of any family, with what the page shows of its ``result``, in
-    one short transaction."""
+def _video(event: VideoEvent) -> dict[str, Any]:
+    return {"url": event.video_url}
+
+
+def _cover(event: CoverEvent) -> dict[str, Any]:
+    return {"images": list(event.images)}
+
+
+#: What a success of each family but music keeps for the page, by family.
+RESULTS: Mapping[str, Callable[[Any], dict[str, Any]]] = {
+    "lyrics": _lyrics,
+    "wav": _wav,
+    "stems": _stems,
+    "midi": _midi,
+    "video": _video,
+    "cover": _cover,
+    "voice": _voice,
+}
+
+#: Track fields copied from the event as they are, when the event carries them.
+_TRACK_FIELDS = (
+    ("audio_id", "id"),
+    ("title", "title"),
+    ("tags", "tags"),
+    ("prompt", "prompt"),
+    ("model_name", "model_name"),
+    ("duration", "duration"),
+    ("stream_audio_url", "stream_audio_url"),
+)
+
+
+def record(
+    event: FamilyEvent,
+    *,
+    archived: Mapping[str, str] | None = None,
+    failed: Mapping[str, str] | None = None,
+) -> None:
+    """Write one stage of a task of any family in one short transaction: the stage, its tracks
+    or result, and what the archive did with the files (``archived``: each source link's path
+    in the archive; ``failed``: why a link could not be archived)."""
     received_at = naive_utc(event.received_at)
     stage = str(event.stage)
     # The insert comes first: on SQLite it takes the write lock, so concurrent stages of one task
@@ -181,11 +204,24 @@ def record(event: FamilyEvent, result: Mapping[str, Any] | None = None) -> None:
         db.select(Task).where(Task.id == event.task_id).with_for_update()
     ).scalar_one()
     task.created_at = min(task.created_at, received_at)
+    state = get_state(current_app)
+    archiving = state.archive is not None
     if isinstance(event, CallbackEvent):
         for position, track in enumerate(event.tracks):
-            _merge_track(task, position, track, event.stage)
-    if result is not None:
-        _merge_result(task, event.family, stage, result)
+            _merge_track(task, position, track, stage)
+        for row in task.tracks:
+            _archived_track(row, archived or {}, failed or {})
+            row.settle_media(archiving)
+    elif event.family in RESULTS and stage != "failed":
+        row = _merge_result(task, event.family, stage, RESULTS[event.family](event))
+        row.files = {**row.files, **(archived or {})}
+        row.file_errors = {
+            source: error
+            for source, error in {**row.file_errors, **(failed or {})}.items()
+            if source not in row.files
+        }
+        family = state.extension.families.named(event.family)
+        row.settle_media([media.source for media in family.media(event)], archiving)
     task.updated_at = utcnow()
     db.session.commit()
 
@@ -197,29 +233,44 @@ def _error(event: FamilyEvent) -> str | None:
     return None
 
 
-def _merge_result(task: Task, family: str, stage: str, result: Mapping[str, Any]) -> None:
+def _merge_result(task: Task, family: str, stage: str, result: Mapping[str, Any]) -> Result:
     row = next((row for row in task.results if row.family == family), None)
     if row is None:
-        task.results.append(Result(family=family, stage=stage, data=dict(result)))
+        row = Result(family=family, stage=stage, data=dict(result), files={}, file_errors={})
+        task.results.append(row)
     elif STAGE_RANK[stage] >= STAGE_RANK[row.stage]:
         row.stage = stage
         row.data = dict(result)
+    return row
 
 
-def _merge_track(task: Task, position: int, track: CallbackTrack, stage: Stage) -> None:
+def _merge_track(task: Task, position: int, track: CallbackTrack, stage: str) -> None:
     row = next((row for row in task.tracks if row.position == position), None)
     if row is None:
-        row = Track(position=position, stage=stage.value, media_status="none")
+        row = Track(position=position, stage=stage, media_status="none")
         task.tracks.append(row)
-    elif STAGE_RANK[stage.value] < STAGE_RANK[row.stage]:
+    elif STAGE_RANK[stage] < STAGE_RANK[row.stage]:
         return
-    row.stage = stage.value
+    row.stage = stage
     for column, field in _TRACK_FIELDS:
         value = getattr(track, field)
         if value is not None:
             setattr(row, column, value)
+    # The links the archive copies: the provider's own ones when the usual are missing.
+    row.audio_url = track.audio_url or track.source_audio_url or row.audio_url
+    row.image_url = track.image_url or track.source_image_url or row.image_url
     if track.created_at is not None:
         row.generated_at = naive_utc(track.created_at)
-    if stage is Stage.COMPLETE and row.media_status != "saved" and (row.audio_url or row.image_url):
-        row.media_status = "pending"
-        row.media_error = None
+
+
+def _archived_track(row: Track, archived: Mapping[str, str], failed: Mapping[str, str]) -> None:
+    """Note on a track where its audio and cover are in the archive, or why they are not."""
+    audio, image = row.audio_url or "", row.image_url or ""
+    if audio in archived:
+        row.audio_path, row.audio_error = archived[audio], None
+    elif audio in failed and row.audio_path is None:
+        row.audio_error = failed[audio]
+    if image in archived:
+        row.image_path, row.image_error = archived[image], None
+    elif image in failed and row.image_path is None:
+        row.image_error = failed[image]

@@ -2,12 +2,18 @@
 
 ``flask musiccallback simulate`` sends callbacks whose links point at a host that does not exist
 (:data:`~flask_musiccallback.simulate.SIMULATED_MEDIA_HOST`), so that nothing simulated is ever
-fetched from a real server. The example app answers that one host (``MEDIA_SAMPLE_HOST``) itself,
-as the provider's CDN would: a short tune for an audio link (a track, a WAV, a stem), a cover for
-an image link (a track's cover, a cover task's images), a two-second video for a video link (see
-mp4.py), each different per link. Its downloader routes the host to :func:`wsgi_app`, so
-everything else about a download (HTTP, retries, saving, serving the copy) is the same as for real
-links; and the page plays such links from ``/samples/`` (until the copy is saved, for a track).
+fetched from a real server, unless ``MUSICCALLBACK_SIMULATED_MEDIA_URL`` moves them: the example
+app moves them under its own ``/samples/`` and answers them there (views.py), as the provider's
+CDN would: a short tune for an audio link (a track, a WAV, a stem), a cover for an image link (a
+track's cover, a cover task's images), a two-second video for a video link (see mp4.py), each
+different per link. So the media archive fetches simulated media over real HTTP, through all of
+its checks, as it fetches the provider's; and the page plays them from here until they are
+archived.
+
+A link's name alone decides the kind, whatever its folder: the names the simulator makes
+(``{uuid}.mp3``, ``{uuid}-vocal.mp3``, ``image_{id}.jpeg``, ``{uuid}-cover-1.png``,
+``{uuid}.mp4``, ``stream/{id}``) and any other. The content is what the app can make, not what the
+suffix says: a WAV for an ``.mp3`` link, an SVG for a ``.jpeg`` one, with its true media type.
 """
 
 from __future__ import annotations
@@ -18,10 +24,8 @@ import hashlib
 import io
 import math
 import wave
-from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import PurePosixPath
-from typing import Any
 
 from . import mp4
 
@@ -156,8 +160,6 @@ def video(name: str) -> bytes:
 #: Link suffixes answered with a cover; a track's cover is also named ``image_<id>``.
 _IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".webp"})
 
-StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-
 
 def render(path: str) -> tuple[bytes, str] | None:
     """The sample for a simulated link's path and its media type: an image link (``image_<id>``,
@@ -173,14 +175,3 @@ def render(path: str) -> tuple[bytes, str] | None:
     if suffix == ".mp4":
         return video(seed), "video/mp4"
     return tune(seed), "audio/wav"
-
-
-def wsgi_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    """Answer simulated links as the provider's CDN would."""
-    sample = render(environ.get("PATH_INFO", ""))
-    if sample is None:
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"no such sample"]
-    body, media_type = sample
-    start_response("200 OK", [("Content-Type", media_type), ("Content-Length", str(len(body)))])
-    return [body]

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from urllib.parse import unquote, urlsplit
 
-from flask import (
-    Blueprint,
-    Response,
-    abort,
-    current_app,
-    render_template,
-    request,
-    send_from_directory,
-    url_for,
-)
+from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
+from werkzeug.wsgi import wrap_file
+
+from flask_musiccallback.state import get_state
 
 from . import samples
 from .listing import STATE_NAMES, TaskRow, list_version, recent_rows
-from .media import media_folder
+from .media import NotArchived, open_archived
 from .models import aware
 from .receivers import music
 
@@ -79,45 +73,56 @@ def task_list() -> Response:
 
 @bp.get("/media/<path:path>")
 def media(path: str) -> Response:
-    """A saved copy. Served as inert data: a stored SVG must not run as a page of this site."""
-    response = send_from_directory(media_folder(current_app), path, max_age=86400)
-    response.headers["Content-Security-Policy"] = INERT
-    response.headers["X-Content-Type-Options"] = "nosniff"
+    """An archived file, read through the archive (media.py says which paths are refused).
+
+    Served as inert data: an archived SVG must not run as a page of this site; with ranges, as
+    the samples are.
+    """
+    try:
+        found = open_archived(get_state(current_app).archive, path)
+    except NotArchived:
+        abort(404)
+    response = Response(
+        wrap_file(request.environ, found.file), mimetype=found.media_type, direct_passthrough=True
+    )
+    response.content_length = found.size
+    response.cache_control.max_age = 86400  # a file at its name in the archive never changes
+    _inert(response)
+    response.make_conditional(request, accept_ranges=True, complete_length=found.size)
     return response
 
 
 @bp.get("/samples/<path:path>")
 def sample(path: str) -> Response:
-    """What a simulated link stands for (see samples.py), for the browser."""
-    rendered = samples.render(path) if current_app.config["MEDIA_SAMPLE_HOST"] else None
+    """What a simulated link stands for (see samples.py): the media server of simulated tasks,
+    fetched by the archive, and by the browser until a file is archived."""
+    rendered = samples.render(path)
     if rendered is None:
         abort(404)
     body, media_type = rendered
     response = Response(body, mimetype=media_type)
-    response.headers["Content-Security-Policy"] = INERT
-    response.headers["X-Content-Type-Options"] = "nosniff"
+    _inert(response)
     # Ranges, so that a player can seek (Chromium does not seek a video served without them).
     response.make_conditional(request, accept_ranges=True, complete_length=len(body))
     return response
 
 
+def _inert(response: Response) -> None:
+    response.headers["Content-Security-Policy"] = INERT
+    response.headers["X-Content-Type-Options"] = "nosniff"
+
+
 def is_sample(url: str | None) -> bool:
-    """Whether ``url`` is a simulated link that the app answers with a sample."""
-    host: str | None = current_app.config["MEDIA_SAMPLE_HOST"]
-    if not (url and host):
-        return False
-    try:
-        return urlsplit(url).hostname == host
-    except ValueError:  # not a URL at all: the provider's problem, not a reason to fail the page
-        return False
+    """Whether ``url`` is a simulated link, answered by this app's samples."""
+    base: str | None = current_app.config.get("MUSICCALLBACK_SIMULATED_MEDIA_URL")
+    return bool(url and base and url.startswith(base.rstrip("/") + "/"))
 
 
-@bp.app_template_filter("playable")
-def playable_filter(url: str | None) -> str | None:
-    """A link the browser can load: a simulated one becomes the app's own sample."""
-    if url and is_sample(url):
-        # The link's path is already percent-encoded (a stem's "%20"); url_for encodes it again.
-        return url_for("pages.sample", path=unquote(urlsplit(url).path.lstrip("/")))
+@bp.app_template_filter("archived")
+def archived_filter(url: str | None, files: Mapping[str, str]) -> str | None:
+    """The archived copy of ``url`` when ``files`` (a result's) has it, else the link itself."""
+    if url and url in files:
+        return url_for("pages.media", path=files[url])
     return url
 
 

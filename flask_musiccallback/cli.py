@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 #: The stages ``simulate`` sends when none is named: a task's usual life.
 DEFAULT_STAGES = ("text", "first", "complete")
 
+#: Seconds ``simulate`` (in-process) waits for the work it started: receivers, their retries,
+#: and media copies with theirs.
+IN_PROCESS_WAIT = 120.0
+
 #: Exit codes of ``poll``; see the module docstring.
 EXIT_UNAUTHORIZED = 3
 EXIT_UNAVAILABLE = 4
@@ -231,12 +235,15 @@ def simulate_command(
     """Send realistic callbacks, tokened and signed as the configuration requires.
 
     Without --url they go to the app's own endpoint in this process, through its real checks,
-    deduplication and receivers. A family other than music is sent to the callback URL that names
-    it (family=F), as callback_url(family=F) gives it. The task is first registered with
+    deduplication and receivers, and the command returns once those (and the media copies) ran.
+    A family other than music is sent to the callback URL that names it (family=F), as
+    callback_url(family=F) gives it. The task is first registered with
     music.expect in this app's store, as a host does when it submits one (not with --unexpected).
 
     --drop, --out-of-order, --twice and --late deliver as the provider does on a bad day, and
-    combine. Prints each answer (both of --twice); exits 1 if any was refused.
+    combine. Media links point at cdn.example.invalid, which never resolves, or under
+    MUSICCALLBACK_SIMULATED_MEDIA_URL when the app serves stand-ins there. Prints each answer
+    (both of --twice); exits 1 if any was refused.
     """
     app = _app()
     extension = get_state(app).extension
@@ -275,17 +282,42 @@ def simulate_command(
     if bad_day.late:
         click.echo(f"Holding the callbacks {bad_day.late:g} s before sending them...")
 
+    media_base = get_state(app).settings.simulated_media_url
+
     def build(stage: str) -> dict[str, Any]:
         return build_callback(
-            stage, family=kind, task_id=task_id, tracks=tracks, code=code, reseller=reseller
+            stage,
+            family=kind,
+            task_id=task_id,
+            tracks=tracks,
+            code=code,
+            reseller=reseller,
+            media_base=media_base,
         )
 
     refused = False
     for delivery in deliver_stages(stages, build, send, bad_day):
         click.echo(_delivered(delivery))
         refused |= any(status >= 400 for status, _ in delivery.answers)
+    if not url:
+        _wait_for_the_work(app)
     if refused:
         raise CommandError("the endpoint did not accept every callback")
+
+
+def _wait_for_the_work(app: Flask) -> None:
+    """Delivered in this process, the receivers and the media copies run in its threads, one
+    handing work to the next after the answer (the write-back queues the copies): wait for all of
+    it before the process ends, rather than leave it to the exit's drain of each pool."""
+    extension = get_state(app).extension
+    if extension.wait_idle(2.0, app=app):
+        return
+    click.echo("Waiting for the receivers and media copies to finish...")
+    if not extension.wait_idle(IN_PROCESS_WAIT, app=app):
+        click.echo(
+            f"Still running after {IN_PROCESS_WAIT:g} s: what is left is taken over by the sweep, "
+            "or by replay --pending."
+        )
 
 
 def _status_of(answer: str) -> object:

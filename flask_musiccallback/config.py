@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from .archive.fetch import AllowList
 from .pool import backoff
@@ -49,6 +50,7 @@ class ConfigKeys:
     ARCHIVE_ALLOW = "MUSICCALLBACK_ARCHIVE_ALLOW"
     ARCHIVE_THREADS = "MUSICCALLBACK_ARCHIVE_THREADS"
     ARCHIVE_TIMEOUT = "MUSICCALLBACK_ARCHIVE_TIMEOUT"
+    SIMULATED_MEDIA_URL = "MUSICCALLBACK_SIMULATED_MEDIA_URL"
 
 
 #: The defaults ``init_app`` sets with ``app.config.setdefault``.
@@ -104,6 +106,10 @@ DEFAULTS: Mapping[str, Any] = {
     ConfigKeys.ARCHIVE_ALLOW: None,
     ConfigKeys.ARCHIVE_THREADS: 2,
     ConfigKeys.ARCHIVE_TIMEOUT: 30,
+    # Development: the base URL the media links of simulated callbacks (``flask musiccallback
+    # simulate``, ``CallbackClient``) point under, for an app that serves stand-ins there; None
+    # keeps them on cdn.example.invalid, which never resolves.
+    ConfigKeys.SIMULATED_MEDIA_URL: None,
 }
 
 DISPATCH_MODES = ("sync", "thread", "celery")
@@ -165,6 +171,8 @@ class Settings:
     archive_allow: AllowList
     archive_threads: int
     archive_timeout: float
+    #: Where simulated callbacks' media links point, or ``None``: the invalid host.
+    simulated_media_url: str | None
 
     @property
     def secured(self) -> bool:
@@ -233,6 +241,9 @@ class Settings:
             archive_timeout=_positive_seconds(
                 ConfigKeys.ARCHIVE_TIMEOUT, config[ConfigKeys.ARCHIVE_TIMEOUT]
             ),
+            simulated_media_url=_optional_http_url(
+                ConfigKeys.SIMULATED_MEDIA_URL, config[ConfigKeys.SIMULATED_MEDIA_URL]
+            ),
         )
 
     def __repr__(self) -> str:
@@ -266,6 +277,18 @@ def _text(key: str, value: Any) -> str:
 
 def _optional_text(key: str, value: Any) -> str | None:
     return None if value is None else _text(key, value)
+
+
+def _optional_http_url(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:  # an unclosed IPv6 bracket
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"{key} must be an http:// or https:// URL, not {value!r}.")
+    return str(value)
 
 
 def _optional_secret(key: str, value: Any) -> str | None:

@@ -49,7 +49,9 @@ class MusicCallback:
     path also ``_THREAD_POOL_SIZE``, ``_THREAD_QUEUE_SIZE``, ``_RETRY_ATTEMPTS``,
     ``_RETRY_BACKOFF``, ``_CELERY_APP`` and ``_PENDING_SWEEP_AGE`` (docs/dispatch.md); for
     reconciliation ``_RECONCILE_AFTER``, ``_RECONCILE_GIVE_UP`` and ``_RECONCILE_RATE``
-    (docs/tasks.md). They are read once, when the app is initialised; set them before.
+    (docs/tasks.md); for development ``_SIMULATED_MEDIA_URL`` (``flask musiccallback
+    simulate`` and ``CallbackClient``). They are read once, when the app is initialised; set them
+    before.
 
     One extension object may serve several apps (an app factory called twice, tests); each gets its
     own endpoint, store and settings in ``app.extensions["musiccallback"]``. A ``store`` passed

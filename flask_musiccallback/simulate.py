@@ -29,6 +29,7 @@ from flask import Flask
 from .events import Stage
 from .families import MUSIC_NAME, Family, built_in, find_task_id
 from .families.examples import SIMULATED_MEDIA_HOST as SIMULATED_MEDIA_HOST
+from .families.examples import SIMULATED_MEDIA_ORIGIN
 from .state import get_state
 from .verify import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
@@ -46,6 +47,7 @@ def build_callback(
     code: int | None = None,
     msg: str | None = None,
     reseller: str = "sunoapi",
+    media_base: str | None = None,
 ) -> dict[str, Any]:
     """A realistic callback body of ``family`` for ``stage`` (``complete``, ``failed``; music
     also ``text`` and ``first``), spelled as ``reseller`` (``"sunoapi"`` or ``"kie"``) sends it.
@@ -53,12 +55,13 @@ def build_callback(
     ``tracks`` is how many results a success carries where a family has several (tracks, lyrics,
     images); ``code`` defaults to 200, or to the family's failure code for ``failed``. ``family``
     is a built-in family's name, or a :class:`~.families.Family` of the host's own that has an
-    ``example``.
+    ``example``. Media links point at :data:`SIMULATED_MEDIA_HOST`, or under ``media_base``
+    (:func:`rebase_media`).
     """
     kind = built_in(family) if isinstance(family, str) else family
     if kind.example is None:
         raise ValueError(f"The {kind.name} family has no example bodies.")
-    return kind.example(
+    body = kind.example(
         str(stage),
         task_id=task_id or uuid.uuid4().hex,
         code=code,
@@ -66,6 +69,27 @@ def build_callback(
         reseller=reseller,
         count=tracks,
     )
+    return body if media_base is None else rebase_media(body, media_base)
+
+
+def rebase_media(body: Any, base: str) -> Any:
+    """``body`` with every simulated media link moved under ``base``:
+    ``https://cdn.example.invalid/NAME.mp3`` becomes ``{base}/NAME.mp3``.
+
+    ``MUSICCALLBACK_SIMULATED_MEDIA_URL``: for an app that serves stand-ins for simulated media
+    (the example app does), so that they are fetched over real HTTP, through the media archive's
+    checks, as the provider's would be. Rewriting the finished body, rather than each family's
+    example, moves the links of a host's own family too.
+    """
+    if isinstance(body, str):
+        if body.startswith(f"{SIMULATED_MEDIA_ORIGIN}/"):
+            return base.rstrip("/") + body[len(SIMULATED_MEDIA_ORIGIN) :]
+        return body
+    if isinstance(body, Mapping):
+        return {key: rebase_media(value, base) for key, value in body.items()}
+    if isinstance(body, list):
+        return [rebase_media(value, base) for value in body]
+    return body
 
 
 class _Stamps:

@@ -116,8 +116,10 @@ class CallbackClient:
 
         ``payload_or_stage`` is a whole body, or a stage of ``family`` (any family registered on
         the app's extension) given to :func:`build_callback` with ``task_id``, ``tracks``,
-        ``code``, ``msg`` and ``reseller``. ``family_in_url`` posts to the callback URL that
-        names the family, as ``music.callback_url(family=...)`` gives it. ``authenticate=False``
+        ``code``, ``msg`` and ``reseller``, its media links under
+        ``MUSICCALLBACK_SIMULATED_MEDIA_URL`` when the app sets it. ``family_in_url`` posts to
+        the callback URL that names the family, as ``music.callback_url(family=...)`` gives it.
+        ``authenticate=False``
         sends it with no token and no signature, as a stranger would; ``headers`` are added last
         and win.
         """
@@ -133,6 +135,7 @@ class CallbackClient:
                 code=code,
                 msg=msg,
                 reseller=reseller,
+                media_base=get_state(self.app).settings.simulated_media_url,
             )
         response = post_callback(
             self.app,

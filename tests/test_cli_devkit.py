@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import Result
-from flask import Flask
+from flask import Flask, Response
 from flask.testing import FlaskCliRunner
 
-from flask_musiccallback import all_tracks_generated
-from flask_musiccallback.testing import record_signals
+from flask_musiccallback import ConfigurationError, all_tracks_generated
+from flask_musiccallback.testing import SIMULATED_MEDIA_HOST, record_signals
 
 from .backends import StoreApp
 from .conftest import TOKEN, AppFactory
@@ -136,6 +139,87 @@ def test_simulate_over_http_to_nothing_says_so(make_app: AppFactory) -> None:
     assert result.exit_code == 1
     assert "Error: cannot deliver to" in result.output
     assert "Traceback" not in result.output
+
+
+# simulate: media links under MUSICCALLBACK_SIMULATED_MEDIA_URL
+
+
+def links(value: Any) -> list[str]:
+    """Every http(s) link in a body, at any depth."""
+    if isinstance(value, str):
+        return [value] if value.startswith(("http://", "https://")) else []
+    items = (
+        value.values()
+        if isinstance(value, Mapping)
+        else value
+        if isinstance(value, Sequence) and not isinstance(value, bytes)
+        else ()
+    )
+    return [link for item in items for link in links(item)]
+
+
+@pytest.mark.parametrize("family", ["music", "wav", "stems", "video", "cover"])
+def test_simulate_points_media_links_under_the_configured_url(
+    make_app: AppFactory, family: str
+) -> None:
+    app = make_app(SIMULATED_MEDIA_URL="http://media.test:8080/samples/")
+    with record_signals(app) as recorded:
+        result = run(app, "simulate", "--family", family, "--stage", "complete")
+
+    assert result.exit_code == 0, result.output
+    [event] = [kw["event"] for name, kw in recorded if name == "callback_received"]
+    sent = links(event.raw)
+    assert sent
+    assert all(link.startswith("http://media.test:8080/samples/") for link in sent), sent
+    assert not any("//samples" in link for link in sent)
+
+
+def test_simulated_media_links_stay_on_the_invalid_host_by_default(
+    musiccallback_app: Flask, musiccallback_signals: Recorded
+) -> None:
+    run(musiccallback_app, "simulate", "--stage", "complete")
+
+    [event] = [kw["event"] for name, kw in musiccallback_signals if name == "callback_received"]
+    assert {urlsplit(link).hostname for link in links(event.raw)} == {SIMULATED_MEDIA_HOST}
+
+
+def test_simulated_media_served_on_loopback_are_archived_over_http(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The whole point of the key: simulated media fetched for real, through every check of
+    the archive (here allowed to reach 127.0.0.1, where the stand-ins are served). In-process,
+    ``simulate`` returns once the copies ran, however slow the media server: the process may
+    end at once."""
+    served: list[str] = []
+    media = Flask("media")
+
+    @media.get("/samples/<path:name>")
+    def sample(name: str) -> Response:
+        time.sleep(0.2)
+        served.append(name)
+        return Response(f"stand-in for {name}".encode(), mimetype="audio/wav")
+
+    with serve(media) as base:
+        app = make_app(
+            ARCHIVE=(tmp_path / "archive").as_uri(),
+            ARCHIVE_ALLOW=["127.0.0.1"],
+            SIMULATED_MEDIA_URL=f"{base}/samples",
+        )
+        with record_signals(app) as recorded:
+            result = run(app, "simulate", "--task-id", "t1", "--stage", "complete")
+
+    assert result.exit_code == 0, result.output
+    [archived] = [kw for name, kw in recorded if name == "media_archived"]
+    assert all(source.startswith(f"{base}/samples/") for source in archived["files"])
+    assert len(served) == len(archived["files"]) == 4  # two tracks: audio and cover each
+    for file in archived["archived"]:
+        name = urlsplit(file.source).path.removeprefix("/samples/")
+        assert (tmp_path / "archive" / file.path).read_bytes() == f"stand-in for {name}".encode()
+
+
+def test_a_simulated_media_url_that_is_not_http_fails_at_start_up(make_app: AppFactory) -> None:
+    with pytest.raises(ConfigurationError, match="MUSICCALLBACK_SIMULATED_MEDIA_URL"):
+        make_app(SIMULATED_MEDIA_URL="file:///srv/samples")
 
 
 # url

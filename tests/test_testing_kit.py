@@ -180,6 +180,19 @@ def test_client_without_authentication_is_refused(make_app: AppFactory) -> None:
     assert response.json == {"status": "rejected", "reason": "unauthorized"}
 
 
+def test_client_points_media_links_under_the_simulated_media_url(make_app: AppFactory) -> None:
+    app = make_app(SIMULATED_MEDIA_URL="http://127.0.0.1:5000/samples")
+
+    with record_signals(app) as recorded:
+        CallbackClient(app).deliver("complete", task_id="t1", tracks=1)
+
+    [event] = [kw["event"] for name, kw in recorded if name == "all_tracks_generated"]
+    [track] = event.tracks
+    for link in (track.audio_url, track.image_url, track.stream_audio_url):
+        assert link is not None
+        assert link.startswith("http://127.0.0.1:5000/samples/")
+
+
 def test_client_returns_once_receivers_run_off_the_request_path_have_run(
     make_app: AppFactory,
 ) -> None:

@@ -41,7 +41,11 @@ class Media:
     def ext(self) -> str:
         """The file's suffix: the link's, when it is one the archive knows, else the default."""
         if self.url:
-            suffix = PurePosixPath(urlsplit(self.url).path).suffix.lower().lstrip(".")
+            try:
+                path = urlsplit(self.url).path
+            except ValueError:  # "http://[::1": the fetcher refuses it, but it needs a name
+                return self.default_ext
+            suffix = PurePosixPath(path).suffix.lower().lstrip(".")
             if suffix in KNOWN_SUFFIXES:
                 return suffix
         return self.default_ext

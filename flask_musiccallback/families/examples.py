@@ -17,6 +17,10 @@ from .envelope import SUCCESS_CODE
 #: resolves, so that nothing simulated is mistaken for, or fetched from, a real server.
 SIMULATED_MEDIA_HOST = "cdn.example.invalid"
 
+#: Where the media links of simulated callbacks start, unless ``MUSICCALLBACK_SIMULATED_MEDIA_URL``
+#: moves them (:func:`~flask_musiccallback.simulate.rebase_media`).
+SIMULATED_MEDIA_ORIGIN = f"https://{SIMULATED_MEDIA_HOST}"
+
 #: The resellers whose spellings the examples follow.
 RESELLERS = ("sunoapi", "kie")
 
@@ -31,7 +35,7 @@ ExampleData = Callable[[str, str, str, int], dict[str, Any]]
 def media_url(task_id: str, ext: str, name: str = "") -> str:
     """A media link of a simulated task, stable for one task and name."""
     key = uuid.uuid5(uuid.NAMESPACE_URL, f"{task_id}/{name}")
-    return f"https://{SIMULATED_MEDIA_HOST}/{key}{'-' + name if name else ''}.{ext}"
+    return f"{SIMULATED_MEDIA_ORIGIN}/{key}{'-' + name if name else ''}.{ext}"
 
 
 def task_id_key(reseller: str) -> str:

@@ -23,7 +23,7 @@ from ..schemas import callback_schema, load_callback
 from ..signals import all_tracks_generated, first_track_generated, task_failed, text_generated
 from .base import Family, Record, is_failure
 from .envelope import SUCCESS_CODE, data_of
-from .examples import SIMULATED_MEDIA_HOST, envelope_example
+from .examples import SIMULATED_MEDIA_ORIGIN, envelope_example
 from .records import failure_code, status_of
 
 MUSIC_NAME = "music"
@@ -175,7 +175,7 @@ _TITLES = ("Neon Harbor", "Paper Satellites", "Slow Tide", "Copper Morning", "Gl
 
 def _track(task_id: str, index: int, stage: str, created_ms: int) -> dict[str, Any]:
     audio_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{task_id}/{index}"))
-    cdn = f"https://{SIMULATED_MEDIA_HOST}"
+    cdn = SIMULATED_MEDIA_ORIGIN
     finished = stage == "complete" or (stage == "first" and index == 0)
     return {
         "id": audio_id,

@@ -1,8 +1,15 @@
-"""Fixtures for the example app's tests: the real app, on its own database and media folder."""
+"""Fixtures for the example app's tests: the real app, on its own instance folder, served.
+
+Every app is served on 127.0.0.1, as ``scripts/demo.sh`` serves it: simulated tasks link their
+media to its ``/samples/`` (``MUSICCALLBACK_SIMULATED_MEDIA_URL``), and its archive fetches them
+from there over real HTTP, through every check of the extension's fetcher. Its page and endpoint
+are also reached through the test client, as most tests do.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,39 +21,64 @@ from example_app.models import Task, db
 from example_app.receivers import music
 from flask_musiccallback.testing import CallbackClient
 
+from ..servers import serve_url
+
 TOKEN = "example-test-token"
 
 ExampleFactory = Callable[..., Flask]
 
 
-def example_config(folder: Path, **overrides: Any) -> dict[str, Any]:
-    """Configuration that keeps everything of one app inside ``folder``."""
+def example_config(folder: Path, server_url: str, **overrides: Any) -> dict[str, Any]:
+    """Configuration that keeps everything of one app inside ``folder``; the app is served at
+    ``server_url``."""
     return {
         "TESTING": True,
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{folder / 'example.db'}",
-        "MEDIA_FOLDER": str(folder / "media"),
+        "SERVER_URL": server_url,
         "MUSICCALLBACK_TOKEN": TOKEN,
-        "MEDIA_DOWNLOAD_BACKOFF": 0.05,
+        "MUSICCALLBACK_RETRY_BACKOFF": 0.05,
         **overrides,
     }
 
 
+def instance(folder: Path) -> str:
+    return str(folder / "instance")
+
+
+class Later:
+    """A WSGI app to serve before the app it stands for exists: the port comes first, since
+    the app's configuration names it."""
+
+    app: Flask | None = None
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        assert self.app is not None, "served before it was built"
+        return self.app(environ, start_response)
+
+
 @pytest.fixture
 def make_example(tmp_path: Path) -> Iterator[ExampleFactory]:
-    """Build example apps; keyword arguments override their configuration. Each is shut down
-    (the extension closed, its database released) at the end of the test."""
+    """Build example apps, each served on 127.0.0.1; keyword arguments override their
+    configuration. Each is shut down (the extension closed, its database released, its server
+    stopped) at the end of the test."""
     apps: list[Flask] = []
+    with ExitStack() as servers:
 
-    def factory(**overrides: Any) -> Flask:
-        app = create_app(example_config(tmp_path, **overrides))
-        apps.append(app)
-        return app
+        def factory(**overrides: Any) -> Flask:
+            later = Later()
+            base = servers.enter_context(serve_url(later))
+            app = create_app(
+                example_config(tmp_path, base, **overrides), instance_path=instance(tmp_path)
+            )
+            later.app = app
+            apps.append(app)
+            return app
 
-    yield factory
-    for app in apps:
-        music.close(app, timeout=10)
-        with app.app_context():
-            db.engine.dispose()
+        yield factory
+        for app in apps:
+            music.close(app, timeout=10)
+            with app.app_context():
+                db.engine.dispose()
 
 
 @pytest.fixture
@@ -59,11 +91,22 @@ def deliver(example: Flask) -> CallbackClient:
     return CallbackClient(example)
 
 
+def base_url(app: Flask) -> str:
+    """Where ``app`` is served."""
+    url: str = app.config["SERVER_URL"]
+    return url
+
+
+def archive_folder(app: Flask) -> Path:
+    """The app's archive: a folder of its instance folder, unless configured otherwise."""
+    return Path(app.instance_path) / "archive"
+
+
 def settle(app: Flask) -> None:
-    """Wait until every delivery the app accepted is processed, downloads included: for those that
-    did not come through ``CallbackClient`` (``simulate``, a browser, a bare post), nothing else
-    waits."""
-    assert music.wait_idle(30, app=app), "the receivers did not finish in time"
+    """Wait until every delivery the app accepted is processed, its media archived: for those
+    that did not come through ``CallbackClient`` (``simulate``, a browser, a bare post), and for
+    the archive, nothing else waits."""
+    assert music.wait_idle(30, app=app), "the receivers or the archive did not finish in time"
 
 
 def task(app: Flask, task_id: str) -> Task:

@@ -16,16 +16,25 @@ import sqlalchemy as sa
 from flask import Flask
 from markupsafe import escape
 
-from example_app import DEFAULTS, _instance_token
+from example_app import DEFAULTS, SERVER_URL_FILE, _instance_token
 from example_app.models import Result, Task, TaskStage, Track, db
-from example_app.receivers import keep_lyrics, keep_voice, music, record
+from example_app.receivers import music, record
 from flask_musiccallback.families import BUILT_IN, LYRICS, MUSIC, VOICE
 from flask_musiccallback.simulate import post_callback
 from flask_musiccallback.state import get_state
 from flask_musiccallback.stores.tasks import VIA_CALLBACK, VIA_POLL, TaskState
 from flask_musiccallback.testing import CallbackClient, build_callback, record_signals
 
-from .conftest import TOKEN, ExampleFactory, example_config, settle, task
+from .conftest import (
+    TOKEN,
+    ExampleFactory,
+    archive_folder,
+    base_url,
+    example_config,
+    instance,
+    settle,
+    task,
+)
 
 AUDIO = re.compile(r'<audio[^>]*\ssrc="([^"]+)"')
 COVER = re.compile(r'<img class="track__cover" src="([^"]+)"')
@@ -49,6 +58,36 @@ def test_defaults_keep_everything_in_the_app_database_and_answer_before_receiver
     assert DEFAULTS["MUSICCALLBACK_STORE"] == "sqlalchemy://"
     assert DEFAULTS["MUSICCALLBACK_DISPATCH"] == "thread"
     assert DEFAULTS["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
+
+
+def test_media_are_archived_in_the_instance_folder_from_the_servers_own_samples(
+    example: Flask,
+) -> None:
+    assert example.config["MUSICCALLBACK_ARCHIVE"] == archive_folder(example).as_uri()
+    assert example.config["MUSICCALLBACK_SIMULATED_MEDIA_URL"] == f"{base_url(example)}/samples"
+    # The samples are on loopback, which the archive refuses unless allowed: for them alone.
+    assert example.config["MUSICCALLBACK_ARCHIVE_ALLOW"] == ["127.0.0.1"]
+    assert get_state(example).archive is not None
+
+
+def test_the_server_url_is_the_one_init_recorded(
+    make_example: ExampleFactory, tmp_path: Path
+) -> None:
+    """What a ``flask`` command in another terminal reads, to find the server's samples."""
+    Path(instance(tmp_path)).mkdir()
+    (Path(instance(tmp_path)) / SERVER_URL_FILE).write_text("http://127.0.0.1:5999\n")
+
+    app = make_example(SERVER_URL=None)
+
+    assert app.config["MUSICCALLBACK_SIMULATED_MEDIA_URL"] == "http://127.0.0.1:5999/samples"
+
+
+def test_without_a_recorded_server_url_the_samples_are_on_flasks_default_port(
+    make_example: ExampleFactory,
+) -> None:
+    app = make_example(SERVER_URL=None)
+
+    assert app.config["MUSICCALLBACK_SIMULATED_MEDIA_URL"] == "http://127.0.0.1:5000/samples"
 
 
 def test_the_app_is_built_on_thread_dispatch(example: Flask) -> None:
@@ -82,10 +121,11 @@ def test_a_simulated_task_shows_its_stages_tracks_and_players(
     assert all(src.startswith("/media/") for src in players + covers)
 
 
-def test_a_delivered_task_is_on_the_page_with_its_copies_without_waiting_for_the_pool(
+def test_a_delivered_task_is_on_the_page_without_waiting_for_the_pool(
     example: Flask, deliver: CallbackClient
 ) -> None:
-    """What docs/testing.md promises a host under thread dispatch: deliver, then look."""
+    """What docs/testing.md promises a host under thread dispatch: deliver, then look. The
+    media play from the archive once they are there, from their links until then."""
     simulate(deliver, "task-1")
 
     html = page(example)
@@ -93,7 +133,8 @@ def test_a_delivered_task_is_on_the_page_with_its_copies_without_waiting_for_the
     assert "Neon Harbor" in html
     players = AUDIO.findall(html)
     assert len(players) == 2
-    assert all(src.startswith("/media/") for src in players + COVER.findall(html))
+    for src in players + COVER.findall(html):
+        assert src.startswith(("/media/", f"{base_url(example)}/samples/"))
 
 
 def test_the_page_serves_the_saved_copies(example: Flask, deliver: CallbackClient) -> None:
@@ -160,12 +201,12 @@ def test_a_task_in_progress_keeps_the_page_watching_it(
     assert 'data-active="true"' in html
     assert '<noscript><meta http-equiv="refresh"' in html
     assert "Waiting for the next stage" in html
-    # The first track's audio is ready; the second has only its stream, which the page plays.
-    # Both are simulated links, played from the app's own samples.
+    # The first track's audio is ready, and archived with its stage; the second has only its
+    # stream, which the page plays from the link: the app's own sample.
     first, second = AUDIO.findall(html)
-    assert first.startswith("/samples/")
+    assert first.startswith("/media/task-1/music/")
     assert first.endswith(".mp3")
-    assert second.startswith("/samples/stream/")
+    assert second.startswith(f"{base_url(example)}/samples/stream/")
 
     simulate(deliver, "task-1", "complete")
     settle(example)
@@ -342,12 +383,6 @@ def test_the_page_shows_the_callback_url_without_its_token(example: Flask) -> No
     assert TOKEN not in html
 
 
-def test_media_outside_the_media_folder_is_not_served(example: Flask) -> None:
-    client = example.test_client()
-    assert client.get("/media/../example.db").status_code == 404
-    assert client.get("/media/%2e%2e/example.db").status_code == 404
-
-
 def test_a_first_run_makes_one_token_that_later_runs_reuse(tmp_path: Path) -> None:
     app = Flask("token_test", instance_path=str(tmp_path / "instance"))
     token = _instance_token(app)
@@ -368,16 +403,24 @@ def test_the_simulate_command_makes_a_task_appear_with_players(example: Flask) -
     assert len(AUDIO.findall(page(example))) == 2
 
 
-def test_simulate_in_its_own_process_saves_the_media_before_it_exits(
-    make_example: ExampleFactory, tmp_path: Path
+def test_simulate_in_its_own_process_archives_the_media_before_it_exits(
+    example: Flask, tmp_path: Path
 ) -> None:
-    config = example_config(tmp_path)
+    """As from a second terminal beside the demo: the command's process delivers in-process,
+    and its archive fetches the media from the server's samples."""
+    config = example_config(tmp_path, base_url(example))
+    config["MUSICCALLBACK_ARCHIVE"] = archive_folder(example).as_uri()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         **{
             f"FLASK_{key}": str(config[key])
-            for key in ("SQLALCHEMY_DATABASE_URI", "MEDIA_FOLDER", "MUSICCALLBACK_TOKEN")
+            for key in (
+                "SQLALCHEMY_DATABASE_URI",
+                "SERVER_URL",
+                "MUSICCALLBACK_TOKEN",
+                "MUSICCALLBACK_ARCHIVE",
+            )
         },
     }
     command = [sys.executable, "-m", "flask", "--app", "example_app"]
@@ -392,18 +435,18 @@ def test_simulate_in_its_own_process_saves_the_media_before_it_exits(
     assert answer.returncode == 0, answer.stderr
     assert "complete  200" in answer.stdout
 
-    recorded = task(make_example(), "own-process")
+    recorded = task(example, "own-process")
     assert recorded.status == "complete"
-    assert [track.media_status for track in recorded.tracks] == ["saved", "saved"]
+    assert [track.media_status for track in recorded.tracks] == ["archived", "archived"]
     for track in recorded.tracks:
-        assert track.audio_file
-        assert (Path(config["MEDIA_FOLDER"]) / track.audio_file).is_file()
+        assert track.audio_path
+        assert (archive_folder(example) / track.audio_path).is_file()
 
 
-def test_receivers_report_no_failure_for_a_task_whose_media_cannot_be_saved(
+def test_receivers_report_no_failure_for_a_task_whose_media_cannot_be_archived(
     make_example: ExampleFactory,
 ) -> None:
-    app = make_example(MEDIA_SAMPLE_HOST=None, MEDIA_DOWNLOAD_ATTEMPTS=1)
+    app = make_example(MUSICCALLBACK_RETRY_ATTEMPTS=1)
     payload = build_callback("complete", task_id="task-1", tracks=1)
     for key in ("audio_url", "image_url"):
         payload["data"]["data"][0][key] = "http://127.0.0.1:9/gone"
@@ -413,12 +456,13 @@ def test_receivers_report_no_failure_for_a_task_whose_media_cannot_be_saved(
         settle(app)
 
     assert "receiver_failed" not in [name for name, _ in signals]
+    assert [name for name, _ in signals].count("media_archive_failed") == 2
     track = task(app, "task-1").tracks[0]
     assert track.media_status == "failed"
-    assert track.media_error
-    assert "audio:" in track.media_error
+    assert track.audio_error
+    assert "ConnectError" in track.audio_error
     html = page(app)
-    assert "Could not save a copy" in html
+    assert "Could not archive a copy" in html
     assert AUDIO.findall(html) == ["http://127.0.0.1:9/gone"]
 
 
@@ -430,13 +474,16 @@ def test_an_empty_app_says_how_to_send_a_task(example: Flask) -> None:
         assert db.session.scalar(db.select(db.func.count(Task.id))) == 0
 
 
-def test_init_creates_the_media_folder_and_says_how_to_send_a_task(
+def test_init_creates_the_archive_folder_and_says_how_to_send_a_task(
     example: Flask, tmp_path: Path
 ) -> None:
     result = example.test_cli_runner().invoke(args=["init", "--port", "5123"])
 
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "media").is_dir()
+    assert archive_folder(example).is_dir()
+    assert archive_folder(example).as_uri() in result.output
+    # Where later commands (a simulate in another terminal) find the server's samples.
+    assert (Path(example.instance_path) / SERVER_URL_FILE).read_text() == "http://127.0.0.1:5123\n"
     assert str(tmp_path / "example.db") in result.output
     assert "flask --app example_app musiccallback simulate\n" in result.output
     assert "--url http://127.0.0.1:5123/music-callback" in result.output
@@ -454,12 +501,11 @@ def test_links_that_are_not_urls_are_recorded_as_failures_and_the_page_still_sho
 
     track = task(example, "task-1").tracks[0]
     assert track.media_status == "failed"
-    assert track.media_error is not None
-    assert track.media_error.startswith("audio: ")
-    assert "image: " in track.media_error
+    assert track.audio_error
+    assert track.image_error
     answer = example.test_client().get("/")
     assert answer.status_code == 200
-    assert "Could not save a copy" in answer.get_data(as_text=True)
+    assert "Could not archive a copy" in answer.get_data(as_text=True)
 
 
 def test_deliveries_are_kept_in_the_app_database_beside_its_tasks(
@@ -473,7 +519,8 @@ def test_deliveries_are_kept_in_the_app_database_beside_its_tasks(
         kept = db.session.execute(
             sa.text("SELECT stage FROM musiccallback_deliveries WHERE task_id = 'task-1'")
         ).scalars()
-        assert sorted(kept) == ["complete", "first", "text"]
+        # The media copies too, as deliveries of their own: kept, listed and replayed alike.
+        assert sorted(kept) == ["archive:complete", "archive:first", "complete", "first", "text"]
 
 
 # Every other family: each result shown as a person would want it, and failures as music's are.
@@ -482,8 +529,10 @@ def test_deliveries_are_kept_in_the_app_database_beside_its_tasks(
 def deliver_family(
     client: CallbackClient, family: str, stage: str = "complete", task_id: str = "task-1", **kw: Any
 ) -> dict[str, Any]:
-    """Deliver a simulated callback of ``family`` to its family's callback URL; returns its body."""
-    payload = build_callback(stage, family=family, task_id=task_id, **kw)
+    """Deliver a simulated callback of ``family`` to its family's callback URL, its media the
+    app's samples, as ``CallbackClient`` links them; returns its body."""
+    media_base = client.app.config["MUSICCALLBACK_SIMULATED_MEDIA_URL"]
+    payload = build_callback(stage, family=family, task_id=task_id, media_base=media_base, **kw)
     answer = client.deliver(payload, family=family, family_in_url=True)
     assert answer.json == {"status": "received"}
     return payload
@@ -519,10 +568,11 @@ def test_a_lyrics_variant_that_failed_shows_why(example: Flask, deliver: Callbac
 
 def test_a_wav_shows_a_player_and_a_download_link(example: Flask, deliver: CallbackClient) -> None:
     deliver_family(deliver, "wav")
+    settle(example)
 
     html = page(example)
     [src] = AUDIO.findall(html)
-    assert src.startswith("/samples/")
+    assert src.startswith("/media/task-1/wav/")
     assert src.endswith(".wav")
     assert f'<a href="{src}" download>Download the WAV</a>' in html
     answer = example.test_client().get(src)
@@ -535,11 +585,12 @@ STEM = re.compile(r'<audio [^>]*src="([^"]+)" aria-label="([^"]+)"')
 
 def test_stems_show_a_labelled_player_per_stem(example: Flask, deliver: CallbackClient) -> None:
     deliver_family(deliver, "stems", tracks=4)  # a stem split into its first four stems
+    settle(example)
 
     html = page(example)
     stems = STEM.findall(html)
     assert [label for _, label in stems] == ["Vocal", "Backing vocals", "Drums", "Bass"]
-    assert all(src.startswith("/samples/") for src, _ in stems)
+    assert all(src.startswith("/media/task-1/stems/") for src, _ in stems)
     assert len({src for src, _ in stems}) == 4
     for _, label in stems:
         assert f'<span class="stem__name">{label}</span>' in html
@@ -549,7 +600,7 @@ def test_an_advanced_split_shows_each_part_and_the_track_without_it(
     example: Flask, deliver: CallbackClient
 ) -> None:
     payload = build_callback("complete", family="stems", task_id="task-1", reseller="kie")
-    cdn = "https://cdn.example.invalid/split"
+    cdn = f"{base_url(example)}/samples/split"
     payload["data"]["vocal_separation_info"] = {
         "origin_url": f"{cdn}/origin.mp3",
         "origin_data": [
@@ -570,11 +621,14 @@ def test_an_advanced_split_shows_each_part_and_the_track_without_it(
         ],
     }
     deliver.deliver(payload, family="stems", family_in_url=True)
+    settle(example)
 
     html = page(example)
     stems = STEM.findall(html)
     assert [label for _, label in stems] == ["Original", "Vocals", "Without vocals"]
-    assert stems[1][0] == "/samples/split/Lead%20Vocals.mp3"
+    # The archive keeps the stems by name; a split's parts are played from their links.
+    assert stems[0][0].startswith("/media/task-1/stems/")
+    assert stems[1][0] == f"{cdn}/Lead%20Vocals.mp3"
     assert html.count('<span class="stem__duration">3:03</span>') == 2
 
 
@@ -596,10 +650,11 @@ def test_midi_shows_each_instrument_with_its_note_count_and_the_total(
 
 def test_a_video_is_shown_in_a_player_with_a_link(example: Flask, deliver: CallbackClient) -> None:
     deliver_family(deliver, "video")
+    settle(example)
 
     html = page(example)
     [src] = re.findall(r'<video [^>]*src="([^"]+)"', html)
-    assert src.startswith("/samples/")
+    assert src.startswith("/media/task-1/video/")
     assert f'<a href="{src}">Open the video</a>' in html
     client = example.test_client()
     video = client.get(src)
@@ -612,13 +667,14 @@ def test_a_video_is_shown_in_a_player_with_a_link(example: Flask, deliver: Callb
 
 def test_cover_images_are_shown_as_thumbnails(example: Flask, deliver: CallbackClient) -> None:
     payload = deliver_family(deliver, "cover", tracks=3)
+    settle(example)
 
     html = page(example)
     images = re.findall(r'<img class="cover-image" src="([^"]+)"', html)
     assert len(images) == len(payload["data"]["images"]) == 3
     assert 'alt="Cover image 2 of 3"' in html
     for src in images:
-        assert src.startswith("/samples/")
+        assert src.startswith("/media/task-1/cover/")
         assert example.test_client().get(src).mimetype == "image/svg+xml"
 
 
@@ -644,8 +700,8 @@ def test_a_late_phrase_does_not_undo_a_ready_voice(example: Flask) -> None:
     phrase = VOICE.load(build_callback("phrase", family="voice", task_id="task-1"))
 
     with example.app_context():
-        keep_voice(complete)
-        keep_voice(phrase)
+        record(complete)
+        record(phrase)
 
     recorded = task(example, "task-1")
     assert recorded.status == "complete"
@@ -726,7 +782,7 @@ def test_a_redelivered_or_retried_result_is_recorded_once(
         "status": "duplicate"
     }
     with example.app_context():  # the receiver run again, as after a failure
-        keep_lyrics(LYRICS.load(payload))
+        record(LYRICS.load(payload))
         stages = db.session.scalar(db.select(db.func.count(TaskStage.id)))
         results = db.session.scalars(db.select(Result)).all()
         assert stages == 1
@@ -746,18 +802,3 @@ def test_one_task_id_in_two_families_keeps_both(example: Flask, deliver: Callbac
     html = page(example)
     assert "Neon Harbor" in html
     assert 'class="lyrics__text"' in html
-
-
-def test_the_media_of_other_families_are_shown_from_the_provider_not_copied(
-    example: Flask, deliver: CallbackClient
-) -> None:
-    for family in ("wav", "stems", "video", "cover"):
-        deliver_family(deliver, family, task_id=f"{family}-1")
-    settle(example)
-
-    html = page(example)
-    sources = re.findall(r'(?:src|href)="(/(?:samples|media)/[^"]+)"', html)
-    assert len(sources) > 4
-    assert all(src.startswith("/samples/") for src in sources)
-    media_folder = Path(example.config["MEDIA_FOLDER"])
-    assert not media_folder.exists() or not any(media_folder.rglob("*.*"))

@@ -1,26 +1,33 @@
-"""Saving media: the downloader against a real HTTP server on 127.0.0.1, and the app around it."""
+"""The example app's media: archived by the extension, recorded on the task's rows, served from
+the archive.
+
+Simulated tasks' media are the app's own samples, fetched by the archive from the app's server
+over 127.0.0.1 (conftest.py). Other links go to a media server of the tests' own, on 127.0.0.1
+too: the example allows the archive to reach that address for its samples.
+"""
 
 from __future__ import annotations
 
-import socket
+import json
+import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import PurePosixPath
 
-import httpx
 import pytest
-from flask import Flask, Response, request
+from flask import Flask, Response
 
-from example_app.media import DownloadFailed, DownloadPolicy, download
+from example_app import samples
 from flask_musiccallback.simulate import post_callback
-from flask_musiccallback.testing import CallbackClient, build_callback
+from flask_musiccallback.testing import CallbackClient, build_callback, record_signals
 
 from ..servers import serve_url
-from .conftest import ExampleFactory, settle, task
+from .conftest import ExampleFactory, archive_folder, base_url, settle, task
 
 AUDIO = b"ID3" + bytes(range(256)) * 64
+AUDIO_SRC = re.compile(r'<audio[^>]*\ssrc="([^"]+)"')
 COVER = b"\xff\xd8\xff\xe0" + b"jpeg" * 500
 
 
@@ -45,17 +52,6 @@ class Origin:
             return Response(AUDIO, mimetype="audio/mpeg")
         if name.startswith("cover"):
             return Response(COVER, mimetype="image/jpeg")
-        if name == "unlabelled.mp3":
-            return Response(AUDIO, mimetype="application/octet-stream")
-        if name == "moved":
-            return Response(status=302, headers={"Location": "/song.mp3"})
-        if name == "huge":
-            return Response(b"x" * 5000, mimetype="audio/mpeg")
-        if name == "huge-streamed":
-            return Response((b"x" * 1000 for _ in range(5)), mimetype="audio/mpeg")
-        if name == "slow":
-            time.sleep(float(request.args.get("seconds", "1")))
-            return Response(AUDIO, mimetype="audio/mpeg")
         return Response("gone", status=404)
 
 
@@ -66,142 +62,175 @@ def origin() -> Iterator[tuple[Origin, str]]:
         yield server, url
 
 
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=5, follow_redirects=True) as http:
-        yield http
-
-
-FAST = DownloadPolicy(attempts=3, backoff=0.05, timeout=5, max_bytes=1024 * 1024)
-
-
-def test_a_file_is_saved_with_the_extension_of_its_media_type(
-    origin: tuple[Origin, str], client: httpx.Client, tmp_path: Path
-) -> None:
-    _, url = origin
-    name = download(client, f"{url}/song.bin", tmp_path, "0-audio", FAST)
-
-    assert name == "0-audio.mp3"
-    assert (tmp_path / name).read_bytes() == AUDIO
-
-
-def test_an_unlabelled_file_keeps_the_extension_of_its_link(
-    origin: tuple[Origin, str], client: httpx.Client, tmp_path: Path
-) -> None:
-    _, url = origin
-    assert download(client, f"{url}/unlabelled.mp3", tmp_path, "a", FAST) == "a.mp3"
-
-
-def test_a_redirect_is_followed(
-    origin: tuple[Origin, str], client: httpx.Client, tmp_path: Path
-) -> None:
-    _, url = origin
-    name = download(client, f"{url}/moved", tmp_path, "a", FAST)
-    assert (tmp_path / name).read_bytes() == AUDIO
-
-
-def test_a_server_error_is_retried_with_back_off_until_it_passes(
-    origin: tuple[Origin, str], client: httpx.Client, tmp_path: Path
-) -> None:
-    server, url = origin
-    server.fail("song.mp3", 2)
-    policy = DownloadPolicy(attempts=3, backoff=0.2, timeout=5, max_bytes=1024 * 1024)
-
-    started = time.monotonic()
-    name = download(client, f"{url}/song.mp3", tmp_path, "a", policy)
-
-    assert (tmp_path / name).read_bytes() == AUDIO
-    assert server.hits["song.mp3"] == 3
-    assert time.monotonic() - started >= 0.2 + 0.4  # waited 0.2 s, then twice as long
-
-
-def test_retries_stop_after_the_last_attempt(
-    origin: tuple[Origin, str], client: httpx.Client, tmp_path: Path
-) -> None:
-    server, url = origin
-    server.fail("song.mp3", 10)
-
-    with pytest.raises(DownloadFailed, match=r"HTTP 503 \(after 3 attempts\)"):
-        download(client, f"{url}/song.mp3", tmp_path, "a", FAST)
-    assert server.hits["song.mp3"] == 3
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_an_expired_link_is_not_retried(
-    origin: tuple[Origin, str], client: httpx.Client, tmp_path: Path
-) -> None:
-    server, url = origin
-    with pytest.raises(DownloadFailed, match="HTTP 404"):
-        download(client, f"{url}/expired.mp3", tmp_path, "a", FAST)
-    assert server.hits["expired.mp3"] == 1
-
-
-@pytest.mark.parametrize("name", ["huge", "huge-streamed"])
-def test_a_file_over_the_size_limit_is_refused_and_nothing_is_left(
-    origin: tuple[Origin, str], client: httpx.Client, tmp_path: Path, name: str
-) -> None:
-    server, url = origin
-    policy = DownloadPolicy(attempts=3, backoff=0.05, timeout=5, max_bytes=4096)
-
-    with pytest.raises(DownloadFailed, match="larger than 4096 bytes"):
-        download(client, f"{url}/{name}", tmp_path, "a", policy)
-    assert server.hits[name] == 1
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_server_that_does_not_answer_in_time_is_retried_then_given_up(
-    origin: tuple[Origin, str], tmp_path: Path
-) -> None:
-    server, url = origin
-    policy = DownloadPolicy(attempts=2, backoff=0.05, timeout=0.3, max_bytes=1024 * 1024)
-
-    with (
-        httpx.Client(timeout=policy.timeout) as client,
-        pytest.raises(DownloadFailed, match=r"ReadTimeout.*after 2 attempts"),
-    ):
-        download(client, f"{url}/slow?seconds=1", tmp_path, "a", policy)
-    assert server.hits["slow"] == 2
-
-
-def test_a_refused_connection_is_retried_then_given_up(
-    client: httpx.Client, tmp_path: Path
-) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens on it once the probe is closed
-
-    with pytest.raises(DownloadFailed, match=r"ConnectError.*after 3 attempts"):
-        download(client, f"http://127.0.0.1:{port}/song.mp3", tmp_path, "a", FAST)
-
-
 def completed_with_links(task_id: str, url: str, audio: str, image: str) -> dict[str, object]:
     payload = build_callback("complete", task_id=task_id, tracks=1)
     payload["data"]["data"][0].update(audio_url=f"{url}/{audio}", image_url=f"{url}/{image}")
     return payload
 
 
-def test_a_completed_task_has_its_media_saved_and_served_from_here(
+def page(app: Flask) -> str:
+    return app.test_client().get("/").get_data(as_text=True)
+
+
+def test_a_simulated_task_is_fetched_from_the_app_itself_over_http(example: Flask) -> None:
+    with record_signals(example) as recorded:
+        CallbackClient(example).deliver("complete", task_id="task-1")
+        settle(example)
+
+    [archived] = [kw for name, kw in recorded if name == "media_archived"]
+    sources = list(archived["files"])
+    assert len(sources) == 4  # two tracks, their audio and cover each
+    assert base_url(example).startswith("http://127.0.0.1:")
+    assert all(source.startswith(f"{base_url(example)}/samples/") for source in sources)
+
+
+def test_a_simulated_task_is_archived_and_played_from_the_archive(example: Flask) -> None:
+    CallbackClient(example).deliver("complete", task_id="task-1")
+    settle(example)
+
+    tracks = task(example, "task-1").tracks
+    assert [track.media_status for track in tracks] == ["archived", "archived"]
+    html = page(example)
+    client = example.test_client()
+    for track in tracks:
+        assert track.audio_path is not None
+        assert track.image_path is not None
+        assert track.audio_path.startswith("task-1/music/")
+        assert f'src="/media/{track.audio_path}"' in html
+        assert f'src="/media/{track.image_path}"' in html
+        rendered = samples.render(str(track.audio_url))
+        assert rendered is not None
+        sample = rendered[0]
+        assert (archive_folder(example) / track.audio_path).read_bytes() == sample
+        audio = client.get(f"/media/{track.audio_path}")
+        assert audio.status_code == 200
+        assert audio.data == sample
+    assert html.count("Archived on this server") == 2
+
+
+def test_archived_files_are_served_with_the_type_their_server_gave(example: Flask) -> None:
+    """A simulated track's audio is a WAV behind an .mp3 link, its cover an SVG behind a .jpeg
+    one: the archive's manifest says what each is, and the browser needs to know."""
+    CallbackClient(example).deliver("complete", task_id="task-1", tracks=1)
+    settle(example)
+
+    [track] = task(example, "task-1").tracks
+    client = example.test_client()
+    audio = client.get(f"/media/{track.audio_path}")
+    cover = client.get(f"/media/{track.image_path}")
+    assert PurePosixPath(str(track.audio_path)).suffix == ".mp3"
+    assert (audio.mimetype, audio.data[:4]) == ("audio/wav", b"RIFF")
+    assert PurePosixPath(str(track.image_path)).suffix == ".jpeg"
+    assert cover.mimetype == "image/svg+xml"
+    assert cover.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert cover.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_track_archived_at_its_first_stage_keeps_its_type_after_the_last(
+    example: Flask,
+) -> None:
+    """The first track is archived with the ``first`` stage; ``complete``'s copy finds it there
+    and records no type for it: the earlier manifest has it."""
+    client = CallbackClient(example)
+    for stage in ("first", "complete"):
+        client.deliver(stage, task_id="task-1")
+        settle(example)
+
+    first = task(example, "task-1").tracks[0]
+    assert example.test_client().get(f"/media/{first.audio_path}").mimetype == "audio/wav"
+
+
+def test_an_archived_file_is_served_in_ranges(example: Flask) -> None:
+    CallbackClient(example).deliver("complete", family="video", task_id="video-1")
+    settle(example)
+
+    [result] = task(example, "video-1").results
+    [path] = result.files.values()
+    client = example.test_client()
+    whole = client.get(f"/media/{path}")
+    part = client.get(f"/media/{path}", headers={"Range": "bytes=0-99"})  # a player seeking
+    assert whole.mimetype == "video/mp4"
+    assert part.status_code == 206
+    assert part.data == whole.data[:100]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../example.db",
+        "%2e%2e/example.db",
+        "task-1/../../example.db",
+        "task-1/music/complete.manifest.json",
+        "task-1/music/.hidden.part",
+        "task-1/music",
+        "task-1//music/x.mp3",
+        "task-1/music/nothing-here.mp3",
+    ],
+)
+def test_only_archived_files_are_served(example: Flask, path: str) -> None:
+    CallbackClient(example).deliver("complete", task_id="task-1", tracks=1)
+    settle(example)
+    (archive_folder(example) / "task-1" / "music" / ".hidden.part").write_bytes(b"partial")
+    assert (archive_folder(example) / "task-1" / "music" / "complete.manifest.json").is_file()
+
+    assert example.test_client().get(f"/media/{path}").status_code == 404
+
+
+def test_nothing_is_served_without_an_archive(make_example: ExampleFactory) -> None:
+    app = make_example(MUSICCALLBACK_ARCHIVE=None)
+    CallbackClient(app).deliver("complete", task_id="task-1", tracks=1)
+    settle(app)
+
+    [track] = task(app, "task-1").tracks
+    assert (track.media_status, track.audio_path) == ("none", None)
+    assert AUDIO_SRC.findall(page(app)) == [track.audio_url]
+
+
+def test_every_familys_media_are_archived_and_played_from_the_archive(example: Flask) -> None:
+    client = CallbackClient(example)
+    for family in ("wav", "stems", "video", "cover", "midi"):
+        client.deliver("complete", family=family, task_id=f"{family}-1", family_in_url=True)
+    settle(example)
+
+    html = page(example)
+    for family in ("wav", "stems", "video", "cover", "midi"):
+        [result] = task(example, f"{family}-1").results
+        assert result.media_status == "archived", (family, result.file_errors)
+        assert result.files
+        for path in result.files.values():
+            assert path.startswith(f"{family}-1/{family}/")
+            assert f'"/media/{path}"' in html
+            assert (archive_folder(example) / path).is_file()
+    [midi] = task(example, "midi-1").results
+    [notes] = midi.files.values()
+    assert json.loads(example.test_client().get(f"/media/{notes}").data)
+    assert "Download every note (JSON)" in html
+    assert html.count("Archived on this server") == 5
+
+
+def test_a_link_that_cannot_be_archived_is_recorded_and_the_page_plays_it(
     make_example: ExampleFactory, origin: tuple[Origin, str]
 ) -> None:
     _, url = origin
-    app = make_example()
-    payload = completed_with_links("task-1", url, "song.mp3", "cover.jpeg")
+    app = make_example(MUSICCALLBACK_RETRY_ATTEMPTS=2)
+    payload = completed_with_links("task-1", url, "expired.mp3", "cover.jpeg")
 
-    assert CallbackClient(app).deliver(payload).json == {"status": "received"}
+    CallbackClient(app).deliver(payload)
     settle(app)
 
-    track = task(app, "task-1").tracks[0]
-    assert track.media_status == "saved"
-    assert track.media_error is None
-    client = app.test_client()
-    html = client.get("/").get_data(as_text=True)
-    assert f'src="/media/{track.audio_file}"' in html
-    assert f'src="/media/{track.image_file}"' in html
-    assert client.get(f"/media/{track.audio_file}").data == AUDIO
-    assert client.get(f"/media/{track.image_file}").data == COVER
+    [track] = task(app, "task-1").tracks
+    assert track.media_status == "failed"
+    assert (track.audio_error, track.image_error) == ("HTTP 404", None)
+    # The cover is in the archive, but media_archived comes once every file of the event is:
+    # until then the page plays the provider's links.
+    assert (track.audio_path, track.image_path) == (None, None)
+    assert list(archive_folder(app).rglob("*.jpeg"))
+    html = page(app)
+    assert AUDIO_SRC.findall(html) == [f"{url}/expired.mp3"]
+    assert "Could not archive a copy (HTTP 404)" in html
 
 
-def test_a_flaky_provider_is_retried_off_the_request_path(
+def test_a_flaky_media_server_is_retried_off_the_request_path(
     make_example: ExampleFactory, origin: tuple[Origin, str]
 ) -> None:
     server, url = origin
@@ -214,49 +243,53 @@ def test_a_flaky_provider_is_retried_off_the_request_path(
     settle(app)
 
     assert answer.json == {"status": "received"}
-    assert answered_in < 0.05 + 0.1  # the answer did not wait for the back-off
+    assert answered_in < 0.5  # the answer did not wait for the media, nor their retries
     assert server.hits["song.mp3"] == 3
-    assert task(app, "task-1").tracks[0].media_status == "saved"
+    [track] = task(app, "task-1").tracks
+    assert track.media_status == "archived"
+    assert archive_folder(app).joinpath(str(track.audio_path)).read_bytes() == AUDIO
 
 
-def test_a_link_that_cannot_be_fetched_is_recorded_and_the_page_uses_it_meanwhile(
-    make_example: ExampleFactory, origin: tuple[Origin, str]
-) -> None:
-    _, url = origin
-    app = make_example()
-    payload = completed_with_links("task-1", url, "expired.mp3", "cover.jpeg")
-
-    CallbackClient(app).deliver(payload)
-    settle(app)
-
-    track = task(app, "task-1").tracks[0]
-    assert track.media_status == "failed"
-    assert track.media_error == "audio: HTTP 404"
-    assert track.image_file  # the cover was saved all the same
-    html = app.test_client().get("/").get_data(as_text=True)
-    assert f'src="{url}/expired.mp3"' in html
-    assert "Could not save a copy (audio: HTTP 404)" in html
-
-
-def test_download_media_tries_failed_copies_again(
+def test_replay_archives_again_what_could_not_be_archived(
     make_example: ExampleFactory, origin: tuple[Origin, str]
 ) -> None:
     server, url = origin
     server.fail("song.mp3", 3)
-    app = make_example(MEDIA_DOWNLOAD_ATTEMPTS=1)
+    app = make_example(MUSICCALLBACK_RETRY_ATTEMPTS=1)
     CallbackClient(app).deliver(completed_with_links("task-1", url, "song.mp3", "cover.jpeg"))
     settle(app)
-    assert task(app, "task-1").tracks[0].media_status == "failed"
+    assert task(app, "task-1").tracks[0].audio_error == "HTTP 503"
 
     server.fail("song.mp3", 0)
-    result = app.test_cli_runner().invoke(args=["download-media"])
+    result = app.test_cli_runner().invoke(args=["musiccallback", "replay", "--failed"])
+    settle(app)
 
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "1 saved"
-    assert task(app, "task-1").tracks[0].media_status == "saved"
+    [track] = task(app, "task-1").tracks
+    assert (track.media_status, track.audio_error) == ("archived", None)
+    assert archive_folder(app).joinpath(str(track.audio_path)).read_bytes() == AUDIO
 
 
-def test_two_tasks_saving_at_once_keep_their_files_apart(
+def test_links_to_loopback_are_refused_when_the_demo_does_not_allow_them(
+    make_example: ExampleFactory, origin: tuple[Origin, str]
+) -> None:
+    """What a deployment that receives the provider's callbacks has: nothing allowed that is not
+    public. A callback whose links lead to this machine makes it fetch nothing."""
+    server, url = origin
+    app = make_example(MUSICCALLBACK_ARCHIVE_ALLOW=[])
+
+    CallbackClient(app).deliver(completed_with_links("task-1", url, "song.mp3", "cover.jpeg"))
+    settle(app)
+
+    assert server.hits == Counter()
+    [track] = task(app, "task-1").tracks
+    assert track.media_status == "failed"
+    assert track.audio_error is not None
+    assert "MUSICCALLBACK_ARCHIVE_ALLOW" in track.audio_error
+    assert not any(path.is_file() for path in archive_folder(app).rglob("*.mp3"))
+
+
+def test_two_tasks_archiving_at_once_keep_their_files_apart(
     make_example: ExampleFactory, origin: tuple[Origin, str]
 ) -> None:
     _, url = origin
@@ -274,5 +307,6 @@ def test_two_tasks_saving_at_once_keep_their_files_apart(
         thread.join()
     settle(app)
 
-    files = {task(app, task_id).tracks[0].audio_file for task_id in ("a/b", "a_b")}
+    files = {task(app, task_id).tracks[0].audio_path for task_id in ("a/b", "a_b")}
     assert len(files) == 2
+    assert all(path and (archive_folder(app) / path).is_file() for path in files)
