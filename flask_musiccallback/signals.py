@@ -113,8 +113,9 @@ task_overdue = _signals.signal("task-overdue")
 #: Sender: the app. Kwargs: ``task`` (a ``TaskRecord``, ``lost``).
 task_lost = _signals.signal("task-lost")
 
-#: Every file of a new success event was copied to ``MUSICCALLBACK_ARCHIVE`` (docs/archive.md),
-#: off the request path. Sender: the app. Kwargs: ``event``, ``files`` (a dict: each source URL
+#: The files of a new success event are in ``MUSICCALLBACK_ARCHIVE`` (docs/archive.md), copied
+#: off the request path: every one, or, after the copy's last attempt, those that could be (the
+#: others have ``media_archive_failed``). Sender: the app. Kwargs: ``event``, ``files`` (a dict: each source URL
 #: to its archived URL; content the callback carried, a MIDI result, is keyed ``callback:`` and
 #: its file name) and ``archived`` (an ``ArchivedFile`` for each: path, size, content type, and
 #: whether it was fetched now or found archived already).

@@ -184,9 +184,12 @@ def test_a_missing_file_ends_in_media_archive_failed_after_the_retries(
         (track["audio_url"], "HTTP 404")
     ]
     assert host.hits[audio] == 3
-    # The cover came, once; nothing says the task's media are all archived.
+    # The cover came, once, and is announced after the failure, on its own.
     assert host.hits[host.path_of(track["image_url"])] == 1
-    assert "media_archived" not in [name for name, _ in signals]
+    names = [name for name, _ in signals if name.startswith("media_")]
+    assert names == ["media_archive_failed", "media_archived"]
+    (archived,) = [kwargs for name, kwargs in signals if name == "media_archived"]
+    assert list(archived["files"]) == [track["image_url"]]
     assert not list((tmp_path / "archive").rglob("*.mp3"))
 
 

@@ -185,9 +185,9 @@ class Archive:
     def copy(self, job: Job) -> list[Exception]:
         """A :class:`Job`'s work: archive every file of its event not archived yet.
 
-        Sends ``media_archived`` when every file is there, and ``media_archive_failed`` for each
-        file that is not after the job's last attempt. Returns what failed, for the job to
-        retry, keep failed, or complete.
+        When every file is there, sends ``media_archived``. After the job's last attempt, sends
+        ``media_archive_failed`` for each file that is not, and ``media_archived`` for those that
+        are, if any. Returns what failed, for the job to retry, keep failed, or complete.
         """
         event = job.event
         folder = self.folder(event.task_id, job.family.name)
@@ -214,20 +214,19 @@ class Archive:
                     logger.exception("Archiving %s of task %s failed", media.source, event.task_id)
         if any(file.fetched for file in archived):
             self._write_manifest(f"{folder}/{event.stage}.manifest.json", archived)
-        if failures:
-            if last_attempt(job, list(failures)):
-                for failure in failures:
-                    send_isolated(
-                        media_archive_failed,
-                        job.app,
-                        event=event,
-                        url=failure.url,
-                        error=failure.error,
-                    )
+        if failures and not last_attempt(job, list(failures)):
             return list(failures)
-        files = {file.source: file.url for file in archived}
-        send_isolated(media_archived, job.app, event=event, files=files, archived=tuple(archived))
-        return []
+        for failure in failures:
+            send_isolated(
+                media_archive_failed, job.app, event=event, url=failure.url, error=failure.error
+            )
+        if archived:
+            # Given up on some, the host still learns where the others are.
+            files = {file.source: file.url for file in archived}
+            send_isolated(
+                media_archived, job.app, event=event, files=files, archived=tuple(archived)
+            )
+        return list(failures)
 
     def _keep(
         self, fetcher: SafeFetcher, media: Media, path: str, known: Mapping[str, Any]

@@ -626,9 +626,10 @@ def test_an_advanced_split_shows_each_part_and_the_track_without_it(
     html = page(example)
     stems = STEM.findall(html)
     assert [label for _, label in stems] == ["Original", "Vocals", "Without vocals"]
-    # The archive keeps the stems by name; a split's parts are played from their links.
+    # The archive keeps the stems by name, and each side of a split's parts by its group.
     assert stems[0][0].startswith("/media/task-1/stems/")
-    assert stems[1][0] == f"{cdn}/Lead%20Vocals.mp3"
+    assert stems[1][0] == "/media/task-1/stems/Vocals-extract-e1.mp3"
+    assert stems[2][0] == "/media/task-1/stems/Vocals-remove-r1.mp3"
     assert html.count('<span class="stem__duration">3:03</span>') == 2
 
 
