@@ -115,10 +115,10 @@ task_lost = _signals.signal("task-lost")
 
 #: The files of a new success event are in ``MUSICCALLBACK_ARCHIVE`` (docs/archive.md), copied
 #: off the request path: every one, or, after the copy's last attempt, those that could be (the
-#: others have ``media_archive_failed``). Sender: the app. Kwargs: ``event``, ``files`` (a dict: each source URL
-#: to its archived URL; content the callback carried, a MIDI result, is keyed ``callback:`` and
-#: its file name) and ``archived`` (an ``ArchivedFile`` for each: path, size, content type, and
-#: whether it was fetched now or found archived already).
+#: others have ``media_archive_failed``). Sender: the app. Kwargs: ``event``, ``files`` (a dict:
+#: each source URL to its archived URL; content the callback carried, a MIDI result, is keyed
+#: ``callback:`` and its file name) and ``archived`` (an ``ArchivedFile`` for each: path, size,
+#: content type, and whether it was fetched now or found archived already).
 media_archived = _signals.signal("media-archived")
 
 #: A file of an event could not be archived after the copy's last attempt (copies are retried

@@ -224,7 +224,8 @@ def test_a_link_that_cannot_be_archived_is_recorded_and_the_page_plays_it(
     # Given up on the audio, the archive announces the cover on its own: the page serves the
     # archived cover, and plays the provider's link of the audio.
     assert track.audio_path is None
-    assert track.image_path is not None and track.image_path.endswith("-cover.jpeg")
+    assert track.image_path is not None
+    assert track.image_path.endswith("-cover.jpeg")
     assert (archive_folder(app) / track.image_path).is_file()
     html = page(app)
     assert AUDIO_SRC.findall(html) == [f"{url}/expired.mp3"]
