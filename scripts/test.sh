@@ -22,4 +22,7 @@ if [ "${#packages[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-exec python3 -m pytest -q "$@"
+# Four processes, each test file in one of them (its module fixtures, a Celery worker or a
+# server, start once): most tests wait on sockets, servers and back-offs rather than on the CPU,
+# so four overlap well even on two cores. Pass -n 0 to run in this process (a debugger, -x).
+exec python3 -m pytest -q -n 4 --dist loadfile "$@"
