@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask, current_app
@@ -40,12 +41,6 @@ DEFAULTS: Mapping[str, Any] = {
     "MUSICCALLBACK_STORE": "sqlalchemy://",
     # Answer the provider first; run the receivers in a pool of threads.
     "MUSICCALLBACK_DISPATCH": "thread",
-    # The archive fetches links that lead to public addresses only. Simulated tasks' media are
-    # this app's own samples, on loopback (MUSICCALLBACK_SIMULATED_MEDIA_URL): 127.0.0.1
-    # is allowed for them alone. An app that receives the provider's callbacks lists nothing
-    # here (FLASK_MUSICCALLBACK_ARCHIVE_ALLOW='[]'), or a callback could have it fetch, and
-    # serve, what its own loopback services answer.
-    "MUSICCALLBACK_ARCHIVE_ALLOW": ["127.0.0.1"],
     # Where this app's server is, as the app itself reaches it; None: what `flask init --port`
     # recorded in the instance folder, else http://127.0.0.1:5000.
     "SERVER_URL": None,
@@ -57,6 +52,11 @@ DEFAULTS: Mapping[str, Any] = {
 
 # Set by create_app unless configured (None turns either off): MUSICCALLBACK_ARCHIVE, the folder
 # "archive" of the instance folder; MUSICCALLBACK_SIMULATED_MEDIA_URL, SERVER_URL's /samples.
+# And MUSICCALLBACK_ARCHIVE_ALLOW: the archive fetches links that lead to public addresses only,
+# and simulated tasks' media are this app's own samples, on loopback: the address and port of
+# MUSICCALLBACK_SIMULATED_MEDIA_URL are allowed, that port only, so that a callback cannot have
+# the app fetch (and serve) what another service on the machine's loopback answers. An app that
+# receives the provider's callbacks allows nothing (FLASK_MUSICCALLBACK_ARCHIVE_ALLOW='[]').
 
 #: The file in the instance folder holding the callback token made on the first run.
 TOKEN_FILE = "callback-token"  # noqa: S105 - a file name
@@ -64,6 +64,17 @@ TOKEN_FILE = "callback-token"  # noqa: S105 - a file name
 SERVER_URL_FILE = "server-url"
 #: The server's URL when nothing says otherwise (``flask run``'s default).
 DEFAULT_SERVER_URL = "http://127.0.0.1:5000"
+
+
+def _own_address(samples_url: str | None) -> list[str]:
+    """The allow-list entry of the server the samples come from: ``host:port``, or none."""
+    if not samples_url:
+        return []
+    parts = urlsplit(samples_url)
+    if parts.hostname is None:
+        return []
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return [f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"]
 
 
 def create_app(
@@ -81,6 +92,9 @@ def create_app(
     app.config.setdefault("MUSICCALLBACK_ARCHIVE", (Path(app.instance_path) / "archive").as_uri())
     app.config.setdefault(
         "MUSICCALLBACK_SIMULATED_MEDIA_URL", f"{app.config['SERVER_URL'].rstrip('/')}/samples"
+    )
+    app.config.setdefault(
+        "MUSICCALLBACK_ARCHIVE_ALLOW", _own_address(app.config["MUSICCALLBACK_SIMULATED_MEDIA_URL"])
     )
     if not any(
         app.config.get(key)

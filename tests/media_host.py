@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, abort, stream_with_context
+from flask import Flask, Response, abort, request, stream_with_context
 
 from flask_musiccallback.families.examples import SIMULATED_MEDIA_HOST
 
@@ -48,6 +48,10 @@ class MediaHost:
     sizes: dict[str, int] = field(default_factory=dict)
     #: Paths of :attr:`sizes` whose answer declares its length.
     declared: set[str] = field(default_factory=set)
+    #: Paths answered with these bytes as a gzip-encoded body, whatever the request asked.
+    encoded: dict[str, bytes] = field(default_factory=dict)
+    #: The ``Accept-Encoding`` of each request, in order.
+    encodings: list[str] = field(default_factory=list)
     #: Paths whose answer never comes (the server sleeps this long).
     stalled: dict[str, float] = field(default_factory=dict)
 
@@ -66,6 +70,11 @@ def media_app(host: MediaHost) -> Flask:
     @app.get("/<path:path>")
     def serve_file(path: str) -> Response:
         host.hits[path] += 1
+        host.encodings.append(request.headers.get("Accept-Encoding", ""))
+        if path in host.encoded:
+            answer = Response(host.encoded[path], mimetype="audio/mpeg")
+            answer.headers["Content-Encoding"] = "gzip"
+            return answer
         if path in host.held:
             host.held[path].wait(30)
         if path in host.stalled:

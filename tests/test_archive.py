@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 import threading
+import time
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -413,10 +415,19 @@ def test_what_a_killed_process_left_half_written_is_cleared(
     name = f"{track['title'].replace(' ', '-')}-{track['id']}.mp3"
     folder = tmp_path / "archive" / "stale-1" / "music"
     folder.mkdir(parents=True)
-    (folder / f".{name}.0123abcd.part").write_bytes(b"half a file")
+    left = folder / f".{name}.0123abcd.part"
+    left.write_bytes(b"half a file")
+    hours_ago = time.time() - 7 * 3600
+    os.utime(left, (hours_ago, hours_ago))
+    writing = folder / f".{name}.4567cdef.part"
+    writing.write_bytes(b"a live copy's")
     post(app, body)
     settle(app)
-    assert sorted(path.name for path in folder.iterdir() if path.suffix == ".part") == []
+    # What a killed process left hours ago goes; a partial file written just now may be a
+    # live copy's, and stays.
+    assert sorted(path.name for path in folder.iterdir() if path.suffix == ".part") == [
+        writing.name
+    ]
     assert (folder / name).read_bytes() == content(host.path_of(track["audio_url"]))
 
 
@@ -472,3 +483,72 @@ def test_unnamed_parts_of_a_split_get_names_of_their_own() -> None:
         "part-2-extract.mp3",
         "part-2-remove.mp3",
     ]
+
+
+def test_two_tracks_with_one_long_title_keep_a_file_each(tmp_path: Path, host: MediaHost) -> None:
+    app = archive_app(tmp_path)
+    body = host.rebase(build_callback("complete", task_id="long-1", tracks=2))
+    for track in body["data"]["data"]:
+        track["title"] = "A very long title that the provider gives both variants of a task " * 2
+    with record_signals(app) as signals:
+        post(app, body)
+        settle(app)
+    (archived,) = [kwargs for name, kwargs in signals if name == "media_archived"]
+    assert len(set(archived["files"].values())) == 4, archived["files"]
+    folder = tmp_path / "archive" / "long-1" / "music"
+    for track in body["data"]["data"]:
+        (audio,) = folder.glob(f"*-{track['id']}.mp3")
+        assert audio.read_bytes() == content(host.path_of(track["audio_url"]))
+        assert len(audio.stem) <= 80
+        assert list(folder.glob(f"*-{track['id']}-cover.jpeg"))
+
+
+def test_files_named_alike_by_a_family_are_kept_apart() -> None:
+    from flask_musiccallback.archive.media import Media, distinct
+
+    named = distinct([Media("x", "mp3", url="https://a/1"), Media("x", "mp3", url="https://a/2")])
+    assert named[0].filename == "x.mp3"
+    assert named[1].filename.startswith("x-")
+    assert named[1].filename != "x.mp3"
+
+
+def test_a_media_function_that_raises_costs_the_event_nothing(tmp_path: Path) -> None:
+    from .karaoke_family import KARAOKE, karaoke_payload
+
+    def broken(event: Any) -> Any:
+        raise RuntimeError("no idea")
+
+    app = archive_app(tmp_path)
+    get_state(app).extension.families.register(dataclasses.replace(KARAOKE, media=broken))
+    body = karaoke_payload("karaoke-1")
+    with record_signals(app) as signals:
+        assert post(app, body).get_json() == {"status": "received"}
+        settle(app)
+    names = [name for name, _ in signals]
+    assert "callback_received" in names
+    assert not [name for name in names if name.startswith("media_")]
+
+
+def test_a_compressed_answer_is_refused_not_decoded_in_memory(
+    tmp_path: Path, host: MediaHost
+) -> None:
+    import gzip
+
+    app = archive_app(tmp_path, RETRY_ATTEMPTS=3, RETRY_BACKOFF=5.0)
+    body = host.rebase(build_callback("complete", task_id="gzip-1", tracks=1))
+    track = body["data"]["data"][0]
+    track["image_url"] = track["source_image_url"] = None
+    host.encoded[host.path_of(track["audio_url"])] = gzip.compress(b"\0" * 10_000_000)
+    with record_signals(app) as signals:
+        post(app, body)
+        assert get_state(app).extension.wait_idle(4, app=app)
+    failed = [kwargs for name, kwargs in signals if name == "media_archive_failed"]
+    assert [kwargs["url"] for kwargs in failed] == [track["audio_url"]]
+    assert "compressed" in failed[0]["error"]
+    assert host.encodings == ["identity"]
+
+
+def test_a_family_whose_copies_no_store_could_key_is_refused() -> None:
+    family = BUILT_IN[1]
+    with pytest.raises(ValueError, match="64"):
+        Families(dataclasses.replace(family, name="w" * 50))

@@ -27,6 +27,7 @@ import pytest
 
 from flask_musiccallback.archive.fetch import (
     MAX_REDIRECTS,
+    Allowed,
     AllowList,
     FetchFailed,
     Refused,
@@ -498,12 +499,29 @@ def test_the_allow_list_reads_names_addresses_and_networks() -> None:
     allow = AllowList.parse(
         [" Media.Example. ", "media_server", "bücher.example", "10.1.2.3", "10.9.8.7/8", "::1"]
     )
-    assert allow.hosts == {"media.example", "media_server", "xn--bcher-kva.example"}
-    assert allow.networks == (
-        ipaddress.ip_network("10.1.2.3/32"),
-        ipaddress.ip_network("10.0.0.0/8"),
-        ipaddress.ip_network("::1/128"),
+    with_ports = AllowList.parse(["localhost:8080", "127.0.0.1:5000", "[::1]:443"])
+    assert allow.entries == (
+        Allowed(host="media.example"),
+        Allowed(host="media_server"),
+        Allowed(host="xn--bcher-kva.example"),
+        Allowed(network=ipaddress.ip_network("10.1.2.3/32")),
+        Allowed(network=ipaddress.ip_network("10.0.0.0/8")),
+        Allowed(network=ipaddress.ip_network("::1/128")),
     )
+    assert with_ports.entries == (
+        Allowed(host="localhost", port=8080),
+        Allowed(network=ipaddress.ip_network("127.0.0.1/32"), port=5000),
+        Allowed(network=ipaddress.ip_network("::1/128"), port=443),
+    )
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_an_entry_with_a_port_allows_that_port_only(media: Listener, host: str) -> None:
+    assert fetch(media.url(host=host), [f"{host}:{media.port}"]) == TRACK
+    assert media.connections() == 1
+    with pytest.raises(Refused):
+        fetch(media.url(host=host), [f"{host}:{media.port + 1}"])
+    assert media.connections() == 1
 
 
 @pytest.mark.parametrize(
@@ -517,8 +535,9 @@ def test_the_allow_list_reads_names_addresses_and_networks() -> None:
         "media..example",
         ".",
         "http://media.example/",
-        "localhost:8080",
-        "127.0.0.1:8080",
+        "127.0.0.0/8:8080",
+        "127.0.0.1:0",
+        "127.0.0.1:70000",
         "media server",
         "*.example.com",
         "user@media.example",
@@ -526,7 +545,7 @@ def test_the_allow_list_reads_names_addresses_and_networks() -> None:
     ],
 )
 def test_the_allow_list_rejects_what_is_no_host_or_network(entry: str) -> None:
-    with pytest.raises(ValueError, match=r"entry|neither|host name"):
+    with pytest.raises(ValueError, match=r"entry|neither|host name|port"):
         AllowList.parse([entry])
 
 

@@ -34,7 +34,7 @@ import posixpath
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -49,7 +49,7 @@ from ..signals import media_archive_failed, media_archived
 from ..stores.base import ClaimResult, copy_stage
 from ..stores.owners import claim_owner
 from .fetch import AllowList, FetchFailed, Refused, SafeFetcher
-from .media import Media, safe_segment
+from .media import Media, distinct, safe_segment
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -59,6 +59,10 @@ if TYPE_CHECKING:
     from ..state import MusicCallbackState
 
 logger = logging.getLogger("flask_musiccallback")
+
+#: How old a partial file must be to be taken for one a killed process left: longer than a
+#: copy takes to write a file of the default cap at a trickle (10 KiB/s).
+STALE_PARTIAL_AGE = timedelta(hours=6)
 
 #: Bytes read from the network and written to the archive at a time.
 CHUNK_SIZE = 256 * 1024
@@ -78,8 +82,10 @@ class ArchiveRefused(ArchiveFailed, Permanent):
     one: a CDN may not have a file yet a moment after the callback announced it."""
 
 
-class TooLarge(Exception):  # noqa: N818
-    """A file over ``MUSICCALLBACK_ARCHIVE_MAX_BYTES``."""
+class NotKept(Exception):  # noqa: N818 - reads as what happens to the file
+    """An answer the archive will not keep, whatever the attempt: a file over
+    ``MUSICCALLBACK_ARCHIVE_MAX_BYTES``, or one compressed in transit although it was asked for
+    as it is (undoing it would take memory the file's size does not bound)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +145,17 @@ class Archive:
             raise FileNotFoundError(path)
         return self.fs.open(f"{self.root}/{clean}", "rb")
 
+    def content_type(self, path: str) -> str | None:
+        """The content type the media server gave for the archived file at ``path``, as the
+        manifests beside it recorded it; ``None`` when none did.
+
+        It is what a server of the provider's links (or of anybody's) said: a page that serves
+        it as it is trusts that server (see docs/archive.md on serving the archive).
+        """
+        folder = path.rpartition("/")[0]
+        recorded: str | None = self._known(folder).get(path, {}).get("content_type")
+        return recorded
+
     def folder(self, task_id: str, family: str) -> str:
         """Where the files of ``task_id``'s ``family`` events go, relative to the root."""
         return f"{safe_segment(task_id)}/{family}"
@@ -161,7 +178,15 @@ class Archive:
         The copy is claimed and queued by the write-back, after the answer (inline for a store in
         this process, whose claim costs nothing).
         """
-        if not media_of(job.family, job.event):
+        try:
+            if not media_of(job.family, job.event):
+                return
+        except Exception:  # a host family's media function: its error must not cost the event
+            logger.exception(
+                "The %s family cannot say which files task %s has; nothing is archived for it",
+                job.family.name,
+                job.event.task_id,
+            )
             return
         copy = self.job(job, owner=claim_owner())
         delivery = copy.delivery
@@ -193,19 +218,23 @@ class Archive:
         folder = self.folder(event.task_id, job.family.name)
         archived: list[ArchivedFile] = []
         failures: list[ArchiveFailed] = []
-        known = self._known(folder)
+        try:
+            files = media_of(job.family, event)
+        except Exception as exc:
+            logger.exception("The %s family cannot say which files it has", job.family.name)
+            files = ()
+            error = f"the family's media function raised {type(exc).__name__}: {exc}"
+            failures.append(ArchiveRefused(f"callback:{job.family.name}", error))
+        known = self._known(folder) if files else {}
         with SafeFetcher(self.allow, timeout=self.timeout) as fetcher:
-            for media in media_of(job.family, event):
+            for media in files:
                 path = f"{folder}/{media.filename}"
                 try:
                     archived.append(self._keep(fetcher, media, path, known))
-                except (Refused, TooLarge) as exc:
-                    failures.append(ArchiveRefused(media.source, str(exc)))
-                    logger.warning(
-                        "Cannot archive %s of task %s: %s", media.source, event.task_id, exc
-                    )
-                except (FetchFailed, OSError) as exc:
-                    failures.append(ArchiveFailed(media.source, str(exc)))
+                except (Refused, NotKept, FetchFailed, OSError) as exc:
+                    mendless = isinstance(exc, Refused | NotKept)
+                    kind = ArchiveRefused if mendless else ArchiveFailed
+                    failures.append(kind(media.source, str(exc)))
                     logger.warning(
                         "Cannot archive %s of task %s: %s", media.source, event.task_id, exc
                     )
@@ -222,9 +251,9 @@ class Archive:
             )
         if archived:
             # Given up on some, the host still learns where the others are.
-            files = {file.source: file.url for file in archived}
+            sources = {file.source: file.url for file in archived}
             send_isolated(
-                media_archived, job.app, event=event, files=files, archived=tuple(archived)
+                media_archived, job.app, event=event, files=sources, archived=tuple(archived)
             )
         return list(failures)
 
@@ -255,25 +284,37 @@ class Archive:
             with contextlib.suppress(OSError):
                 if self.fs.exists(partial):
                     self.fs.rm(partial)
-        # What a process killed while fetching this file left beside it. A copy fetching it
-        # right now loses its partial file, and finds the file archived at its next attempt.
-        with contextlib.suppress(OSError):
-            for stale in self.fs.glob(f"{folder}/.{glob.escape(name)}.*.part"):
-                self.fs.rm(stale)
+        self._clear_partials(folder, name)
         return ArchivedFile(media.source, self.url_of(path), path, size, content_type, True)
+
+    def _clear_partials(self, folder: str, name: str) -> None:
+        """Remove what processes killed while fetching ``name`` left beside it: partial files
+        older than :data:`STALE_PARTIAL_AGE`, so that one a live copy is writing is left alone.
+        A filesystem that cannot say when a file changed keeps them."""
+        cutoff = datetime.now(timezone.utc) - STALE_PARTIAL_AGE
+        with contextlib.suppress(Exception):  # tidying only: the file itself is archived
+            for stale in self.fs.glob(f"{folder}/.{glob.escape(name)}.*.part"):
+                changed = self.fs.modified(stale)
+                if changed.tzinfo is None:
+                    changed = changed.replace(tzinfo=timezone.utc)
+                if changed < cutoff:
+                    self.fs.rm(stale)
 
     def _fetch(self, fetcher: SafeFetcher, url: str, partial: str) -> tuple[int, str | None]:
         """Stream ``url`` into ``partial``; its size and content type."""
         with fetcher.stream(url) as response:
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding != "identity":
+                raise NotKept(f"sent compressed ({encoding}) although asked for as it is")
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self.max_bytes:
-                raise TooLarge(self._too_large())
+                raise NotKept(self._too_large())
             size = 0
             with self.fs.open(partial, "wb") as out:
                 for chunk in _chunks(response):
                     size += len(chunk)
                     if size > self.max_bytes:
-                        raise TooLarge(self._too_large())
+                        raise NotKept(self._too_large())
                     out.write(chunk)
             if size == 0:
                 raise FetchFailed("an empty answer", retry=True)
@@ -316,9 +357,10 @@ class Archive:
 
 
 def _chunks(response: httpx.Response) -> Iterator[bytes]:
-    """The answer's body in chunks; a connection lost on the way is worth another attempt."""
+    """The answer's body in chunks, as sent (never decoded: see :class:`NotKept`); a connection
+    lost on the way is worth another attempt."""
     try:
-        yield from response.iter_bytes(CHUNK_SIZE)
+        yield from response.iter_raw(CHUNK_SIZE)
     except httpx.TransportError as exc:
         raise FetchFailed(f"{type(exc).__name__}: {exc}".rstrip(": "), retry=True) from None
 
@@ -369,5 +411,6 @@ def archive_for(settings: Settings) -> Archive | None:
 
 
 def media_of(family: Family, event: Event) -> Sequence[Media]:
-    """The files a success of ``family`` carries (none for a failure)."""
-    return () if str(event.stage) == FAILED else family.media(event)
+    """The files a success of ``family`` carries (none for a failure), each under a name of its
+    own (:func:`~.media.distinct`)."""
+    return () if str(event.stage) == FAILED else distinct(family.media(event))

@@ -63,43 +63,74 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 #: A host name on the allow-list: labels of letters, digits, ``-`` and ``_`` (a container's name),
-#: so that ``media:8080`` or ``*.example.com`` is an error, not an entry that never matches.
+#: so that ``*.example.com`` or ``user@media`` is an error, not an entry that never matches.
 HOST_NAME = re.compile(r"[\w-]+(?:\.[\w-]+)*\.?")
+
+#: An entry that names a port: ``host:port``, ``address:port`` or ``[IPv6 address]:port``.
+WITH_PORT = re.compile(r"(?P<host>\[[^\]]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """One entry of the allow-list: a host name or a network, on one port or on any."""
+
+    host: str | None = None
+    network: IPNetwork | None = None
+    port: int | None = None
+
+    def allows(self, host: str, address: IPAddress, port: int) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        if self.host is not None:
+            return host.lower().rstrip(".") == self.host
+        return self.network is not None and address in self.network
 
 
 @dataclass(frozen=True)
 class AllowList:
     """The hosts and networks a link may lead to although they are not public
-    (``MUSICCALLBACK_ARCHIVE_ALLOW``): a media server of the host's own, tests' ``127.0.0.1``."""
+    (``MUSICCALLBACK_ARCHIVE_ALLOW``): a media server of the host's own, tests' ``127.0.0.1``.
 
-    hosts: frozenset[str] = frozenset()
-    networks: tuple[IPNetwork, ...] = ()
+    An entry may name a port (``127.0.0.1:5000``), and then allows that port only: an app that
+    serves media to itself (the example app's samples) opens its own port, not every service
+    listening on the machine's loopback.
+    """
+
+    entries: tuple[Allowed, ...] = ()
 
     @classmethod
     def parse(cls, entries: Iterable[str]) -> AllowList:
-        """Read host names, addresses and networks (``10.0.0.0/8``); ``ValueError`` for an
-        entry that is none of them."""
-        hosts: set[str] = set()
-        networks: list[IPNetwork] = []
-        for entry in entries:
-            entry = entry.strip().lower()
-            if not entry:
-                raise ValueError("an empty entry")
-            try:
-                networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                if not HOST_NAME.fullmatch(entry):
-                    raise ValueError(f"{entry!r} is neither a host name nor a network") from None
-                hosts.add(_wire_name(entry.rstrip(".")))
-        return cls(frozenset(hosts), tuple(networks))
+        """Read host names, addresses and networks (``10.0.0.0/8``), each with a port or not;
+        ``ValueError`` for an entry that is none of them."""
+        return cls(tuple(_allowed(entry) for entry in entries))
 
-    def allows(self, host: str, address: IPAddress) -> bool:
-        """Whether ``host``, resolved to ``address``, may be connected to."""
+    def allows(self, host: str, address: IPAddress, port: int) -> bool:
+        """Whether ``host``, resolved to ``address``, may be connected to on ``port``."""
         if is_public(address):
             return True
-        if host.lower().rstrip(".") in self.hosts:
-            return True
-        return any(address in network for network in self.networks)
+        return any(entry.allows(host, address, port) for entry in self.entries)
+
+
+def _allowed(entry: str) -> Allowed:
+    entry = entry.strip().lower()
+    if not entry:
+        raise ValueError("an empty entry")
+    port: int | None = None
+    scoped = WITH_PORT.fullmatch(entry)
+    if scoped is not None:
+        port = int(scoped["port"])
+        if not 0 < port < 65536:
+            raise ValueError(f"{entry!r} names no port there can be")
+        entry = scoped["host"].removeprefix("[").removesuffix("]")
+    try:
+        network = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        if not HOST_NAME.fullmatch(entry):
+            raise ValueError(f"{entry!r} is neither a host name nor a network") from None
+        return Allowed(host=_wire_name(entry.rstrip(".")), port=port)
+    if port is not None and network.num_addresses > 1:
+        raise ValueError(f"{entry!r}: a port goes with one address or name, not a network")
+    return Allowed(network=network, port=port)
 
 
 def is_public(address: IPAddress) -> bool:
@@ -156,7 +187,9 @@ class SafeFetcher:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=False,
             limits=httpx.Limits(max_keepalive_connections=0),
-            headers={"User-Agent": user_agent},
+            # Media are compressed already; an answer compressed again would be decoded in one
+            # piece per chunk, whatever its size (the archive refuses one).
+            headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
             transport=transport,
             trust_env=False,
         )
@@ -184,9 +217,9 @@ class SafeFetcher:
         host = parsed.raw_host.decode("ascii")
         if not host:
             raise Refused("a link without a host")
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        port = parsed.port or _default_port(parsed)
         addresses = resolve(host, port)
-        refused = [str(a) for a in addresses if not self.allow.allows(host, a)]
+        refused = [str(a) for a in addresses if not self.allow.allows(host, a, port)]
         if refused or not addresses:
             raise Refused(
                 f"{host} resolves to {', '.join(refused) or 'nothing'}, which is not public; "
@@ -239,5 +272,8 @@ def _wire_name(name: str) -> str:
 def _host_header(url: httpx.URL, host: str) -> str:
     """The ``Host`` header for ``url``: its name, and its port when it is not the default."""
     name = f"[{host}]" if ":" in host else host
-    default = 443 if url.scheme == "https" else 80
-    return name if url.port in (None, default) else f"{name}:{url.port}"
+    return name if url.port in (None, _default_port(url)) else f"{name}:{url.port}"
+
+
+def _default_port(url: httpx.URL) -> int:
+    return 443 if url.scheme == "https" else 80

@@ -8,8 +8,10 @@ and a person browsing the archive knows what each file is.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
@@ -20,8 +22,11 @@ KNOWN_SUFFIXES = frozenset(
     | {"json", "mid", "midi", "txt"}
 )
 
-#: The longest readable part of a name; an id or a digest follows it.
+#: The longest name :func:`readable` makes, unless what must stay whole is longer.
 MAX_NAME = 80
+
+#: The longest name of a file, its suffix aside: within every filesystem's 255 bytes.
+MAX_FILE_NAME = 200
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -54,7 +59,8 @@ class Media:
     def filename(self) -> str:
         """``name.ext``, made safe: a host's family may name its files from what a callback
         says, and no name may lead out of its folder."""
-        return f"{readable(self.name)}.{readable(self.ext, fallback='bin')}"
+        name = _clean(self.name)[:MAX_FILE_NAME] or "file"
+        return f"{name}.{readable(self.ext, fallback='bin')}"
 
     @property
     def source(self) -> str:
@@ -64,11 +70,43 @@ class Media:
 
 
 def readable(*parts: str | None, fallback: str = "file") -> str:
-    """A file name made of ``parts`` (a title, an id): letters, digits, ``.``, ``_`` and ``-``
-    only, the others joined by ``-``; ``fallback`` when nothing is left."""
-    words = [_UNSAFE.sub("-", part).strip("-.") for part in parts if part]
-    name = "-".join(word for word in words if word)[:MAX_NAME].strip("-.")
-    return name or fallback
+    """A file name made of ``parts``, the readable one first (a title, then an id, a kind):
+    letters, digits, ``.``, ``_`` and ``-`` only, the others joined by ``-``; ``fallback`` when
+    nothing is left.
+
+    Only the first part is shortened to keep the name within :data:`MAX_NAME`: the parts after
+    it tell files apart (two tracks of a task often share a long title), so they stay whole.
+    """
+    words = [word for word in (_clean(part) for part in parts if part) if word]
+    if not words:
+        return fallback
+    head, rest = words[0], "-".join(words[1:])
+    if rest:
+        room = max(MAX_NAME - len(rest) - 1, 0)
+        head = head[:room].strip("-.")
+        name = f"{head}-{rest}" if head else rest
+    else:
+        name = head[:MAX_NAME]
+    return _clean(name[:MAX_FILE_NAME]) or fallback
+
+
+def _clean(text: str) -> str:
+    return _UNSAFE.sub("-", text).strip("-.")
+
+
+def distinct(media: Sequence[Media]) -> list[Media]:
+    """``media`` with no two files of different sources under one name: a later one takes a
+    digest of its source into its name. Files named alike by a family (a host's own, or two
+    parts with nothing to tell them apart) would otherwise be taken for one another."""
+    taken: dict[str, str] = {}
+    out: list[Media] = []
+    for item in media:
+        if taken.setdefault(item.filename, item.source) != item.source:
+            digest = hashlib.sha256(item.source.encode()).hexdigest()[:10]
+            item = dataclasses.replace(item, name=f"{item.name}-{digest}")
+            taken.setdefault(item.filename, item.source)
+        out.append(item)
+    return out
 
 
 def safe_segment(text: str) -> str:

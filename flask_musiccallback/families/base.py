@@ -23,7 +23,15 @@ from blinker import Signal
 from marshmallow import Schema, ValidationError
 
 from ..archive.media import Media
-from ..stores.base import COPY_PREFIX, MAX_TASK_ID_LENGTH, UNREADABLE_PREFIX, Delivery, Store
+from ..stores.base import (
+    COPY_PREFIX,
+    MAX_STAGE_LENGTH,
+    MAX_TASK_ID_LENGTH,
+    UNREADABLE_PREFIX,
+    Delivery,
+    Store,
+    copy_stage,
+)
 from ..stores.owners import claim_owner
 from ..stores.tasks import TaskState
 
@@ -229,7 +237,8 @@ class Families:
         """Read ``family`` too, asking it before the families registered earlier.
 
         Raises ``ValueError`` for a name already taken, or a second family keying its stages
-        bare: either would mix two families' deliveries in the store.
+        bare: either would mix two families' deliveries in the store; and for a name or stages
+        so long that a store could not key the family's media copies.
         """
         if family.name in self._named:
             raise ValueError(f"A callback family named {family.name!r} is registered already.")
@@ -239,6 +248,12 @@ class Families:
             raise ValueError(
                 "A family's name must be non-empty, have no ':' and be neither 'unreadable' "
                 "nor 'archive'."
+            )
+        longest = max((copy_stage(family.store_stage(stage)) for stage in family.stages), key=len)
+        if len(longest) > MAX_STAGE_LENGTH:
+            raise ValueError(
+                f"A family's stages are keyed up to {MAX_STAGE_LENGTH} characters, its media "
+                f"copies' too: {longest!r} is longer; shorten the family's name or stages."
             )
         if family.bare_keys and any(other.bare_keys for other in self._asked):
             raise ValueError("Only one callback family may key its stages bare.")

@@ -10,6 +10,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -65,8 +66,9 @@ def test_media_are_archived_in_the_instance_folder_from_the_servers_own_samples(
 ) -> None:
     assert example.config["MUSICCALLBACK_ARCHIVE"] == archive_folder(example).as_uri()
     assert example.config["MUSICCALLBACK_SIMULATED_MEDIA_URL"] == f"{base_url(example)}/samples"
-    # The samples are on loopback, which the archive refuses unless allowed: for them alone.
-    assert example.config["MUSICCALLBACK_ARCHIVE_ALLOW"] == ["127.0.0.1"]
+    # The samples are on loopback, which the archive refuses unless allowed: their port alone.
+    port = urlsplit(base_url(example)).port
+    assert example.config["MUSICCALLBACK_ARCHIVE_ALLOW"] == [f"127.0.0.1:{port}"]
     assert get_state(example).archive is not None
 
 
@@ -446,7 +448,8 @@ def test_simulate_in_its_own_process_archives_the_media_before_it_exits(
 def test_receivers_report_no_failure_for_a_task_whose_media_cannot_be_archived(
     make_example: ExampleFactory,
 ) -> None:
-    app = make_example(MUSICCALLBACK_RETRY_ATTEMPTS=1)
+    # Allowed, and nothing listens there: each copy fails to connect.
+    app = make_example(MUSICCALLBACK_RETRY_ATTEMPTS=1, MUSICCALLBACK_ARCHIVE_ALLOW=["127.0.0.1:9"])
     payload = build_callback("complete", task_id="task-1", tracks=1)
     for key in ("audio_url", "image_url"):
         payload["data"]["data"][0][key] = "http://127.0.0.1:9/gone"

@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask, Response
@@ -60,6 +62,12 @@ def origin() -> Iterator[tuple[Origin, str]]:
     server = Origin()
     with serve_url(server.app) as url:
         yield server, url
+
+
+def allowing(url: str) -> dict[str, Any]:
+    """The configuration that lets the archive fetch from the media server at ``url`` alone
+    (it is on loopback, which the archive refuses unless allowed)."""
+    return {"MUSICCALLBACK_ARCHIVE_ALLOW": [urlsplit(url).netloc]}
 
 
 def completed_with_links(task_id: str, url: str, audio: str, image: str) -> dict[str, object]:
@@ -212,7 +220,7 @@ def test_a_link_that_cannot_be_archived_is_recorded_and_the_page_plays_it(
     make_example: ExampleFactory, origin: tuple[Origin, str]
 ) -> None:
     _, url = origin
-    app = make_example(MUSICCALLBACK_RETRY_ATTEMPTS=2)
+    app = make_example(**allowing(url), MUSICCALLBACK_RETRY_ATTEMPTS=2)
     payload = completed_with_links("task-1", url, "expired.mp3", "cover.jpeg")
 
     CallbackClient(app).deliver(payload)
@@ -237,7 +245,7 @@ def test_a_flaky_media_server_is_retried_off_the_request_path(
 ) -> None:
     server, url = origin
     server.fail("song.mp3", 2)
-    app = make_example()
+    app = make_example(**allowing(url))
 
     started = time.monotonic()
     answer = post_callback(app, completed_with_links("task-1", url, "song.mp3", "cover.jpeg"))
@@ -257,7 +265,7 @@ def test_replay_archives_again_what_could_not_be_archived(
 ) -> None:
     server, url = origin
     server.fail("song.mp3", 3)
-    app = make_example(MUSICCALLBACK_RETRY_ATTEMPTS=1)
+    app = make_example(**allowing(url), MUSICCALLBACK_RETRY_ATTEMPTS=1)
     CallbackClient(app).deliver(completed_with_links("task-1", url, "song.mp3", "cover.jpeg"))
     settle(app)
     assert task(app, "task-1").tracks[0].audio_error == "HTTP 503"
@@ -272,13 +280,16 @@ def test_replay_archives_again_what_could_not_be_archived(
     assert archive_folder(app).joinpath(str(track.audio_path)).read_bytes() == AUDIO
 
 
-def test_links_to_loopback_are_refused_when_the_demo_does_not_allow_them(
-    make_example: ExampleFactory, origin: tuple[Origin, str]
+@pytest.mark.parametrize("allow", ["as shipped", "nothing"])
+def test_links_to_other_services_on_loopback_are_never_fetched(
+    make_example: ExampleFactory, origin: tuple[Origin, str], allow: str
 ) -> None:
-    """What a deployment that receives the provider's callbacks has: nothing allowed that is not
-    public. A callback whose links lead to this machine makes it fetch nothing."""
+    """The issue's probe: a callback whose links lead to another service of this machine (an
+    admin page on loopback) makes the app fetch nothing, and serve nothing of it. As shipped,
+    the app allows its own samples' port alone; a deployment that receives the provider's
+    callbacks allows nothing that is not public."""
     server, url = origin
-    app = make_example(MUSICCALLBACK_ARCHIVE_ALLOW=[])
+    app = make_example() if allow == "as shipped" else make_example(MUSICCALLBACK_ARCHIVE_ALLOW=[])
 
     CallbackClient(app).deliver(completed_with_links("task-1", url, "song.mp3", "cover.jpeg"))
     settle(app)
@@ -295,7 +306,7 @@ def test_two_tasks_archiving_at_once_keep_their_files_apart(
     make_example: ExampleFactory, origin: tuple[Origin, str]
 ) -> None:
     _, url = origin
-    app = make_example()
+    app = make_example(**allowing(url))
     threads = [
         threading.Thread(
             target=CallbackClient(app).deliver,
