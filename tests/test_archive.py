@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import threading
 import time
 import tracemalloc
@@ -32,6 +31,7 @@ from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import build_callback, record_signals
 
 from .conftest import URL, build_app
+from .listeners import listening
 from .media_host import MediaHost, content, media_host
 
 #: Every built-in family whose success carries files.
@@ -230,35 +230,6 @@ def test_a_file_over_the_cap_is_not_kept_half_written(
     assert sorted(path.suffix for path in folder.iterdir()) == [".jpeg", ".json"]
 
 
-class Listener:
-    """A TCP listener that counts the connections made to it."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_server((host, 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
 @pytest.mark.parametrize(
     "link",
     [
@@ -271,8 +242,7 @@ class Listener:
     ],
 )
 def test_links_into_the_network_are_never_connected_to(tmp_path: Path, link: str) -> None:
-    listener = Listener()
-    try:
+    with listening() as listener:
         app = archive_app(tmp_path, ARCHIVE_ALLOW=None, RETRY_ATTEMPTS=3, RETRY_BACKOFF=5.0)
         url = link.format(port=listener.port)
         body = build_callback("complete", task_id="ssrf-1", tracks=1)
@@ -283,10 +253,8 @@ def test_links_into_the_network_are_never_connected_to(tmp_path: Path, link: str
             assert get_state(app).extension.wait_idle(4, app=app)
         failed = [kwargs for name, kwargs in signals if name == "media_archive_failed"]
         assert [kwargs["url"] for kwargs in failed] == [url]
-        assert listener.connections == 0
+        assert listener.connections() == 0
         assert not list((tmp_path / "archive").rglob("*.mp3"))
-    finally:
-        listener.close()
 
 
 def test_memory_filesystem_as_the_archive(tmp_path: Path, host: MediaHost) -> None:

@@ -11,24 +11,20 @@ from a process that died, and, under ``celery`` dispatch, run by a real worker a
 from __future__ import annotations
 
 import json
-import mimetypes
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import Result
-from flask import Flask, Response
+from flask import Flask
 
 from flask_musiccallback.dispatch.celery import ARCHIVE_TASK_NAME
 from flask_musiccallback.dispatch.sweep import sweep
@@ -36,115 +32,25 @@ from flask_musiccallback.families import BUILT_IN
 from flask_musiccallback.state import get_state
 from flask_musiccallback.stores.base import DeliveryState, KeptDelivery
 from flask_musiccallback.stores.owners import owner_is_dead
-from flask_musiccallback.testing import SIMULATED_MEDIA_HOST, build_callback, record_signals
+from flask_musiccallback.testing import build_callback, record_signals
 
 from .backends import child_env, claim_in_a_process_that_dies, persistent_store
 from .celery_host import URL as HOST_URL
 from .celery_host import create_app, host_env
 from .conftest import TOKEN, URL, AppFactory
-from .servers import PostgresServer, serve_url
+from .media_host import HOLD_TIMEOUT, MediaHost, content, media_host
+from .servers import PostgresServer
 from .servers_redis import celery_worker, redis_server
 
 RETRY_ATTEMPTS = 2
 
-#: The longest a held media request waits for the test before it answers anyway.
-HOLD_TIMEOUT = 20.0
-
 Signals = list[tuple[str, dict[str, Any]]]
 
 
-class MediaServer:
-    """The provider's CDN on 127.0.0.1: each path answers bytes of its own (:func:`content`) and
-    every request is counted. ``fail`` makes a file answer an error status; ``hold`` makes the
-    answers wait, once their first ``after`` bytes are sent, until ``release``."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self.requests: Counter[str] = Counter()
-        #: Paths answered without a release, when the hold timed out.
-        self.answered_while_held: list[str] = []
-        self._failing: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._open = threading.Event()
-        self._open.set()
-        self._after = 0
-        self.app = Flask("media")
-        self.app.add_url_rule("/<path:path>", view_func=self._answer)
-
-    @contextmanager
-    def running(self) -> Iterator[MediaServer]:
-        with serve_url(self.app) as url:
-            self.url = url
-            try:
-                yield self
-            finally:
-                self.release()
-
-    def _answer(self, path: str) -> Response:
-        path = "/" + path
-        with self._lock:
-            self.requests[path] += 1
-            status = self._failing.get(path)
-            after = self._after
-        if status is not None:
-            return Response(f"no {path}", status=status)
-        body = content(path)
-        kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return Response(
-            self._stream(path, body, after),
-            content_type=kind,
-            headers={"Content-Length": str(len(body))},
-        )
-
-    def _stream(self, path: str, body: bytes, after: int) -> Iterator[bytes]:
-        # Nothing is sent, not even the headers, before the first chunk is yielded.
-        if after:
-            yield body[:after]
-        if not self._open.wait(HOLD_TIMEOUT):
-            self.answered_while_held.append(path)
-        yield body[after:]
-
-    def fail(self, url: str, status: int) -> None:
-        with self._lock:
-            self._failing[self.path(url)] = status
-
-    def heal(self) -> None:
-        with self._lock:
-            self._failing.clear()
-
-    def hold(self, after: int = 0) -> None:
-        with self._lock:
-            self._after = after
-        self._open.clear()
-
-    def release(self) -> None:
-        self._open.set()
-
-    def path(self, url: str) -> str:
-        assert url.startswith(self.url + "/"), url
-        return url[len(self.url) :]
-
-    def fetches(self, urls: list[str]) -> list[int]:
-        """How many times each of ``urls`` was requested."""
-        with self._lock:
-            return [self.requests[self.path(url)] for url in urls]
-
-    def local(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """``payload`` with its links to the simulated CDN leading here instead."""
-        text = json.dumps(payload).replace(f"https://{SIMULATED_MEDIA_HOST}", self.url)
-        body: dict[str, Any] = json.loads(text)
-        return body
-
-
-def content(path: str) -> bytes:
-    """A file's bytes: its path, repeated; an audio file spans several of the archive's chunks."""
-    return (path.encode() + b"\n") * (20_000 if path.endswith((".mp3", ".wav")) else 200)
-
-
 @pytest.fixture
-def media() -> Iterator[MediaServer]:
-    with MediaServer().running() as server:
-        yield server
+def media() -> Iterator[MediaHost]:
+    with media_host() as served:
+        yield served
 
 
 @pytest.fixture
@@ -198,11 +104,9 @@ def run(app: Flask, *args: str) -> Result:
     return result
 
 
-def music(
-    media: MediaServer, stage: str = "complete", task_id: str | None = None
-) -> dict[str, Any]:
+def music(media: MediaHost, stage: str = "complete", task_id: str | None = None) -> dict[str, Any]:
     task_id = task_id or f"task-{uuid.uuid4().hex[:12]}"
-    return media.local(build_callback(stage, task_id=task_id))
+    return build_callback(stage, task_id=task_id, media_base=media.base)
 
 
 def task_of(payload: dict[str, Any]) -> str:
@@ -239,27 +143,27 @@ def sent(recorded: Signals, name: str) -> list[dict[str, Any]]:
     return [kwargs for signal_name, kwargs in recorded if signal_name == name]
 
 
-def the_files_of(links: list[str], media: MediaServer) -> list[bytes]:
-    return sorted(content(media.path(link)) for link in links)
+def the_files_of(links: list[str], media: MediaHost) -> list[bytes]:
+    return sorted(content(media.path_of(link)) for link in links)
 
 
 # A copy that fails is kept failed and listed, and a replay fetches only what it lacks.
 
 
-def failed_copy(app: Flask, media: MediaServer) -> tuple[str, list[str]]:
+def failed_copy(app: Flask, media: MediaHost) -> tuple[str, list[str]]:
     """Post a music callback whose second track is gone (its audio 404, its image 503) and let
     its copy fail after its attempts; the task id and the body's links."""
     payload = music(media)
     links = track_links(payload)
-    media.fail(links[2], 404)
-    media.fail(links[3], 503)
+    media.statuses[media.path_of(links[2])] = 404
+    media.statuses[media.path_of(links[3])] = 503
     assert post(app, payload) == {"status": "received"}
     settle(app)
     return task_of(payload), links
 
 
 def test_a_copy_failing_after_its_attempts_is_kept_failed_and_listed(
-    archive_app: ArchiveApp, media: MediaServer, archive: Path
+    archive_app: ArchiveApp, media: MediaHost, archive: Path
 ) -> None:
     app = archive_app()
     with record_signals(app) as recorded:
@@ -293,12 +197,12 @@ def test_a_copy_failing_after_its_attempts_is_kept_failed_and_listed(
 
 @pytest.mark.parametrize("how", ["by id", "--failed"])
 def test_a_replayed_copy_fetches_only_the_files_it_lacks(
-    archive_app: ArchiveApp, media: MediaServer, archive: Path, how: str
+    archive_app: ArchiveApp, media: MediaHost, archive: Path, how: str
 ) -> None:
     app = archive_app()
     task_id, links = failed_copy(app, media)
     copy = kept(app, task_id)
-    media.heal()
+    media.statuses.clear()
 
     with record_signals(app) as recorded:
         replayed = run(app, "replay", copy.id if how == "by id" else "--failed")
@@ -325,7 +229,7 @@ def test_a_replayed_copy_fetches_only_the_files_it_lacks(
 
 
 def test_a_redelivered_callback_fetches_nothing_again(
-    archive_app: ArchiveApp, media: MediaServer
+    archive_app: ArchiveApp, media: MediaHost
 ) -> None:
     app = archive_app()
     payload = music(media)
@@ -340,7 +244,7 @@ def test_a_redelivered_callback_fetches_nothing_again(
 
 
 def test_replaying_the_music_delivery_fetches_nothing_again(
-    archive_app: ArchiveApp, media: MediaServer
+    archive_app: ArchiveApp, media: MediaHost
 ) -> None:
     app = archive_app()
     payload = music(media)
@@ -357,7 +261,7 @@ def test_replaying_the_music_delivery_fetches_nothing_again(
 
 
 def test_a_forced_replay_of_a_done_copy_finds_every_file_archived(
-    archive_app: ArchiveApp, media: MediaServer, archive: Path
+    archive_app: ArchiveApp, media: MediaHost, archive: Path
 ) -> None:
     app = archive_app()
     payload = music(media)
@@ -377,7 +281,7 @@ def test_a_forced_replay_of_a_done_copy_finds_every_file_archived(
 
 
 def test_the_complete_stage_fetches_only_what_the_first_stage_did_not(
-    archive_app: ArchiveApp, media: MediaServer
+    archive_app: ArchiveApp, media: MediaHost
 ) -> None:
     app = archive_app()
     first = music(media, "first")
@@ -399,13 +303,13 @@ def test_the_complete_stage_fetches_only_what_the_first_stage_did_not(
 
 
 def test_each_familys_copy_is_kept_under_its_own_key_and_fetched_once(
-    archive_app: ArchiveApp, media: MediaServer, archive: Path
+    archive_app: ArchiveApp, media: MediaHost, archive: Path
 ) -> None:
     app = archive_app()
     task_ids = {family.name: f"{family.name}-{uuid.uuid4().hex[:8]}" for family in BUILT_IN}
     for family in BUILT_IN:
         assert family.example is not None
-        payload = media.local(family.example("complete", task_id=task_ids[family.name]))
+        payload = media.rebase(family.example("complete", task_id=task_ids[family.name]))
         assert post(app, payload) == {"status": "received"}
         assert post(app, payload) == {"status": "duplicate"}
     settle(app)
@@ -421,8 +325,8 @@ def test_each_familys_copy_is_kept_under_its_own_key_and_fetched_once(
         else:
             assert states == {key: DeliveryState.DONE, f"archive:{key}": DeliveryState.DONE}
             assert f"{task_ids[family.name]}/{family.name}" in folders
-    assert media.requests
-    assert set(media.requests.values()) == {1}
+    assert media.hits
+    assert set(media.hits.values()) == {1}
 
 
 # Copies outlive the process that claimed them.
@@ -444,11 +348,11 @@ sys.stdin.read()  # the archive downloads in its threads until the test kills th
 
 
 def killed_while_copying(
-    config: dict[str, Any], payload: dict[str, Any], media: MediaServer, archive: Path
+    config: dict[str, Any], payload: dict[str, Any], media: MediaHost, archive: Path
 ) -> None:
     """Post ``payload`` to an app in a process of its own, and kill it with SIGKILL once its
     archive has written the first part of the first file."""
-    media.hold(after=300_000)
+    release = media.hold(track_links(payload)[:1], after=300_000)
     process = subprocess.Popen(
         [sys.executable, "-c", DIES_WHILE_COPYING, json.dumps(config), json.dumps(payload)],
         env=child_env(CALLBACK_URL=URL),
@@ -466,13 +370,13 @@ def killed_while_copying(
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
-        media.release()
+        release.set()
 
 
 @pytest.mark.parametrize("recovery", ["replay --pending", "the sweep"])
 def test_a_copy_cut_short_by_a_killed_process_is_taken_over_and_completed(
     archive_app: ArchiveApp,
-    media: MediaServer,
+    media: MediaHost,
     archive: Path,
     shared_store_url: str,
     recovery: str,
@@ -509,7 +413,7 @@ def test_a_copy_cut_short_by_a_killed_process_is_taken_over_and_completed(
 
 
 def test_a_delivery_taken_over_from_a_dead_process_has_its_media_copied(
-    archive_app: ArchiveApp, media: MediaServer, archive: Path, shared_store_url: str
+    archive_app: ArchiveApp, media: MediaHost, archive: Path, shared_store_url: str
 ) -> None:
     # The process claimed the delivery and died before it claimed the delivery's copy.
     payload = music(media)
@@ -601,13 +505,13 @@ def in_the_log(log: Path, pattern: str, timeout: float = 10) -> None:
 
 
 def test_under_celery_a_worker_archives_the_media_after_the_answer(
-    web: Flask, worker: Path, media: MediaServer, celery_archive: Path
+    web: Flask, worker: Path, media: MediaHost, celery_archive: Path
 ) -> None:
     payload = music(media)
     task_id, links = task_of(payload), track_links(payload)
-    media.hold()
+    release = media.hold(links)
     assert post(web, payload, HOST_URL) == {"status": "received"}
-    media.release()
+    release.set()
 
     assert copy_in(web, task_id, DeliveryState.DONE).attempts == 1
     # No media request was answered before the callback's answer came back.
@@ -619,11 +523,11 @@ def test_under_celery_a_worker_archives_the_media_after_the_answer(
 
 
 def test_under_celery_a_failing_copy_is_retried_kept_failed_and_replayed_by_the_workers(
-    web: Flask, media: MediaServer, celery_archive: Path
+    web: Flask, media: MediaHost, celery_archive: Path
 ) -> None:
     payload = music(media)
     task_id, links = task_of(payload), track_links(payload)
-    media.fail(links[2], 404)
+    media.statuses[media.path_of(links[2])] = 404
     assert post(web, payload, HOST_URL) == {"status": "received"}
 
     failed = copy_in(web, task_id, DeliveryState.FAILED)
@@ -631,7 +535,7 @@ def test_under_celery_a_failing_copy_is_retried_kept_failed_and_replayed_by_the_
     assert failed.last_error == f"ArchiveFailed: {links[2]}: HTTP 404"
     assert media.fetches(links) == [1, 1, RETRY_ATTEMPTS, 1]
 
-    media.heal()
+    media.statuses.clear()
     replayed = run(web, "replay", failed.id)
     assert replayed.exit_code == 0, replayed.output
     assert copy_in(web, task_id, DeliveryState.DONE).attempts == RETRY_ATTEMPTS + 1
