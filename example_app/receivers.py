@@ -8,8 +8,9 @@ write is idempotent and an earlier stage never overwrites what a later one fille
 Every stage of every family goes through :func:`record`; what differs is what each family keeps
 of its event for the page (:data:`RESULTS`). The files themselves are the extension's to copy
 (``MUSICCALLBACK_ARCHIVE``): it fetches every success's media off the request path, then sends
-``media_archived`` or, after its last retry, ``media_archive_failed``, whose receivers here record
-on the task's rows where each file is, or why it is not. Those signals come from the archive's own
+``media_archived`` for the files it kept and, after its last retry, ``media_archive_failed`` for
+each it could not, whose receivers here record on the task's rows where each file is, or why it
+is not. Those signals come from the archive's own
 threads, maybe before the stage's receiver has run: they go through :func:`record` too, which
 writes the task, its stage and its rows from the event whichever comes first.
 """
@@ -70,7 +71,8 @@ for _family in music.families:
 def keep_archived(
     sender: Flask, *, event: FamilyEvent, archived: tuple[ArchivedFile, ...], **extra: Any
 ) -> None:
-    """Every file of a success is in the archive: note where, for the page to serve it."""
+    """Files of a success are in the archive (every one, or those kept when the archive gave
+    up on others): note where, for the page to serve them."""
     if _ours(sender):
         record(event, archived={file.source: file.path for file in archived})
 

@@ -441,6 +441,7 @@ def test_an_entry_with_a_port_allows_that_port_only(media: Listener, host: str) 
         "127.0.0.0/8:8080",
         "127.0.0.1:0",
         "127.0.0.1:70000",
+        "[media.internal]:8080",
         "media server",
         "*.example.com",
         "user@media.example",
@@ -448,7 +449,7 @@ def test_an_entry_with_a_port_allows_that_port_only(media: Listener, host: str) 
     ],
 )
 def test_the_allow_list_rejects_what_is_no_host_or_network(entry: str) -> None:
-    with pytest.raises(ValueError, match=r"entry|neither|host name|port"):
+    with pytest.raises(ValueError, match=r"entry|neither|host name|port|IPv6"):
         AllowList.parse([entry])
 
 

@@ -121,7 +121,11 @@ def _allowed(entry: str) -> Allowed:
         port = int(scoped["port"])
         if not 0 < port < 65536:
             raise ValueError(f"{entry!r} names no port there can be")
-        entry = scoped["host"].removeprefix("[").removesuffix("]")
+        entry = scoped["host"]
+        if entry.startswith("["):
+            entry = entry[1:-1]
+            if ":" not in entry:  # brackets hold an IPv6 address, not a name
+                raise ValueError(f"{entry!r} in brackets is no IPv6 address")
     try:
         network = ipaddress.ip_network(entry, strict=False)
     except ValueError:
