@@ -57,7 +57,7 @@ class Check:
     detail: str
 
     def line(self) -> str:
-        return f"{self.status.value:<4}  {self.name:<13} {self.detail}"
+        return f"{self.status.value:<4}  {self.name:<14} {self.detail}"
 
 
 def _ms(seconds: float) -> str:
@@ -200,12 +200,8 @@ def check_callback_url(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:
     and the provider must reach it from the internet."""
     try:
         url = get_state(app).extension.callback_url()
-    except RuntimeError as exc:
-        return Check(
-            "callback-url",
-            Status.FAIL,
-            f"{exc} Set {ConfigKeys.EXTERNAL_URL} (https://your.host) or SERVER_NAME.",
-        )
+    except RuntimeError as exc:  # no request, SERVER_NAME nor MUSICCALLBACK_EXTERNAL_URL
+        return Check("callback-url", Status.FAIL, str(exc))
     shown = redact_token(url)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
