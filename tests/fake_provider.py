@@ -2,8 +2,9 @@
 
 :class:`FakeProvider` answers ``GET /api/v1/generate/record-info``, and the record endpoint of
 every other family, in the documented shape (PROVIDER.md section 6), from answers a test scripts
-per task (a task never scripted is "not found"; with ``api_key`` set, another key is 401): each poll takes the next answer, and the last one repeats, as a finished task keeps its
-final record. The path each task was asked at is recorded, so a test sees which family was polled.
+per task: each poll takes the next answer, and the last one repeats, as a finished task keeps its
+final record; a task never scripted is "not found", and with ``api_key`` set another key gets 401.
+The path each task was asked at is recorded, so a test sees which family was polled.
 :func:`record` builds the music family's record; the other families' records, which share one
 shape, are built by ``tests.family_kit.record_answer``.
 """

@@ -77,7 +77,8 @@ def test_the_configuration_line_names_dispatch_store_and_source_checks(
     assert status == "ok"
     assert "dispatch sync" in detail
     assert "store memory://" in detail
-    assert "token (1)" in detail and "HMAC (1)" in detail
+    assert "token (1)" in detail
+    assert "HMAC (1)" in detail
 
 
 def test_no_token_hmac_key_or_allow_list_warns_without_failing(make_app: AppFactory) -> None:
@@ -104,7 +105,8 @@ def test_postgresql_up_is_ok_with_its_round_trip(make_app: AppFactory, postgresq
     assert result.exit_code == 0, result.output
     status, detail = line(result, "store")
     assert status == "ok"
-    assert "round trip" in detail and " ms" in detail
+    assert "round trip" in detail
+    assert " ms" in detail
     assert "tables musiccallback_deliveries" in detail
 
 
@@ -190,7 +192,8 @@ def test_a_redis_that_evicts_keys_when_full_warns(make_app: AppFactory) -> None:
     finally:
         server.remove()
     assert status == "warn"
-    assert "allkeys-lru" in detail and "noeviction" in detail
+    assert "allkeys-lru" in detail
+    assert "noeviction" in detail
 
 
 # -- the Celery broker ------------------------------------------------------------------------
@@ -327,7 +330,8 @@ def test_an_archive_folder_is_writable_and_the_probe_is_removed(
     status, detail = line(result, "archive")
     assert status == "ok"
     assert "writable" in detail
-    assert folder.is_dir() and list(folder.iterdir()) == []
+    assert folder.is_dir()
+    assert list(folder.iterdir()) == []
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
