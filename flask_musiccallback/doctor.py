@@ -186,7 +186,7 @@ def check_api_key(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:
         took = time.perf_counter() - started
         if exc.code in (401, 403, 404):
             return Check("api-key", Status.FAIL, f"{base}: {exc}")
-        if exc.code is None and exc.retryable:  # no answer at all
+        if exc.code is None:  # no answer at all, or not the provider's (not JSON)
             return Check("api-key", Status.FAIL, str(exc))
         if exc.retryable:
             return Check("api-key", Status.WARN, f"{base}: not checked now: {exc}")

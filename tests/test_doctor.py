@@ -13,13 +13,13 @@ import pytest
 from click.testing import Result
 from flask import Flask
 
-from flask_musiccallback.doctor import Status, check_store, run_checks
+from flask_musiccallback.doctor import PROBE_TASK_ID, Status, check_store, run_checks
 from flask_musiccallback.state import get_state
 
 from .backends import with_flask_sqlalchemy
 from .conftest import TOKEN, AppFactory
 from .fake_provider import FakeProvider
-from .servers import PostgresServer, RedisServer, free_port, start_redis
+from .servers import PostgresServer, RedisServer, free_port, serve_url, start_redis
 
 PUBLIC = "https://music.example.com"
 
@@ -272,6 +272,27 @@ def test_a_provider_out_of_reach_fails(make_app: AppFactory) -> None:
     result = doctor(healthy(make_app, API_KEY="k", API_BASE_URL=url))
     assert_failed_cleanly(result)
     assert "cannot reach the provider" in line(result, "api-key")[1]
+
+
+def test_a_provider_under_maintenance_warns_that_the_key_was_not_checked(
+    make_app: AppFactory, provider: FakeProvider
+) -> None:
+    provider.script(PROBE_TASK_ID, {"code": 455, "msg": "maintenance", "data": None})
+    result = doctor(healthy(make_app, API_KEY="k", API_BASE_URL=provider.url))
+    assert result.exit_code == 0
+    status, detail = line(result, "api-key")
+    assert status == "warn"
+    assert "not checked now" in detail
+
+
+def test_a_base_url_that_is_no_provider_fails(make_app: AppFactory) -> None:
+    """A web page answering 200 to anything is not a key accepted."""
+    site = Flask("somebody_elses_site")
+    site.add_url_rule("/<path:anything>", view_func=lambda anything: "<html>hello</html>")
+    with serve_url(site) as url:
+        result = doctor(healthy(make_app, API_KEY="k", API_BASE_URL=url))
+    assert_failed_cleanly(result)
+    assert line(result, "api-key")[0] == "fail"
 
 
 # -- the callback URL -------------------------------------------------------------------------
