@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -148,16 +149,45 @@ def check_broker(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:
         return Check("broker", Status.FAIL, str(exc))
     connection = celery.connection_for_write(connect_timeout=timeout)
     where = connection.as_uri()  # the password masked
+    started = time.perf_counter()
     try:
-        started = time.perf_counter()
-        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
-        took = time.perf_counter() - started
+        _within(timeout, lambda: connection.ensure_connection(max_retries=0))
     except Exception as exc:  # every transport raises its own kind
         detail = redact_url_secrets(f"{type(exc).__name__}: {exc}", str(celery.conf.broker_url))
         return Check("broker", Status.FAIL, f"{where} unreachable: {detail}")
-    finally:
-        connection.release()
+    took = time.perf_counter() - started
+    connection.release()
     return Check("broker", Status.OK, f"{where}, connected in {_ms(took)}")
+
+
+class NoAnswer(Exception):  # noqa: N818 - says what happened
+    """A check's server took the connection and did not answer within the time given."""
+
+
+def _within(timeout: float, work: Callable[[], object]) -> None:
+    """Run ``work`` in a thread of its own and wait ``timeout`` seconds for it at most.
+
+    Kombu's and fsspec's timeouts bound a connect, not every wait after it: a broker that takes
+    the connection and never answers would hang the command. The thread is a daemon, left to
+    its wait when it overruns: it ends with the process.
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, name="musiccallback-doctor", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise NoAnswer(f"no answer within {timeout:g} s")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def check_api_key(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:
@@ -239,11 +269,15 @@ def check_archive(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:
     fs, root = archive.fs, archive.root
     where = archive.url_of("")
     probe = f"{root}/.musiccallback-doctor-{uuid.uuid4().hex}.probe"
-    try:
+
+    def write_and_remove() -> None:
         fs.makedirs(root, exist_ok=True)
         with fs.open(probe, "wb") as out:
             out.write(b"flask musiccallback doctor\n")
         fs.rm(probe)
+
+    try:
+        _within(max(timeout, archive.timeout), write_and_remove)
     except Exception as exc:  # each fsspec backend raises its own kind
         return Check(
             "archive", Status.FAIL, f"{where} is not writable: {type(exc).__name__}: {exc}"

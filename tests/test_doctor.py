@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,24 @@ def test_a_broker_down_fails_without_its_password(make_app: AppFactory) -> None:
     assert status == "fail"
     assert "unreachable" in detail
     assert "s3cret" not in result.output
+
+
+def test_a_broker_that_takes_the_connection_and_never_answers_fails_in_time(
+    make_app: AppFactory,
+) -> None:
+    server = start_redis()
+    app = celery_app(make_app, server.url(0))
+    try:
+        with server.frozen():
+            started = time.monotonic()
+            result = doctor(app, "--timeout", "1")
+            took = time.monotonic() - started
+    finally:
+        app.extensions["celery"].close()
+        server.remove()
+    assert_failed_cleanly(result)
+    assert "no answer within 1 s" in line(result, "broker")[1]
+    assert took < 10
 
 
 def test_celery_dispatch_without_a_celery_app_fails(make_app: AppFactory) -> None:
