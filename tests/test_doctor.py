@@ -181,6 +181,21 @@ def test_redis_down_fails_without_a_traceback_or_the_password(make_app: AppFacto
     assert "s3cret" not in result.output
 
 
+def test_a_store_that_never_answers_fails_within_its_timeout(make_app: AppFactory) -> None:
+    server = start_redis()
+    app = healthy(make_app, STORE=server.url(0) + "?timeout=1")
+    try:
+        with server.frozen():
+            started = time.monotonic()
+            result = doctor(app)
+            took = time.monotonic() - started
+    finally:
+        server.remove()
+    assert_failed_cleanly(result)
+    assert line(result, "store")[0] == "fail"
+    assert took < 10
+
+
 def test_a_redis_that_evicts_keys_when_full_warns(make_app: AppFactory) -> None:
     server = start_redis()
     try:
