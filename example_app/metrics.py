@@ -48,24 +48,31 @@ _provider: MeterProvider | None = None
 
 
 def install() -> MeterProvider:
-    """The process's ``MeterProvider``, made and set as the global one on the first call."""
+    """The process's ``MeterProvider``: made and set as the global one on the first call,
+    unless the process set one of its own first (``opentelemetry-instrument``, or a host's own
+    setup), which it keeps; the page then shows what that provider's Prometheus reader has, if
+    it has one."""
     global _provider
     with _lock:
         if _provider is None:
-            _provider = MeterProvider(
-                metric_readers=[PrometheusMetricReader()],
-                views=[
-                    View(
-                        instrument_name="musiccallback.dispatch.duration",
-                        aggregation=ExplicitBucketHistogramAggregation(RECEIVER_SECONDS),
-                    ),
-                    View(
-                        instrument_name="musiccallback.task.duration",
-                        aggregation=ExplicitBucketHistogramAggregation(TASK_SECONDS),
-                    ),
-                ],
-            )
-            metrics.set_meter_provider(_provider)
+            configured = metrics.get_meter_provider()
+            if isinstance(configured, MeterProvider):
+                _provider = configured
+            else:
+                _provider = MeterProvider(
+                    metric_readers=[PrometheusMetricReader()],
+                    views=[
+                        View(
+                            instrument_name="musiccallback.dispatch.duration",
+                            aggregation=ExplicitBucketHistogramAggregation(RECEIVER_SECONDS),
+                        ),
+                        View(
+                            instrument_name="musiccallback.task.duration",
+                            aggregation=ExplicitBucketHistogramAggregation(TASK_SECONDS),
+                        ),
+                    ],
+                )
+                metrics.set_meter_provider(_provider)
         return _provider
 
 

@@ -6,6 +6,12 @@ changed across what it did, not its value.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from flask import Flask
 from opentelemetry import metrics as otel_metrics
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -14,7 +20,45 @@ from prometheus_client.parser import text_string_to_metric_families
 from example_app import metrics
 from flask_musiccallback.testing import CallbackClient
 
-from .conftest import ExampleFactory
+from .conftest import ExampleFactory, example_config, instance
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: A host process that sets its own provider before building the app, then delivers a stage.
+HOST_WITH_A_PROVIDER = """
+import json, logging, sys
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+reader = InMemoryMetricReader()
+own = MeterProvider(metric_readers=[reader])
+metrics.set_meter_provider(own)
+logged = []
+handler = logging.Handler()
+handler.emit = lambda record: logged.append(record.getMessage())
+logging.getLogger("opentelemetry").addHandler(handler)
+
+from example_app import create_app
+from example_app import metrics as example_metrics
+from example_app.receivers import music
+from flask_musiccallback.testing import CallbackClient
+
+app = create_app(json.loads(sys.argv[1]), instance_path=sys.argv[2])
+CallbackClient(app).deliver("complete", family="cover")
+music.close(app, timeout=10)
+names = [
+    metric.name
+    for resource in reader.get_metrics_data().resource_metrics
+    for scope in resource.scope_metrics
+    for metric in scope.metrics
+]
+print(json.dumps({
+    "kept": metrics.get_meter_provider() is own and example_metrics.install() is own,
+    "names": names,
+    "logged": logged,
+}))
+"""
 
 
 def scrape(app: Flask) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -62,13 +106,38 @@ def test_every_app_of_the_process_serves_the_one_global_provider(
     the next, so only the first call may make one."""
     first, second = make_example(), make_example()
     assert metrics.install() is metrics.install()
-    assert otel_metrics.get_meter_provider() is metrics.install()
+    assert otel_metrics.get_meter_provider() is metrics.install(), (
+        "another test of this process set the global MeterProvider before the example app did"
+    )
     CallbackClient(second).deliver("complete", family="wav")
     for app in (first, second):
         page = app.test_client().get("/metrics").get_data(as_text=True)
         # One reader, registered once: each family once, and the stage counted on both pages.
         assert page.count("# TYPE target_info gauge") == 1
         assert 'family="wav"' in page
+
+
+def test_a_provider_the_host_set_first_is_kept(tmp_path: Path) -> None:
+    """opentelemetry-instrument, or a host's own setup, configures the process before the app
+    exists: the app records into that provider, and does not try (and fail, with a warning) to
+    replace it. A process of its own, since a process's provider is set once."""
+    config = example_config(tmp_path, "http://127.0.0.1:9", MUSICCALLBACK_ARCHIVE=None)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    answer = subprocess.run(
+        [sys.executable, "-c", HOST_WITH_A_PROVIDER, json.dumps(config), instance(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert answer.returncode == 0, answer.stderr
+    found = json.loads(answer.stdout.splitlines()[-1])
+    assert found["kept"]
+    assert "example.stages.recorded" in found["names"]
+    assert not [line for line in found["logged"] if "Overriding" in line]
 
 
 def test_receiver_durations_are_bucketed_in_seconds(example: Flask) -> None:
