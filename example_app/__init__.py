@@ -50,6 +50,9 @@ DEFAULTS: Mapping[str, Any] = {
     "PAGE_REFRESH_SECONDS": 3.0,
     # Tasks shown on the page, newest first.
     "PAGE_TASKS": 50,
+    # Give the process OpenTelemetry's SDK meter provider, whose Prometheus reader /metrics shows
+    # (once per process; see metrics.py). False leaves OpenTelemetry to the process.
+    "METRICS_PROVIDER": True,
 }
 
 # Set by create_app unless configured (None turns either off): MUSICCALLBACK_ARCHIVE, the folder
@@ -106,7 +109,8 @@ def create_app(
 
     db.init_app(app)  # before the extension, so that sqlalchemy:// finds db at once
     music.init_app(app)
-    metrics.install()
+    if app.config["METRICS_PROVIDER"]:
+        metrics.install()
     app.register_blueprint(bp)
     app.register_blueprint(metrics.bp)
     app.cli.add_command(init_command)
