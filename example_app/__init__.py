@@ -4,8 +4,9 @@
 database (SQLite in the instance folder unless ``SQLALCHEMY_DATABASE_URI`` says otherwise), has the
 extension archive every result's media before the provider's links expire (a folder of the
 instance folder unless ``MUSICCALLBACK_ARCHIVE`` says otherwise), and shows it all on one page that
-follows tasks as they progress, playing the archived copies. ``flask --app example_app
-musiccallback simulate`` sends it a task, whose media it serves itself (samples.py).
+follows tasks as they progress, playing the archived copies; ``/metrics`` shows what it and the
+extension measure (metrics.py). ``flask --app example_app musiccallback simulate`` sends it a
+task, whose media it serves itself (samples.py).
 
 Configuration, lowest precedence first: :data:`DEFAULTS`, ``instance/config.py``, ``FLASK_*``
 environment variables (``FLASK_MUSICCALLBACK_TOKEN``, ``FLASK_SQLALCHEMY_DATABASE_URI``), then the
@@ -29,6 +30,7 @@ from sqlalchemy import event
 
 from flask_musiccallback.state import get_state
 
+from . import metrics
 from .models import db
 from .receivers import music
 from .views import bp
@@ -48,6 +50,9 @@ DEFAULTS: Mapping[str, Any] = {
     "PAGE_REFRESH_SECONDS": 3.0,
     # Tasks shown on the page, newest first.
     "PAGE_TASKS": 50,
+    # Give the process OpenTelemetry's SDK meter provider, whose Prometheus reader /metrics shows
+    # (once per process; see metrics.py). False leaves OpenTelemetry to the process.
+    "METRICS_PROVIDER": True,
 }
 
 # Set by create_app unless configured (None turns either off): MUSICCALLBACK_ARCHIVE, the folder
@@ -104,7 +109,10 @@ def create_app(
 
     db.init_app(app)  # before the extension, so that sqlalchemy:// finds db at once
     music.init_app(app)
+    if app.config["METRICS_PROVIDER"]:
+        metrics.install()
     app.register_blueprint(bp)
+    app.register_blueprint(metrics.bp)
     app.cli.add_command(init_command)
     with app.app_context():
         for engine in db.engines.values():

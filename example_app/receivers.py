@@ -41,6 +41,7 @@ from flask_musiccallback import Track as CallbackTrack
 from flask_musiccallback.archive.copies import ArchivedFile
 from flask_musiccallback.state import get_state
 
+from .metrics import stages_recorded
 from .models import (
     STAGE_RANK,
     Result,
@@ -59,6 +60,7 @@ music = MusicCallback()
 def keep(event: FamilyEvent) -> None:
     """Add the stage to the task's timeline, and fill in its tracks or its result."""
     record(event)
+    stages_recorded.add(1, {"family": event.family, "stage": str(event.stage)})
 
 
 # Every stage of every family, successes and failures alike.

@@ -5,7 +5,7 @@
 # archive fetches from it), and says how to send it a simulated task.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check -e ".[sqlalchemy,archive]"
+python3 -m pip install --quiet --disable-pip-version-check -e ".[sqlalchemy,archive,otel,prometheus]"
 port="${PORT:-5000}"
 python3 -m flask --app example_app init --port "$port"
 exec python3 -m flask --app example_app run --port "$port"

@@ -37,6 +37,10 @@ def example_config(folder: Path, server_url: str, **overrides: Any) -> dict[str,
         "SERVER_URL": server_url,
         "MUSICCALLBACK_TOKEN": TOKEN,
         "MUSICCALLBACK_RETRY_BACKOFF": 0.05,
+        # A process's global meter provider is set once, and a test process runs other files'
+        # tests too (tests/test_telemetry.py sets its own): test_metrics.py runs the example's
+        # provider in processes of their own.
+        "METRICS_PROVIDER": False,
         **overrides,
     }
 
