@@ -213,14 +213,17 @@ def run(scenario: Scenario, seconds: float, rate: float, timeout: float) -> Tall
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             port = stack.enter_context(nginx_in_front(upstream, folder))
         callback(port, timeout, Tally())  # warm-up: the app loaded in the worker that answers
-        until = time.monotonic() + seconds + timeout
+        settle = min(2.0, seconds / 4)  # the slow clients are in before the first callback
+        # ...and stay until the last callback's timeout has passed: no callback is let through
+        # by the slow clients giving up
+        until = time.monotonic() + settle + seconds + timeout + 1
         slow = [
             threading.Thread(target=slow_client, args=(port, until), daemon=True)
             for _ in range(scenario.slow_clients)
         ]
         for thread in slow:
             thread.start()
-        time.sleep(min(2.0, seconds / 4))  # the slow clients are in before the first callback
+        time.sleep(settle)
         count = int(seconds * rate)
         with ThreadPoolExecutor(max_workers=int(rate * timeout) + 8) as pool:
             start = time.monotonic()
