@@ -4,11 +4,10 @@ The provider must be given the token inside the callback URL, and every access l
 app (Werkzeug's, gunicorn's, a proxy's) writes that URL down. :class:`TokenRedactingFilter` rewrites
 ``token=`` query values in log records before any handler formats them; ``init_app`` installs it on
 the loggers of the servers Python hosts run (:data:`ACCESS_LOGGERS`). gunicorn's error log, which
-quotes the request line when a worker times out or a request line is malformed, is written before
-any app is loaded (and in the master, which never loads it): its logger class,
-:class:`flask_musiccallback.gunicorn.GunicornLogger`, installs the filter there. Logs written
-outside Python (nginx, a load balancer) are configured in the host's deployment: see
-``docs/security.md``.
+quotes the request line when a worker timeout aborts a request or a request line is malformed, is
+not an access log: gunicorn's logger class :class:`flask_musiccallback.gunicorn.GunicornLogger`
+installs the filter on it, in the master, before any worker or app is loaded. Logs written outside
+Python (nginx, a load balancer) are configured in the host's deployment: see ``docs/security.md``.
 
 The store's URL may carry a database or Redis password, and error messages and reprs, which end up
 in logs and error trackers, show that URL: they show it through :func:`redact_url`.
