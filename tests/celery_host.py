@@ -149,6 +149,7 @@ class RedisSpanExporter(SpanExporter):
         client = redis.Redis.from_url(self.url)
         for span in spans:
             context = span.get_span_context()
+            assert context is not None
             client.rpush(
                 "spans",
                 json.dumps(
