@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .redact import redact_token
@@ -144,7 +144,7 @@ def task_lost(family: str) -> None:
 
 def current_context() -> Context | None:
     """The trace context now, for a job that will run elsewhere (a pool thread)."""
-    return otel_context.get_current() if AVAILABLE else None
+    return otel_context.get_current() if _tracing() else None
 
 
 def inject(context: Context | None) -> dict[str, str]:
@@ -164,7 +164,7 @@ def extract(carrier: Mapping[str, str] | None) -> Context | None:
 
 
 class _NoSpan:
-    """What the spans below yield without the API: accepts and drops everything."""
+    """The span of a request or a run when nothing records spans: accepts and drops everything."""
 
     def set_attribute(self, key: str, value: Any) -> None:
         pass
@@ -173,20 +173,98 @@ class _NoSpan:
         return False
 
 
-@contextlib.contextmanager
-def receive_span() -> Iterator[Span]:
-    """The ``musiccallback.receive`` span of one request, current while the view runs."""
+_NOTHING: contextlib.nullcontext[Any] = contextlib.nullcontext(_NoSpan())
+
+
+def _tracing() -> bool:
+    """Whether the host configured a tracer provider: without one, no span is started at all.
+
+    The API's own providers (its proxy, its no-op) record nothing, and starting and activating a
+    span through them still costs a request several context switches.
+    """
     if not AVAILABLE:
-        yield _NoSpan()  # type: ignore[misc]
-        return
-    with _tracer.start_as_current_span(RECEIVE_SPAN, record_exception=True) as span:
-        yield span
+        return False
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
-@contextlib.contextmanager
+def metering() -> bool:
+    """Whether the host configured a meter provider (one not from the API package itself)."""
+    return AVAILABLE and not type(metrics.get_meter_provider()).__module__.startswith(
+        "opentelemetry.metrics"
+    )
+
+
+class _Current:
+    """A started span made current until the block ends, then ended, with what escaped it.
+
+    A class rather than the API's ``start_as_current_span``, whose nested generator context
+    managers cost the request path more than the span itself.
+    """
+
+    __slots__ = ("_token", "span")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
+        span = self.span
+        if exc is not None:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__qualname__}: {exc}"))
+        otel_context.detach(self._token)
+        span.end()
+
+
+def receive_span() -> contextlib.AbstractContextManager[Span]:
+    """The ``musiccallback.receive`` span of one request, current while the view runs."""
+    if not _tracing():
+        return _NOTHING
+    return _Current(_tracer.start_span(RECEIVE_SPAN))
+
+
+class _Run:
+    """One run of a job's work: its span, when spans are recorded, and for receivers its
+    ``musiccallback.dispatch.duration``."""
+
+    __slots__ = ("_current", "_family", "_stage", "_started", "_timed")
+
+    def __init__(
+        self, parent: Context | None, family: str, stage: str, *, receivers: bool
+    ) -> None:
+        self._family = family
+        self._stage = stage
+        self._timed = receivers
+        self._current: _Current | None = None
+        if _tracing():
+            name = DISPATCH_SPAN if receivers else ARCHIVE_SPAN
+            attributes = _attributes(FAMILY_ATTRIBUTE, family, STAGE_ATTRIBUTE, stage)
+            self._current = _Current(
+                _tracer.start_span(name, context=parent, attributes=attributes)
+            )
+
+    def __enter__(self) -> None:
+        if self._current is not None:
+            self._current.__enter__()
+        self._started = time.perf_counter()
+
+    def __exit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
+        if self._timed:
+            _dispatch_duration.record(
+                time.perf_counter() - self._started,
+                _attributes("family", self._family, "stage", self._stage),
+            )
+        if self._current is not None:
+            self._current.__exit__(kind, exc, traceback)
+
+
 def dispatch_span(
     parent: Context | None, family: str, stage: str, *, receivers: bool
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """One run of a job's work as a child of ``parent`` (the request's context, or the current
     one); for receivers, also its ``musiccallback.dispatch.duration``.
 
@@ -194,19 +272,8 @@ def dispatch_span(
     errors are returned, not raised.
     """
     if not AVAILABLE:
-        yield
-        return
-    name = DISPATCH_SPAN if receivers else ARCHIVE_SPAN
-    attributes = _attributes(FAMILY_ATTRIBUTE, family, STAGE_ATTRIBUTE, stage)
-    started = time.perf_counter()
-    try:
-        with _tracer.start_as_current_span(name, context=parent, attributes=attributes):
-            yield
-    finally:
-        if receivers:
-            _dispatch_duration.record(
-                time.perf_counter() - started, _attributes("family", family, "stage", stage)
-            )
+        return contextlib.nullcontext()
+    return _Run(parent, family, stage, receivers=receivers)
 
 
 def failed(errors: list[Exception]) -> None:
@@ -230,7 +297,7 @@ def redact_server_span(query_string: bytes) -> None:
     query. The attributes are read from the span (an SDK span's public ``attributes``) so that
     only those the instrumentation set are rewritten.
     """
-    if not AVAILABLE or b"=" not in query_string:
+    if b"=" not in query_string or not _tracing():
         return
     span = trace.get_current_span()
     if not span.is_recording():

@@ -206,8 +206,8 @@ def record_stage(
     """Note a new delivery's stage on its task (the task view, reconciliation), with the time it
     was received and whether a callback or a poll brought it, after the answer.
 
-    A final stage also records the task's ``musiccallback.task.duration``, from ``expect``: the
-    task is read back for it in the same write, off the request path.
+    A final stage also records the task's ``musiccallback.task.duration``, from ``expect``, when
+    the host meters: the task is read back for it in the same write.
     """
     stage = str(event.stage)
     via = VIA_POLL if delivery.headers.get(SOURCE_HEADER) == POLL_SOURCE else VIA_CALLBACK
@@ -221,7 +221,7 @@ def record_stage(
         via=via,
         final=final,
     )
-    if final is not None:
+    if final is not None and telemetry.metering():
         write = functools.partial(_settled, state, write, event, family.name, final)
     after_the_answer(state, write, "the stage", delivery)
 
