@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -530,3 +532,40 @@ def test_under_celery_dispatch_the_workers_span_continues_the_requests_trace(
         "musiccallback.family": "music",
         "musiccallback.stage": "complete",
     }
+
+
+# Without the otel extra
+
+
+def test_without_the_opentelemetry_api_installed_the_endpoint_works_and_records_nothing(
+    tmp_path: Path,
+) -> None:
+    """In a fresh interpreter where ``opentelemetry`` cannot be imported (as without the extra)."""
+    script = tmp_path / "no_otel.py"
+    script.write_text(
+        f"""
+import sys
+sys.modules["opentelemetry"] = None  # any import of it raises ImportError
+from flask import Flask
+from flask_musiccallback import MusicCallback, telemetry
+from flask_musiccallback.testing import build_callback
+assert not telemetry.AVAILABLE
+app = Flask("no_otel")
+app.config.update(MUSICCALLBACK_TOKEN={TOKEN!r}, MUSICCALLBACK_DISPATCH="thread")
+MusicCallback(app)
+answer = app.test_client().post({URL!r}, json=build_callback("complete", task_id="t1"))
+assert answer.json == {{"status": "received"}}, answer.json
+assert app.extensions["musiccallback"].extension.wait_idle(10, app=app)
+print("ok")
+"""
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=False,
+    )
+    assert done.stdout.strip() == "ok", done.stderr
