@@ -9,6 +9,10 @@ two trivial round trips to it (the least a claim and then a completion can cost)
     python -m benchmarks.http_ratio --store memory:// --store redis://127.0.0.1:6379/0
     python -m benchmarks.http_ratio --store redis://127.0.0.1:6379/0 --cpu
 
+``--otel`` measures each store twice, without and then with the OpenTelemetry SDK configured in
+the served app (``BENCH_OTEL``, see ``benchmarks/app.py``): what the extension's metrics and spans
+cost once a host records them.
+
 ``--cpu`` also says where each route's CPU goes, per request: the gunicorn workers, the store's
 server (the ``redis-server`` or ``postgres`` processes of this machine) and wrk. On a machine whose
 cores are all busy, requests per second follow the sum.
@@ -135,7 +139,7 @@ def routes(store: str) -> list[tuple[str, str]]:
 
 
 def measure(
-    store: str, rounds: int, seconds: int, connections: int, tracks: int
+    store: str, rounds: int, seconds: int, connections: int, tracks: int, otel: bool = False
 ) -> tuple[dict[str, float], dict[str, tuple[float, float, float]]]:
     """Median requests per second of each route of :func:`routes`, and its CPU per request.
 
@@ -144,7 +148,7 @@ def measure(
     """
     payload = json.dumps(build_callback("complete", task_id="TASK-ID", tracks=tracks))
     port = free_port()
-    env = {**os.environ, "BENCH_STORE": store}
+    env = {**os.environ, "BENCH_STORE": store, "BENCH_OTEL": "1" if otel else ""}
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}",
          "--log-level", "warning", "benchmarks.app:app"],
@@ -204,6 +208,9 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, default=2)
     parser.add_argument("--cpu", action="store_true", help="also CPU per request, per process")
     parser.add_argument(
+        "--otel", action="store_true", help="each store also with the OpenTelemetry SDK configured"
+    )
+    parser.add_argument(
         "--without", default="", help="fast paths to turn off, comma-separated (benchmarks/app.py)"
     )
     args = parser.parse_args()
@@ -216,18 +223,22 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     spent: list[str] = []
-    for store in args.store or ["memory://"]:
-        row, cpu = measure(store, args.rounds, args.seconds, args.connections, args.tracks)
+    runs = [(store, otel) for store in args.store or ["memory://"] for otel in (False, True)]
+    for store, otel in runs:
+        if otel and not args.otel:
+            continue
+        row, cpu = measure(store, args.rounds, args.seconds, args.connections, args.tracks, otel)
         label = re.sub(r"//[^@/]*@", "//", store)
+        label = f"{label}` + SDK" if otel else f"{label}`"
         for name, (workers, server, load) in cpu.items():
             spent.append(
-                f"| `{label}` | {name} | {workers:.0f} | {server:.0f} | {load:.0f} "
+                f"| `{label} | {name} | {workers:.0f} | {server:.0f} | {load:.0f} "
                 f"| {workers + server + load:.0f} | {row[name]:.0f} |"
             )
         bare, ext, trips = row["bare"], row["extension"], row.get("round-trips")
         floor = ("-", "-") if trips is None else (f"{trips:.0f}", f"{trips / bare:.2f}")
         print(
-            f"| `{label}` | {bare:.0f} | {floor[0]} | {ext:.0f} | {ext / bare:.2f} | {floor[1]} |",
+            f"| `{label} | {bare:.0f} | {floor[0]} | {ext:.0f} | {ext / bare:.2f} | {floor[1]} |",
             flush=True,
         )
     if args.cpu:

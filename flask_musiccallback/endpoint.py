@@ -23,21 +23,23 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
+from . import telemetry
 from .confirm import confirm
-from .dispatch import Outcome, deliver, send_isolated
+from .dispatch import Outcome, send_isolated
+from .dispatch.job import deliver_claimed
 from .families import FAMILY_ARG, Family, find_task_id
 from .families.base import Unreadable, registered_family
 from .poll import PollError
 from .redact import REDACTED
 from .signals import callback_rejected
 from .state import EXTENSION_NAME, MusicCallbackState
-from .stores.base import StoreUnavailable
+from .stores.base import ClaimResult, StoreUnavailable
 from .stores.tasks import TaskRecord
 from .unreadable import keep_unreadable
 from .verify import (
@@ -53,6 +55,9 @@ from .verify import (
     signed_timestamp,
     unauthorized,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 logger = logging.getLogger("flask_musiccallback")
 
@@ -82,8 +87,11 @@ def _answer(body: bytes, status: int) -> Response:
     return current_app.response_class(body, status=status, mimetype="application/json")
 
 
-def _reject(app: Flask, rejected: Rejected) -> Response:
+def _reject(app: Flask, rejected: Rejected, span: Span) -> Response:
     errors = dict(rejected.errors)
+    telemetry.rejected(str(rejected.reason))
+    span.set_attribute(telemetry.OUTCOME_ATTRIBUTE, "rejected")
+    span.set_attribute(telemetry.REASON_ATTRIBUTE, str(rejected.reason))
     send_isolated(
         callback_rejected, app, reason=str(rejected.reason), errors=errors, status=rejected.status
     )
@@ -212,7 +220,12 @@ def kept_headers() -> dict[str, str]:
 
 
 def receive() -> Response:
-    """The view behind ``MUSICCALLBACK_URL_RULE``."""
+    """The view behind ``MUSICCALLBACK_URL_RULE``, inside its ``musiccallback.receive`` span."""
+    with telemetry.receive_span() as span:
+        return _receive(span)
+
+
+def _receive(span: Span) -> Response:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     state: MusicCallbackState = app.extensions[EXTENSION_NAME]
     settings = state.settings
@@ -231,6 +244,8 @@ def receive() -> Response:
         if timestamp is not None:
             check_signature(settings, request.headers, task_id, timestamp)
             check_one_body(settings, state.store, request.headers, request.get_data(cache=True))
+        if task_id is not None:
+            span.set_attribute(telemetry.TASK_ID_ATTRIBUTE, task_id)
         task = None
         if settings.expected_only:
             # Before routing: a body no family reads is kept only for a task the host expects.
@@ -241,26 +256,37 @@ def receive() -> Response:
         except Unreadable as unreadable:
             if not settings.secured:
                 raise Rejected(Refusal.INVALID_PAYLOAD, unreadable.errors) from None
-            return _keep(app, state, payload, body, unreadable, named)
+            return _keep(app, state, payload, body, unreadable, named, span)
         if settings.verify_by_fetch:
             # Before the claim, which is not held across a request to the provider.
             confirm(settings, family, event, payload)
     except Rejected as rejected:
-        return _reject(app, rejected)
+        return _reject(app, rejected, span)
     except StoreUnavailable as exc:
-        return _unavailable(state, exc)
+        return _unavailable(state, exc, span)
     except PollError as exc:
         logger.warning("Cannot confirm a callback with the provider; answering 503: %s", exc)
+        span.set_attribute(telemetry.OUTCOME_ATTRIBUTE, Outcome.RETRY.value)
         return _answer(*_ANSWERS[Outcome.RETRY])
 
+    stage = str(event.stage)
+    span.set_attribute(telemetry.FAMILY_ATTRIBUTE, family.name)
+    span.set_attribute(telemetry.STAGE_ATTRIBUTE, stage)
     persistent = state.store.persistent
     delivery = family.delivery(
         event, payload, kept_headers() if persistent else None, body=body if persistent else None
     )
     try:
-        outcome = deliver(app, state, family, event, delivery)
+        outcome, claim = deliver_claimed(app, state, family, event, delivery)
     except StoreUnavailable as exc:
-        return _unavailable(state, exc)
+        return _unavailable(state, exc, span)
+    if outcome is Outcome.RETRY:
+        span.set_attribute(telemetry.OUTCOME_ATTRIBUTE, outcome.value)
+    else:
+        # A duplicate is counted under the store's reason: duplicate, in_progress or stale.
+        counted = telemetry.RECEIVED if claim is ClaimResult.CLAIMED else claim.value
+        telemetry.delivered(family.name, stage, counted)
+        span.set_attribute(telemetry.OUTCOME_ATTRIBUTE, counted)
     return _answered(state, outcome)
 
 
@@ -296,6 +322,7 @@ def _keep(
     body: str,
     unreadable: Unreadable,
     named: str | None,
+    span: Span,
 ) -> Response:
     family = unreadable.family
     try:
@@ -310,7 +337,12 @@ def _keep(
             headers=kept_headers() if state.store.persistent else {},
         )
     except StoreUnavailable as exc:
-        return _unavailable(state, exc)
+        return _unavailable(state, exc, span)
+    # A body no family reads has no stage to trust, and its family only when one claims it.
+    family_name = telemetry.UNKNOWN if family is None else family.name
+    telemetry.delivered(family_name, telemetry.UNKNOWN, telemetry.KEPT)
+    span.set_attribute(telemetry.FAMILY_ATTRIBUTE, family_name)
+    span.set_attribute(telemetry.OUTCOME_ATTRIBUTE, telemetry.KEPT)
     return _answered(state, Outcome.KEPT)
 
 
@@ -320,7 +352,8 @@ def _answered(state: MusicCallbackState, outcome: Outcome) -> Response:
     return _answer(*_ANSWERS[outcome])
 
 
-def _unavailable(state: MusicCallbackState, exc: StoreUnavailable) -> Response:
+def _unavailable(state: MusicCallbackState, exc: StoreUnavailable, span: Span) -> Response:
+    span.set_attribute(telemetry.OUTCOME_ATTRIBUTE, Outcome.RETRY.value)
     if state.store_outage.failed():
         logger.error("The callback store is unreachable; answering 503: %s", exc)
     return _answer(*_ANSWERS[Outcome.RETRY])
@@ -330,4 +363,17 @@ def make_blueprint(url_rule: str) -> Blueprint:
     """A blueprint holding the endpoint at ``url_rule``; one per app, as the rule is per app."""
     blueprint = Blueprint(EXTENSION_NAME, __name__)
     blueprint.add_url_rule(url_rule, ENDPOINT, receive, methods=["POST"])
+    blueprint.after_app_request(_redact_server_span)
     return blueprint
+
+
+def _redact_server_span(response: Response) -> Response:
+    """Keep the token out of the HTTP instrumentation's span, on every route of the app (a GET to
+    the endpoint's URL, answered 405, carries the token too).
+
+    After the request rather than before it: Flask's instrumentation starts its span in a
+    ``before_request`` function of its own, which may run after this extension's, and ends it at
+    teardown, so only here is its span always the current one, whichever was set up first.
+    """
+    telemetry.redact_server_span(request.query_string)
+    return response

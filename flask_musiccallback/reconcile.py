@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from . import telemetry
 from .dispatch.job import POLL_SOURCE, SOURCE_HEADER, Outcome, record_stage
 from .dispatch.receivers import send_isolated
 from .pool import backoff
@@ -280,6 +281,7 @@ class _Run:
             task, state=TaskState.LOST, updated_at=now, overdue_at=task.overdue_at or now
         )
         send_isolated(task_lost, self.app, task=lost)
+        telemetry.task_lost(task.family)
         return TaskReconciled(task.task_id, task.family, Reconciled.LOST, overdue)
 
     def _poll(

@@ -14,6 +14,9 @@ returns. What a receiver does depends on the task id's first word:
 - ``stuck-...`` hangs on its first attempt (until the worker is killed);
 - anything else just records.
 
+With ``CELERY_HOST_TRACE`` set, the worker configures the OpenTelemetry SDK as a traced host
+would, exporting every span it ends to ``spans`` in the records (:class:`RedisSpanExporter`).
+
 The host also reads a family of its own (the karaoke family of :mod:`tests.karaoke_family`), which
 its workers must find by name on their own extension.
 """
@@ -23,11 +26,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 from celery import Celery, Task
 from flask import Flask, current_app, has_app_context, has_request_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from flask_musiccallback import CallbackEvent, MusicCallback, all_tracks_generated, task_failed
 from flask_musiccallback.state import get_state
@@ -130,7 +137,44 @@ def record(sender: Flask, event: CallbackEvent | KaraokeEvent, **extra: Any) -> 
     records(sender).rpush(f"finished:{event.task_id}", os.getpid())
 
 
+class RedisSpanExporter(SpanExporter):
+    """A span exporter writing each span's identity, name and attributes to Redis as JSON, where
+    the tests, in another process, read what the worker traced."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        # Connected per export: the worker's pool processes are forked after this is built.
+        client = redis.Redis.from_url(self.url)
+        for span in spans:
+            context = span.get_span_context()
+            assert context is not None
+            client.rpush(
+                "spans",
+                json.dumps(
+                    {
+                        "name": span.name,
+                        "trace_id": context.trace_id,
+                        "span_id": context.span_id,
+                        "parent_id": span.parent.span_id if span.parent else None,
+                        "attributes": dict(span.attributes or {}),
+                    }
+                ),
+            )
+        return SpanExportResult.SUCCESS
+
+
+
+def trace_to_redis(records_url: str) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(RedisSpanExporter(records_url)))
+    trace.set_tracer_provider(provider)
+
+
 if "CELERY_HOST_BROKER" in os.environ:
+    if os.environ.get("CELERY_HOST_TRACE"):
+        trace_to_redis(os.environ["CELERY_HOST_RECORDS"])
     flask_app = create_app(
         os.environ["CELERY_HOST_BROKER"],
         os.environ["CELERY_HOST_RECORDS"],

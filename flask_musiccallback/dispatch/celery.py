@@ -37,6 +37,7 @@ from flask import current_app, has_app_context
 from marshmallow import ValidationError
 from werkzeug.utils import import_string
 
+from .. import telemetry
 from ..config import ConfigKeys, ConfigurationError, Settings
 from ..outage import Outage
 from ..reconcile import Reconciled, reconcile
@@ -136,9 +137,14 @@ class CeleryDispatcher:
 
 
 def task_kwargs(job: Job) -> dict[str, Any]:
-    """The message for one job: JSON only, and nothing tied to this process but the claim."""
+    """The message for one job: JSON only, and nothing tied to this process but the claim.
+
+    With a tracer configured it also carries the request's trace context (``trace``:
+    propagation headers such as ``traceparent``), so that the worker's span continues the
+    request's trace; a message without it starts a trace of its own.
+    """
     delivery = job.delivery
-    return {
+    message: dict[str, Any] = {
         "family": job.family.name,
         "task_id": delivery.task_id,
         "stage": delivery.stage,
@@ -148,6 +154,10 @@ def task_kwargs(job: Job) -> dict[str, Any]:
         "attempt": job.attempt,
         "runner": job.runner,
     }
+    carrier = telemetry.inject(job.trace_context)
+    if carrier:
+        message["trace"] = carrier
+    return message
 
 
 def _flask_app() -> Flask:
@@ -190,6 +200,7 @@ def _run(
     owner: str,
     attempt: int = 1,
     runner: str | None = None,
+    trace: dict[str, str] | None = None,
 ) -> None:
     app = _flask_app()
     state = get_state(app)
@@ -207,7 +218,16 @@ def _run(
         )
         return
     delivery = kind.delivery(event, payload, owner=owner)
-    job = Job(app, state, kind, event, delivery, attempt=attempt, runner=runner)
+    job = Job(
+        app,
+        state,
+        kind,
+        event,
+        delivery,
+        attempt=attempt,
+        runner=runner,
+        trace_context=telemetry.extract(trace),
+    )
     if state.archive is not None and archive:
         job = state.archive.job(job)
     next_attempt = process_acknowledged(job)

@@ -37,14 +37,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .. import telemetry
 from ..signals import callback_duplicate
 from ..stores.base import ClaimResult, Delivery, StoreUnavailable
 from ..stores.owners import claim_owner
-from ..stores.tasks import VIA_CALLBACK, VIA_POLL
+from ..stores.tasks import VIA_CALLBACK, VIA_POLL, TaskState
 from .receivers import describe, run_receivers, send_isolated
 
 if TYPE_CHECKING:
     from flask import Flask
+    from opentelemetry.context import Context
 
     from ..families import Event, Family
     from ..state import MusicCallbackState
@@ -102,6 +104,9 @@ class Job:
     replayed: bool = False
     #: What the job does: :func:`receivers` unless it is a media copy.
     work: Work = receivers
+    #: The trace context of the request (or message) that brought the delivery, so that a run in
+    #: a pool thread continues that trace; ``None``: whatever context the run finds.
+    trace_context: Context | None = None
 
     def complete(self) -> None:
         self._write("the completion", lambda: self.state.store.complete(self.delivery))
@@ -145,7 +150,16 @@ class NextAttempt:
 def deliver(
     app: Flask, state: MusicCallbackState, family: Family, event: Event, delivery: Delivery
 ) -> Outcome:
+    """Claim a delivery and process it once (:func:`deliver_claimed`); how it ended."""
+    return deliver_claimed(app, state, family, event, delivery)[0]
+
+
+def deliver_claimed(
+    app: Flask, state: MusicCallbackState, family: Family, event: Event, delivery: Delivery
+) -> tuple[Outcome, ClaimResult]:
     """Claim a delivery and process it once; raises ``StoreUnavailable`` when the store is down.
+    Returns how it ended and what the claim decided, whose reason the endpoint's metrics keep
+    apart (a duplicate, one in progress, a stale stage).
 
     A dispatcher that answers before the receivers run claims the delivery as ``pending``: with a
     persistent store it is then durably recorded before the answer, and stays pending, for
@@ -171,28 +185,33 @@ def deliver(
         claim = state.store.claim(delivery, queued=dispatcher.queued)
     if claim is not ClaimResult.CLAIMED:
         send_isolated(callback_duplicate, app, event=event, reason=claim.value)
-        return Outcome.DUPLICATE
+        return Outcome.DUPLICATE, claim
     record_stage(state, family, event, delivery)
-    job = Job(app, state, family, event, delivery)
+    job = Job(app, state, family, event, delivery, trace_context=telemetry.current_context())
     if state.archive is not None:
         state.archive.schedule(state, job)
     if not dispatcher.queued:
-        return process(job)
+        return process(job), claim
     try:
         dispatcher.submit(job)
     except NotQueued as exc:
         job.release(f"not queued: {exc}")
-        return Outcome.RETRY
-    return Outcome.RECEIVED
+        return Outcome.RETRY, claim
+    return Outcome.RECEIVED, claim
 
 
 def record_stage(
     state: MusicCallbackState, family: Family, event: Event, delivery: Delivery
 ) -> None:
     """Note a new delivery's stage on its task (the task view, reconciliation), with the time it
-    was received and whether a callback or a poll brought it, after the answer."""
+    was received and whether a callback or a poll brought it, after the answer.
+
+    A final stage also records the task's ``musiccallback.task.duration``, from ``expect``, when
+    the host meters: the task is read back for it in the same write.
+    """
     stage = str(event.stage)
     via = VIA_POLL if delivery.headers.get(SOURCE_HEADER) == POLL_SOURCE else VIA_CALLBACK
+    final = family.task_state(stage)
     write = functools.partial(
         state.store.record_stage,
         event.task_id,
@@ -200,9 +219,33 @@ def record_stage(
         stage,
         at=event.received_at,
         via=via,
-        final=family.task_state(stage),
+        final=final,
     )
+    if final is not None and telemetry.metering():
+        write = functools.partial(_settled, state, write, event, family.name, final)
     after_the_answer(state, write, "the stage", delivery)
+
+
+def _settled(
+    state: MusicCallbackState,
+    write: Callable[[], None],
+    event: Event,
+    family: str,
+    final: TaskState,
+) -> None:
+    """Make ``write`` (a final stage's), then record how long its task took since ``expect``.
+
+    A store that cannot answer the read costs the figure, not the write (which is not retried
+    for it).
+    """
+    write()
+    try:
+        task = state.store.task(event.task_id)
+    except StoreUnavailable:
+        return
+    if task is not None and task.expected_at is not None:
+        seconds = (event.received_at - task.expected_at).total_seconds()
+        telemetry.task_settled(family, str(final), max(seconds, 0.0))
 
 
 def after_the_answer(
@@ -230,7 +273,13 @@ def settle(job: Job, on_failure: Callable[[list[Exception]], Outcome]) -> Outcom
     """
     settled = False
     try:
-        failures = job.work(job)
+        run = job.work
+        stage = str(job.event.stage)
+        with telemetry.dispatch_span(
+            job.trace_context, job.family.name, stage, receivers=run is receivers
+        ):
+            failures = run(job)
+            telemetry.failed(failures)
         if failures:
             outcome = on_failure(failures)
         else:

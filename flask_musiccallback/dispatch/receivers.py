@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from blinker import Signal
 
+from .. import telemetry
 from ..signals import callback_received, receiver_failed
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def run_receivers(app: Flask, family: Family, event: Event) -> list[Exception]:
 
     failures = send_isolated(callback_received, app, report, event=event)
     failures += send_isolated(family.signals[event.stage], app, report, event=event)
+    telemetry.receivers_failed(family.name, str(event.stage), len(failures))
     return failures
 
 
