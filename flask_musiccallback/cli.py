@@ -758,6 +758,30 @@ def prune_command(days: float | None) -> None:
     click.echo(f"Deleted {deleted} deliveries unchanged for {age}.")
 
 
+@musiccallback.command("doctor")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds the broker and the provider are given to answer (the store has its own).",
+)
+def doctor_command(timeout: float) -> None:
+    """Check that this configuration can receive callbacks: the settings, the store (its round
+    trip, its table or keyspace), the Celery broker under celery dispatch, the API key with the
+    provider, the callback URL (absolute, https), the archive (writable).
+
+    One line per check: ok, warn, fail or skip (not configured). Exits 1 when any check fails.
+    """
+    from .doctor import Status, run_checks
+
+    checks = run_checks(_app(), timeout)
+    for check in checks:
+        click.echo(check.line())
+    if any(check.status is Status.FAIL for check in checks):
+        sys.exit(1)
+
+
 @musiccallback.command("openapi")
 @click.option("--indent", type=int, default=2, show_default=True, help="JSON indentation.")
 def openapi_command(indent: int) -> None:

@@ -137,6 +137,16 @@ class StoreContract:
         store.complete(first)
         assert store.claim(replace(first, owner="b")) is ClaimResult.DUPLICATE
 
+    def test_a_store_in_use_checks_ready_with_its_round_trip(self, store: Store) -> None:
+        first = delivery()
+        assert store.claim(first) is ClaimResult.CLAIMED
+        health = store.check()
+        if health is None:  # optional: the store cannot check itself
+            return
+        assert health.missing == ()
+        assert health.round_trip is None or 0 <= health.round_trip < 60
+        assert health.found
+
     def test_each_stage_and_each_task_is_a_key_of_its_own(self, store: Store) -> None:
         one = delivery("first")
         for other in (one, replace(one, stage="text"), delivery("first")):

@@ -3,7 +3,8 @@
 :class:`FakeProvider` answers ``GET /api/v1/generate/record-info``, and the record endpoint of
 every other family, in the documented shape (PROVIDER.md section 6), from answers a test scripts
 per task: each poll takes the next answer, and the last one repeats, as a finished task keeps its
-final record. The path each task was asked at is recorded, so a test sees which family was polled.
+final record; a task never scripted is "not found", and with ``api_key`` set another key gets 401.
+The path each task was asked at is recorded, so a test sees which family was polled.
 :func:`record` builds the music family's record; the other families' records, which share one
 shape, are built by ``tests.family_kit.record_answer``.
 """
@@ -85,6 +86,8 @@ class FakeProvider:
 
     def __init__(self) -> None:
         self.url = ""
+        #: The API key the provider accepts; any other is answered 401. ``None`` accepts any.
+        self.api_key: str | None = None
         self.answers: dict[str, list[Answer]] = {}
         self.requests: list[dict[str, Any]] = []
         #: The path of each request, in order.
@@ -114,7 +117,11 @@ class FakeProvider:
             )
             self.paths.append(request.path)
             queue = self.answers.get(task_id)
-            if not queue:
+            if self.api_key is not None and (
+                request.headers.get("Authorization") != f"Bearer {self.api_key}"
+            ):
+                answer = Answer(401, {"code": 401, "msg": "Unauthorized", "data": None})
+            elif not queue:
                 answer = Answer(200, {"code": 400, "msg": "task not found", "data": None})
             else:
                 answer = queue.pop(0) if len(queue) > 1 else queue[0]

@@ -123,6 +123,23 @@ def _plain_mapping(value: object) -> dict[str, Any]:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """What :meth:`Store.check` found: how long the backend takes to answer, and whether what
+    the store keeps its data in is there (``flask musiccallback doctor`` reports it)."""
+
+    #: Seconds of one request to the backend and back; ``None`` for a store in this process.
+    round_trip: float | None
+    #: What the store found, in a few words: its tables, its keyspace.
+    found: str
+    #: What the store needs and did not find (a table), empty when it is ready.
+    missing: tuple[str, ...] = ()
+    #: Whether the store creates what is missing itself, at its first use.
+    creates_missing: bool = False
+    #: What works now but may lose or repeat deliveries later (an eviction policy).
+    warnings: tuple[str, ...] = ()
+
+
 class StoreError(Exception):
     """The store cannot be used as configured."""
 
@@ -150,7 +167,7 @@ class NotReached(Exception):  # noqa: N818 - says what happened, as StoreUnavail
 _BOUNDARY = frozenset(
     {"record_stage", "tasks", "overdue", "claim_task", "release_task", "remember_signature"}
     | {"claim", "start", "defer", "complete", "release", "fail", "expect", "task"}
-    | {"list", "get", "prune", "reclaim", "pending", "keep_unreadable", "delete"}
+    | {"list", "get", "prune", "reclaim", "pending", "keep_unreadable", "delete", "check"}
 )
 
 
@@ -377,6 +394,16 @@ class Store(ABC):
         same body, false when it came before with another body. Atomic: of two bodies racing
         under one signature, one wins. The provider signs the task id and a timestamp, not the
         body (PROVIDER.md section 5); this keeps one signature to one body."""
+
+    def check(self) -> StoreHealth | None:
+        """Ask the backend once, timed, and look for what the store keeps its data in, changing
+        nothing: an operator runs it against a live deployment (``flask musiccallback doctor``).
+
+        Optional: ``None`` says the store cannot check itself, which is reported as such rather
+        than as healthy. Backend errors leave it as :class:`StoreUnavailable`, as from any
+        method of the contract.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, empty by design
         """Release connections; called when the host shuts the extension down."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from ..redact import redact_url
-from .base import ClaimResult, Delivery, Store, StoreError, utcnow
+from .base import ClaimResult, Delivery, Store, StoreError, StoreHealth, utcnow
 from .tasks import TaskChange, TaskRecord, TaskState
 
 if TYPE_CHECKING:
@@ -79,6 +79,14 @@ class MemoryStore(Store):
             return type(self)(ttl=self.ttl, max_entries=self.max_entries).init_app(app)
         self._serves_an_app = True
         return self
+
+    def check(self) -> StoreHealth:
+        """Always ready: a dictionary of this process, with no server to reach or table to
+        create."""
+        return StoreHealth(
+            round_trip=None,
+            found=f"this process's memory, {len(self)} of at most {self.max_entries} deliveries",
+        )
 
     def __len__(self) -> int:
         return len(self._entries)

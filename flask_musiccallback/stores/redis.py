@@ -35,6 +35,7 @@ supported.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -56,6 +57,7 @@ from .base import (
     DeliveryState,
     KeptDelivery,
     PersistentStore,
+    StoreHealth,
     lease_from_url,
     timeout_from_url,
     unusable_url,
@@ -454,6 +456,39 @@ class RedisStore(PersistentStore):
 
     def close(self) -> None:
         self.client.close()
+
+    def check(self) -> StoreHealth:
+        """``PING`` timed, the store's keyspace looked for, and the server's settings that would
+        lose claims.
+
+        Redis makes keys as they are written, so an empty keyspace is a store not used yet, not
+        one missing. A server that evicts keys when full may drop a claim, and the provider's
+        next retry of that callback is then received again; Redis Cluster spreads the keys one
+        script needs over several servers, which the store does not support.
+        """
+        client = self.client
+        client.ping()  # a connection opened outside the timing
+        started = time.perf_counter()
+        client.ping()
+        round_trip = time.perf_counter() - started
+        info = client.info()
+        used = client.exists(f"{self.prefix}index", f"{self.prefix}tasks")
+        found = f"keyspace {self.prefix}* " + (
+            "in use" if used else "empty (nothing received yet)"
+        )
+        missing: tuple[str, ...] = ()
+        if str(info.get("cluster_enabled", 0)) == "1":
+            missing = ("a server without Redis Cluster, which the store does not support",)
+        warnings: list[str] = []
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        if int(info.get("maxmemory", 0) or 0) and policy != "noeviction":
+            warnings.append(
+                f"maxmemory-policy is {policy}: a claim evicted is received again; "
+                "use noeviction"
+            )
+        return StoreHealth(
+            round_trip=round_trip, found=found, missing=missing, warnings=tuple(warnings)
+        )
 
     @property
     def base_exceptions(self) -> tuple[type[BaseException], ...]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timedelta
@@ -37,6 +38,7 @@ from ..base import (
     NotReached,
     PersistentStore,
     StoreError,
+    StoreHealth,
     StoreUnavailable,
     check_timeout,
     lease_from_url,
@@ -254,17 +256,55 @@ class SQLAlchemyStore(PersistentStore):
             return self._engine
         with self._lock:
             tables = self.tables
-            if self._engine is None:
-                db = self._db
-                self._engine = (
-                    create_engine(self._url, self.timeout)
-                    if db is None
-                    else host_engine(db, self._app, self.bind_key)
-                )
+            engine = self._engine_unlocked()
             if self.creates_table and not self._ready:
-                create_tables(self._engine, *tables)
+                create_tables(engine, *tables)
             self._ready = True
-            return self._engine
+            return engine
+
+    def _engine_unlocked(self) -> Engine:
+        """The engine, created or looked up once; its tables left as they are."""
+        if self._engine is None:
+            db = self._db
+            self._engine = (
+                create_engine(self._url, self.timeout)
+                if db is None
+                else host_engine(db, self._app, self.bind_key)
+            )
+        return self._engine
+
+    def check(self) -> StoreHealth:
+        """``SELECT 1`` timed on a connection already open, and the tables looked for.
+
+        Tables missing are not created here, even on the extension's own engine, which creates
+        them at its first use: a check changes nothing, and says so instead.
+        """
+        tables = self.tables
+        with self._lock:
+            engine = self._engine_unlocked()
+
+        def look(connection: Connection) -> tuple[float, list[str]]:
+            started = time.perf_counter()
+            connection.exec_driver_sql("SELECT 1").scalar()
+            round_trip = time.perf_counter() - started
+            inspector = sa.inspect(connection)
+            missing = [
+                table.name
+                for table in tables
+                if not inspector.has_table(table.name, schema=table.schema)
+            ]
+            return round_trip, missing
+
+        with self._begin(engine, autocommit=True, bounded=True) as connection:
+            round_trip, missing = look(connection)
+        names = [table.name for table in tables]
+        found = [name for name in names if name not in missing]
+        return StoreHealth(
+            round_trip=round_trip,
+            found=f"tables {', '.join(found)} present" if found else "no table of the store",
+            missing=tuple(missing),
+            creates_missing=self.creates_table,
+        )
 
     def describe(self) -> str:
         """The database, for messages; never its password."""
