@@ -3,8 +3,11 @@
 The provider must be given the token inside the callback URL, and every access log in front of the
 app (Werkzeug's, gunicorn's, a proxy's) writes that URL down. :class:`TokenRedactingFilter` rewrites
 ``token=`` query values in log records before any handler formats them; ``init_app`` installs it on
-the loggers of the servers Python hosts run (:data:`ACCESS_LOGGERS`). Logs written outside Python
-(nginx, a load balancer) are configured in the host's deployment: see ``docs/security.md``.
+the loggers of the servers Python hosts run (:data:`ACCESS_LOGGERS`). gunicorn's error log, which
+quotes the request line when a worker timeout aborts a request or a request line is malformed, is
+not an access log: gunicorn's logger class :class:`flask_musiccallback.gunicorn.GunicornLogger`
+installs the filter on it, in the master, before any worker or app is loaded. Logs written outside
+Python (nginx, a load balancer) are configured in the host's deployment: see ``docs/security.md``.
 
 The store's URL may carry a database or Redis password, and error messages and reprs, which end up
 in logs and error trackers, show that URL: they show it through :func:`redact_url`.
@@ -13,9 +16,10 @@ in logs and error trackers, show that URL: they show it through :func:`redact_ur
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 from urllib.parse import unquote, unquote_plus
 
@@ -57,11 +61,33 @@ def _redact_value(value: Any) -> Any:
     return redact_token(value) if isinstance(value, str) else value
 
 
+# Renders exceptions as every formatter does unless a host overrides ``formatException``.
+_EXCEPTION_FORMATTER = logging.Formatter()
+
+
+def _redact_mapping(args: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A copy of ``args`` with its values redacted, of the same class where it can be changed.
+
+    gunicorn's access log passes a ``dict`` subclass that answers ``-`` for a missing atom and
+    reads header atoms case-insensitively: a plain ``dict`` in its place would fail the format.
+    """
+    if isinstance(args, MutableMapping):
+        redacted = copy.copy(args)
+        for key, value in args.items():
+            redacted[key] = _redact_value(value)
+        return redacted
+    return {key: _redact_value(value) for key, value in args.items()}
+
+
 class TokenRedactingFilter(logging.Filter):
-    """Rewrites ``token=`` query values in a record's message and arguments; drops nothing.
+    """Rewrites ``token=`` query values in a record's message, arguments, exception and stack
+    texts; drops nothing.
 
     Arguments are rewritten one by one rather than formatting the message here, so handlers and
     formatters further on still see a normal record (``%``-style message, tuple or mapping args).
+    An exception's text is rendered here, as :class:`logging.Formatter` renders it, and kept on the
+    record (``exc_text``), which is what every formatter writes when it is set: an exception's
+    message may quote the request line.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -71,7 +97,13 @@ class TokenRedactingFilter(logging.Filter):
         if isinstance(args, tuple):
             record.args = tuple(_redact_value(arg) for arg in args)
         elif isinstance(args, Mapping):
-            record.args = {key: _redact_value(value) for key, value in args.items()}
+            record.args = _redact_mapping(args)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _EXCEPTION_FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_token(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_token(record.stack_info)
         return True
 
 

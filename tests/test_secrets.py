@@ -107,6 +107,19 @@ def test_the_filter_redacts_mapping_arguments_as_gunicorn_logs_them() -> None:
     assert record.getMessage().startswith('10.0.0.1 "POST /music-callback?token=[redacted]')
 
 
+def test_the_filter_redacts_an_exception_text_that_quotes_the_request_line() -> None:
+    try:
+        raise ValueError(f"cannot read POST {URL} HTTP/1.1")
+    except ValueError:
+        record = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1, "failed", None,
+                                   sys.exc_info())  # fmt: skip
+    record.stack_info = f"Stack (most recent call last):\n  handling {URL}"
+    assert TokenRedactingFilter().filter(record) is True
+    written = logging.Formatter().format(record)
+    assert f"cannot read POST /music-callback?token={REDACTED} HTTP/1.1" in written
+    assert TOKEN not in written
+
+
 def test_the_filter_is_installed_once_on_each_access_logger(make_app: AppFactory) -> None:
     make_app()
     make_app()
