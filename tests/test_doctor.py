@@ -4,13 +4,10 @@ real servers up and down: PostgreSQL, Redis, a Celery broker, the fake provider,
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from click.testing import Result
 from flask import Flask
 
@@ -387,19 +384,6 @@ def test_an_archive_folder_is_writable_and_the_probe_is_removed(
     assert "writable" in detail
     assert folder.is_dir()
     assert list(folder.iterdir()) == []
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
-def test_a_read_only_archive_folder_fails(make_app: AppFactory, tmp_path: Path) -> None:
-    folder = tmp_path / "media"
-    folder.mkdir()
-    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        result = doctor(healthy(make_app, ARCHIVE=f"file://{folder}"))
-    finally:
-        folder.chmod(stat.S_IRWXU)
-    assert_failed_cleanly(result)
-    assert line(result, "archive")[0] == "fail"
 
 
 def test_an_archive_on_a_read_only_file_system_fails(make_app: AppFactory) -> None:
