@@ -175,23 +175,26 @@ class Archive:
     def schedule(self, state: MusicCallbackState, job: Job) -> None:
         """Have the media of a new delivery's event copied, when it is a success with media.
 
-        The copy is claimed and queued by the write-back, after the answer (inline for a store in
-        this process, whose claim costs nothing).
+        Which files the event has, and the copy's claim and queueing, are left to the write-back,
+        after the answer (inline for a store in this process, whose claim costs nothing): the
+        request itself only builds the copy's job.
         """
-        try:
-            if not media_of(job.family, job.event):
-                return
-        except Exception:  # a host family's media function: its error must not cost the event
-            logger.exception(
-                "The %s family cannot say which files task %s has; nothing is archived for it",
-                job.family.name,
-                job.event.task_id,
-            )
+        if str(job.event.stage) == FAILED:
             return
         copy = self.job(job, owner=claim_owner())
         delivery = copy.delivery
 
         def claim_and_queue() -> None:
+            try:
+                if not media_of(job.family, job.event):
+                    return
+            except Exception:  # a host family's media function: its error must not cost the event
+                logger.exception(
+                    "The %s family cannot say which files task %s has; nothing is archived for it",
+                    job.family.name,
+                    job.event.task_id,
+                )
+                return
             if state.store.claim(delivery, queued=True) is not ClaimResult.CLAIMED:
                 return
             try:
