@@ -203,8 +203,8 @@ def check_api_key(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:
     if not settings.api_key:
         return Check("api-key", Status.SKIP, f"{ConfigKeys.API_KEY} is not set")
     base = settings.api_base_url
-    client = ProviderClient(
-        settings.api_key, base, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0))
+    client = ProviderClient.from_settings(
+        settings, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0))
     )
     started = time.perf_counter()
     try:
