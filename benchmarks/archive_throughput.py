@@ -30,7 +30,6 @@ import httpx
 from flask import Flask, Response
 
 from flask_musiccallback import MusicCallback
-from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import build_callback
 
 from .app import TOKEN
@@ -112,7 +111,6 @@ def archived(url: str, folder: Path, round_number: int) -> tuple[float, int]:
     files = list((folder / "archive").rglob("*.mp3"))
     assert len(files) == 1, files
     music.close(app)
-    get_state(app).store.close()
     return seconds, sampler.peak - before
 
 

@@ -543,6 +543,12 @@ def _refusal(store: Store) -> str:
     return ""
 
 
+def _echo_fields(fields: list[tuple[str, str]]) -> None:
+    """``name: value`` lines, the values lined up."""
+    for name, value in fields:
+        click.echo(f"{name + ':':<13}{value}")
+
+
 def _show_task(store: Store, task: TaskRecord) -> None:
     overdue = f" (overdue since {_when(task.overdue_at)})" if task.overdue_at else ""
     fields = [
@@ -555,8 +561,7 @@ def _show_task(store: Store, task: TaskRecord) -> None:
         ("overdue", _when(task.overdue_at)),
         ("next poll", _when(task.next_poll_at)),
     ]
-    for name, value in fields:
-        click.echo(f"{name + ':':<13}{value}")
+    _echo_fields(fields)
     click.echo("stages:" + ("" if task.stages else " none yet"))
     rows = [
         (stage, _when(at), f"by {task.sources.get(stage, VIA_CALLBACK)}")
@@ -592,8 +597,7 @@ def _show_delivery(kept: KeptDelivery) -> None:
         ("created", _when(kept.created_at)),
         ("updated", _when(kept.updated_at)),
     ]
-    for name, value in fields:
-        click.echo(f"{name + ':':<13}{value}")
+    _echo_fields(fields)
     click.echo("headers:")
     for name, value in kept.headers.items():
         click.echo(f"  {name}: {value}")

@@ -27,12 +27,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
 
 import httpx
-from marshmallow import ValidationError
 
 from .config import Settings
 from .families import Event, Family
 from .families.base import FAILED
-from .poll import PollError, ProviderClient, read_record
+from .poll import ProviderClient, fetch_record
 from .verify import Refusal, Rejected
 
 logger = logging.getLogger("flask_musiccallback")
@@ -54,16 +53,10 @@ def confirm(settings: Settings, family: Family, event: Event, payload: Mapping[s
     """
     if family.record_path is None or family.read_record is None:
         return
-    assert settings.api_key is not None  # Settings refuses the option without it
-    with ProviderClient(settings.api_key, settings.api_base_url, timeout=TIMEOUT) as client:
-        answer = client.record_info(event.task_id, family.record_path)
-    record = read_record(family, answer, event.task_id)
-    if record.body is None:
+    with ProviderClient.from_settings(settings, timeout=TIMEOUT) as client:
+        record, recorded = fetch_record(family, event.task_id, client)
+    if recorded is None or record.body is None:
         _unverified(event, f"the record is still {record.status}")
-    try:
-        recorded: Event = family.load(record.body)
-    except ValidationError as exc:
-        raise PollError(f"the provider's {family.name} record does not read: {exc}") from None
     if not _stands_for(family, str(event.stage), str(recorded.stage)):
         _unverified(event, f"the record is {record.status} ({recorded.stage})")
     if str(event.stage) != FAILED:

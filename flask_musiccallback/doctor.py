@@ -23,10 +23,12 @@ from urllib.parse import urlsplit
 
 from flask import Flask, has_app_context
 
+from .archive.fetch import is_public
 from .config import ConfigKeys, ConfigurationError, Settings
 from .redact import redact_token, redact_url, redact_url_secrets
 from .state import get_state
 from .stores.base import StoreError
+from .stores.watchdog import NoAnswer
 
 #: Seconds the broker and the provider are given to answer; the store has its own timeout.
 DEFAULT_TIMEOUT = 5.0
@@ -160,10 +162,6 @@ def check_broker(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:
     return Check("broker", Status.OK, f"{where}, connected in {_ms(took)}")
 
 
-class NoAnswer(Exception):  # noqa: N818 - says what happened
-    """A check's server took the connection and did not answer within the time given."""
-
-
 def _within(timeout: float, work: Callable[[], object]) -> None:
     """Run ``work`` in a thread of its own and wait ``timeout`` seconds for it at most.
 
@@ -205,8 +203,8 @@ def check_api_key(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:
     if not settings.api_key:
         return Check("api-key", Status.SKIP, f"{ConfigKeys.API_KEY} is not set")
     base = settings.api_base_url
-    client = ProviderClient(
-        settings.api_key, base, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0))
+    client = ProviderClient.from_settings(
+        settings, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0))
     )
     started = time.perf_counter()
     try:
@@ -257,7 +255,7 @@ def _local(host: str) -> bool:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return not address.is_global
+    return not is_public(address)
 
 
 def check_archive(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:

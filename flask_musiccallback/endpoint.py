@@ -305,12 +305,13 @@ def read_event(
     ``StoreUnavailable`` when the store is down. ``task``, when the endpoint read it already
     (``MUSICCALLBACK_EXPECTED_ONLY``), answers instead.
     """
-    expected = registered_family(state.store, task_id)
-    if task is not None:
-        known = task.family
+    if task is None:
+        expected = registered_family(state.store, task_id)
+    else:
+        family = task.family
 
         def expected() -> str | None:
-            return known
+            return family
 
     return state.extension.families.read(payload, named=named, expected=expected)
 

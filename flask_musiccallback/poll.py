@@ -130,13 +130,15 @@ class ProviderClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ProviderClient:
+    def from_settings(
+        cls, settings: Settings, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT
+    ) -> ProviderClient:
         """The client an app's configuration describes; polling needs an API key."""
         if not settings.api_key:
             raise ConfigurationError(
                 f"Polling needs the provider's API key: set {ConfigKeys.API_KEY}."
             )
-        return cls(settings.api_key, settings.api_base_url)
+        return cls(settings.api_key, settings.api_base_url, timeout=timeout)
 
     def record_info(self, task_id: str, path: str = MUSIC.record_path or "") -> dict[str, Any]:
         """The answer of the record endpoint at ``path`` for ``task_id``, once the provider
@@ -202,6 +204,25 @@ def pollable(app: Flask, family: str) -> Family:
     return kind
 
 
+def fetch_record(
+    kind: Family, task_id: str, client: ProviderClient
+) -> tuple[Record, Event | None]:
+    """The task's record at ``kind``'s record endpoint, and the event its body loads into
+    (``None`` while the task has no result): what polling dispatches and a confirmation compares.
+
+    Raises :class:`PollError` when the provider cannot be used or its record does not read.
+    """
+    record = read_record(kind, client.record_info(task_id, kind.record_path or ""), task_id)
+    if record.body is None:
+        return record, None
+    try:
+        return record, kind.load(record.body)
+    except ValidationError as exc:
+        raise PollError(
+            f"the provider's {kind.name} record does not read as its callback: {exc.messages}"
+        ) from None
+
+
 def poll_task(
     app: Flask,
     task_id: str,
@@ -218,23 +239,14 @@ def poll_task(
     """
     state = get_state(app)
     kind = pollable(app, family)
-    path = kind.record_path or ""
     if client is None:
         with ProviderClient.from_settings(state.settings) as own_client:
-            body = own_client.record_info(task_id, path)
+            record, event = fetch_record(kind, task_id, own_client)
     else:
-        body = client.record_info(task_id, path)
-    record = read_record(kind, body, task_id)
-    result = PollResult(task_id=task_id, status=record.status, event=None, final=record.final)
-    if record.body is None:
+        record, event = fetch_record(kind, task_id, client)
+    result = PollResult(task_id=task_id, status=record.status, event=event, final=record.final)
+    if event is None or record.body is None:
         return result
-    try:
-        event = kind.load(record.body)
-    except ValidationError as exc:
-        raise PollError(
-            f"the provider's {family} record does not read as its callback: {exc.messages}"
-        ) from None
-    result = dataclasses.replace(result, event=event)
     delivery = kind.delivery(event, record.body, {SOURCE_HEADER: POLL_SOURCE})
     if has_app_context() and current_app._get_current_object() is app:  # type: ignore[attr-defined]
         outcome = deliver(app, state, kind, event, delivery)

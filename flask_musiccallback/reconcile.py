@@ -191,16 +191,25 @@ def give_up_at(task: TaskRecord, give_up: float) -> datetime:
     return started + timedelta(seconds=give_up)
 
 
+#: Why a task that cannot be polled is only noted overdue.
+NO_API_KEY = "no API key"
+
+
+def _decide(lost_at: datetime, can_poll: bool, now: datetime) -> Reconciled:
+    """What reconciliation does with a due, open task now: give it up when ``lost_at`` has
+    come, poll it when it can, else note it overdue. One rule for runs and dry runs, so that a
+    dry run never foresees what a run would not do."""
+    if lost_at <= now:
+        return Reconciled.LOST
+    return Reconciled.POLLED if can_poll else Reconciled.OVERDUE
+
+
 def _foresee(state: MusicCallbackState, task: TaskRecord, now: datetime) -> TaskReconciled:
     """What a run would do with ``task`` now, for a dry run."""
-    overdue = task.overdue_at is None
-    if give_up_at(task, state.settings.reconcile_give_up) <= now:
-        return TaskReconciled(task.task_id, task.family, Reconciled.LOST, overdue)
-    if state.settings.api_key is None:
-        return TaskReconciled(
-            task.task_id, task.family, Reconciled.OVERDUE, overdue, error="no API key"
-        )
-    return TaskReconciled(task.task_id, task.family, Reconciled.POLLED, overdue)
+    lost_at = give_up_at(task, state.settings.reconcile_give_up)
+    result = _decide(lost_at, state.settings.api_key is not None, now)
+    error = NO_API_KEY if result is Reconciled.OVERDUE else None
+    return TaskReconciled(task.task_id, task.family, result, task.overdue_at is None, error=error)
 
 
 @contextmanager
@@ -267,10 +276,11 @@ class _Run:
             overdue_task = dataclasses.replace(claimed, overdue_at=now)
             send_isolated(task_overdue, self.app, task=overdue_task)
         lost_at = give_up_at(claimed, settings.reconcile_give_up)
-        if lost_at <= now:
+        result = _decide(lost_at, self.client is not None, now)
+        if result is Reconciled.LOST:
             return self._give_up(claimed, overdue, now), None
-        if self.client is None:
-            return self._release(claimed, Reconciled.OVERDUE, overdue, lost_at, "no API key"), None
+        if result is Reconciled.OVERDUE:
+            return self._release(claimed, result, overdue, lost_at, NO_API_KEY), None
         return self._poll(claimed, overdue, lost_at)
 
     def _give_up(self, task: TaskRecord, overdue: bool, now: datetime) -> TaskReconciled:

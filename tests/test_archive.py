@@ -31,6 +31,7 @@ from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import build_callback, record_signals
 
 from .conftest import URL, build_app
+from .family_kit import names, sent
 from .listeners import listening
 from .media_host import MediaHost, content, media_host
 
@@ -78,7 +79,7 @@ def test_every_family_archived_byte_for_byte(
     with record_signals(app) as signals:
         post(app, body)
         settle(app)
-    archived = [kwargs for name, kwargs in signals if name == "media_archived"]
+    archived = sent(signals, "media_archived")
     assert len(archived) == 1, signals
     files: dict[str, str] = archived[0]["files"]
     event = archived[0]["event"]
@@ -113,9 +114,9 @@ def test_music_files_named_after_the_track(tmp_path: Path, host: MediaHost) -> N
     post(app, body)
     settle(app)
     folder = tmp_path / "archive" / "named-1" / "music"
-    names = sorted(path.name for path in folder.iterdir())
-    assert f"Rain-on-the-Roof-{track['id']}.mp3" in names
-    assert f"Rain-on-the-Roof-{track['id']}-cover.jpeg" in names
+    files = sorted(path.name for path in folder.iterdir())
+    assert f"Rain-on-the-Roof-{track['id']}.mp3" in files
+    assert f"Rain-on-the-Roof-{track['id']}-cover.jpeg" in files
 
 
 @pytest.mark.parametrize("dispatch", ["sync", "thread"])
@@ -130,13 +131,13 @@ def test_the_answer_never_waits_for_a_download(
         answer = post(app, body)
         assert answer.get_json() == {"status": "received"}
         # The media server holds the file; the answer came all the same.
-        assert not [name for name, _ in signals if name == "media_archived"]
+        assert not sent(signals, "media_archived")
         assert not (tmp_path / "archive" / "slow-1" / "music").exists() or not any(
             path.suffix == ".mp3" for path in (tmp_path / "archive" / "slow-1" / "music").iterdir()
         )
         release.set()
         settle(app)
-    assert [name for name, _ in signals].count("media_archived") == 1
+    assert names(signals).count("media_archived") == 1
 
 
 def test_a_redelivery_fetches_nothing_again(tmp_path: Path, host: MediaHost) -> None:
@@ -150,7 +151,7 @@ def test_a_redelivery_fetches_nothing_again(tmp_path: Path, host: MediaHost) -> 
         assert post(app, body).get_json() == {"status": "duplicate"}
         settle(app)
     assert sum(host.hits.values()) == fetched
-    assert "media_archived" not in [name for name, _ in signals]
+    assert "media_archived" not in names(signals)
 
 
 def test_files_archived_already_are_not_fetched_again(tmp_path: Path, host: MediaHost) -> None:
@@ -165,7 +166,7 @@ def test_files_archived_already_are_not_fetched_again(tmp_path: Path, host: Medi
         post(app, complete)
         settle(app)
     assert all(count == 1 for count in host.hits.values()), host.hits
-    (archived,) = [kwargs for name, kwargs in signals if name == "media_archived"]
+    (archived,) = sent(signals, "media_archived")
     assert archived["files"]
     assert not any(file.fetched for file in archived["archived"])
 
@@ -181,16 +182,16 @@ def test_a_missing_file_ends_in_media_archive_failed_after_the_retries(
     with record_signals(app) as signals:
         post(app, body)
         settle(app)
-    failed = [kwargs for name, kwargs in signals if name == "media_archive_failed"]
+    failed = sent(signals, "media_archive_failed")
     assert [(kwargs["url"], kwargs["error"]) for kwargs in failed] == [
         (track["audio_url"], "HTTP 404")
     ]
     assert host.hits[audio] == 3
     # The cover came, once, and is announced after the failure, on its own.
     assert host.hits[host.path_of(track["image_url"])] == 1
-    names = [name for name, _ in signals if name.startswith("media_")]
-    assert names == ["media_archive_failed", "media_archived"]
-    (archived,) = [kwargs for name, kwargs in signals if name == "media_archived"]
+    names_sent = [name for name in names(signals) if name.startswith("media_")]
+    assert names_sent == ["media_archive_failed", "media_archived"]
+    (archived,) = sent(signals, "media_archived")
     assert list(archived["files"]) == [track["image_url"]]
     assert not list((tmp_path / "archive").rglob("*.mp3"))
 
@@ -203,7 +204,7 @@ def test_a_server_that_never_answers_times_out_and_fails(tmp_path: Path, host: M
     with record_signals(app) as signals:
         post(app, body)
         settle(app)
-    failed = [kwargs for name, kwargs in signals if name == "media_archive_failed"]
+    failed = sent(signals, "media_archive_failed")
     assert [kwargs["url"] for kwargs in failed] == [audio]
     assert "Timeout" in failed[0]["error"]
     assert host.hits[host.path_of(audio)] == 2
@@ -222,7 +223,7 @@ def test_a_file_over_the_cap_is_not_kept_half_written(
     with record_signals(app) as signals:
         post(app, body)
         settle(app)
-    failed = [kwargs for name, kwargs in signals if name == "media_archive_failed"]
+    failed = sent(signals, "media_archive_failed")
     assert [kwargs["url"] for kwargs in failed] == [audio]
     assert "MUSICCALLBACK_ARCHIVE_MAX_BYTES" in failed[0]["error"]
     assert host.hits[host.path_of(audio)] == 1, "no retry can make the file smaller"
@@ -251,7 +252,7 @@ def test_links_into_the_network_are_never_connected_to(tmp_path: Path, link: str
             post(app, body)
             # Refused for good: given up at once, not after two back-offs of 5 s.
             assert get_state(app).extension.wait_idle(4, app=app)
-        failed = [kwargs for name, kwargs in signals if name == "media_archive_failed"]
+        failed = sent(signals, "media_archive_failed")
         assert [kwargs["url"] for kwargs in failed] == [url]
         assert listener.connections() == 0
         assert not list((tmp_path / "archive").rglob("*.mp3"))
@@ -297,7 +298,7 @@ def test_failures_and_tasks_without_media_archive_nothing(tmp_path: Path, host: 
         post(app, build_callback("failed", task_id="fail-1"))
         post(app, host.rebase(build_callback("text", task_id="text-1")))
         settle(app)
-    assert not [name for name, _ in signals if name.startswith("media_")]
+    assert not [name for name in names(signals) if name.startswith("media_")]
     assert not host.hits
 
 
@@ -340,10 +341,10 @@ def test_the_copies_are_kept_apart_from_the_events(tmp_path: Path, host: MediaHo
     with record_signals(app) as signals:
         post(app, body)
         settle(app)
-    names = [name for name, _ in signals]
-    assert names.count("all_tracks_generated") == 1
-    assert names.count("media_archived") == 1
-    assert "callback_duplicate" not in names
+    names_sent = names(signals)
+    assert names_sent.count("all_tracks_generated") == 1
+    assert names_sent.count("media_archived") == 1
+    assert "callback_duplicate" not in names_sent
 
 
 @pytest.mark.parametrize("path", ["../secret.txt", "/etc/passwd", "a/../../secret.txt", "..", "."])
@@ -444,8 +445,8 @@ def test_unnamed_parts_of_a_split_get_names_of_their_own() -> None:
         stems={},
         parts=parts,
     )
-    names = [media.filename for media in STEMS.media(event)]
-    assert names == [
+    filenames = [media.filename for media in STEMS.media(event)]
+    assert filenames == [
         "part-1-extract.mp3",
         "part-1-remove.mp3",
         "part-2-extract.mp3",
@@ -461,7 +462,7 @@ def test_two_tracks_with_one_long_title_keep_a_file_each(tmp_path: Path, host: M
     with record_signals(app) as signals:
         post(app, body)
         settle(app)
-    (archived,) = [kwargs for name, kwargs in signals if name == "media_archived"]
+    (archived,) = sent(signals, "media_archived")
     assert len(set(archived["files"].values())) == 4, archived["files"]
     folder = tmp_path / "archive" / "long-1" / "music"
     for track in body["data"]["data"]:
@@ -492,9 +493,9 @@ def test_a_media_function_that_raises_costs_the_event_nothing(tmp_path: Path) ->
     with record_signals(app) as signals:
         assert post(app, body).get_json() == {"status": "received"}
         settle(app)
-    names = [name for name, _ in signals]
-    assert "callback_received" in names
-    assert not [name for name in names if name.startswith("media_")]
+    names_sent = names(signals)
+    assert "callback_received" in names_sent
+    assert not [name for name in names_sent if name.startswith("media_")]
 
 
 def test_a_compressed_answer_is_refused_not_decoded_in_memory(
@@ -510,7 +511,7 @@ def test_a_compressed_answer_is_refused_not_decoded_in_memory(
     with record_signals(app) as signals:
         post(app, body)
         assert get_state(app).extension.wait_idle(4, app=app)
-    failed = [kwargs for name, kwargs in signals if name == "media_archive_failed"]
+    failed = sent(signals, "media_archive_failed")
     assert [kwargs["url"] for kwargs in failed] == [track["audio_url"]]
     assert "compressed" in failed[0]["error"]
     assert host.encodings == ["identity"]

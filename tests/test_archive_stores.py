@@ -38,13 +38,12 @@ from .backends import child_env, claim_in_a_process_that_dies, persistent_store
 from .celery_host import URL as HOST_URL
 from .celery_host import create_app, host_env
 from .conftest import TOKEN, URL, AppFactory
+from .family_kit import sent
 from .media_host import HOLD_TIMEOUT, MediaHost, content, media_host
 from .servers import PostgresServer
 from .servers_redis import celery_worker, redis_server
 
 RETRY_ATTEMPTS = 2
-
-Signals = list[tuple[str, dict[str, Any]]]
 
 
 @pytest.fixture
@@ -136,11 +135,6 @@ def archived_files(archive: Path) -> dict[str, bytes]:
         and not path.name.endswith(".manifest.json")
         and not path.name.startswith(".")
     }
-
-
-def sent(recorded: Signals, name: str) -> list[dict[str, Any]]:
-    """The keyword arguments of each ``name`` signal recorded."""
-    return [kwargs for signal_name, kwargs in recorded if signal_name == name]
 
 
 def the_files_of(links: list[str], media: MediaHost) -> list[bytes]:

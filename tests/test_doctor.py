@@ -17,7 +17,7 @@ from flask_musiccallback.state import get_state
 from .backends import with_flask_sqlalchemy
 from .conftest import TOKEN, AppFactory
 from .fake_provider import FakeProvider
-from .servers import PostgresServer, RedisServer, free_port, serve_url, start_redis
+from .servers import RedisServer, free_port, serve_url, start_redis
 
 PUBLIC = "https://music.example.com"
 
@@ -108,9 +108,7 @@ def test_postgresql_up_is_ok_with_its_round_trip(make_app: AppFactory, postgresq
     assert "tables musiccallback_deliveries" in detail
 
 
-def test_postgresql_down_fails_without_a_traceback_or_the_password(
-    make_app: AppFactory, postgresql_server: PostgresServer
-) -> None:
+def test_postgresql_down_fails_without_a_traceback_or_the_password(make_app: AppFactory) -> None:
     url = f"postgresql+psycopg://doctor:s3cret@127.0.0.1:{free_port()}/callbacks"
     result = doctor(healthy(make_app, STORE=url))
     assert_failed_cleanly(result)

@@ -322,7 +322,9 @@ def redis_commands(redis_url: str, name: str, action: Callable[[], None]) -> lis
     return [command for port, command in seen if port in ports and command not in handshake]
 
 
-def test_on_redis_a_new_delivery_is_two_round_trips(make_app: AppFactory, redis_url: str) -> None:
+def test_on_redis_a_new_delivery_is_two_round_trips_and_one_after_the_answer(
+    make_app: AppFactory, redis_url: str
+) -> None:
     """The claim and the completion; the task's stage is a third script, run by the write-back's
     thread after the answer (the SQL tests above tell the threads apart)."""
     name = f"hot-path-{time.monotonic_ns()}"

@@ -32,12 +32,10 @@ import json
 import logging
 import posixpath
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
-
-import httpx
 
 from ..config import ConfigKeys, ConfigurationError, Settings
 from ..dispatch.dispatchers import ThreadDispatcher
@@ -48,7 +46,7 @@ from ..pool import Pool
 from ..signals import media_archive_failed, media_archived
 from ..stores.base import ClaimResult, copy_stage
 from ..stores.owners import claim_owner
-from .fetch import AllowList, FetchFailed, Refused, SafeFetcher
+from .fetch import AllowList, FetchFailed, Refused, SafeFetcher, body
 from .media import Media, distinct, safe_segment
 
 if TYPE_CHECKING:
@@ -83,9 +81,8 @@ class ArchiveRefused(ArchiveFailed, Permanent):
 
 
 class NotKept(Exception):  # noqa: N818 - reads as what happens to the file
-    """An answer the archive will not keep, whatever the attempt: a file over
-    ``MUSICCALLBACK_ARCHIVE_MAX_BYTES``, or one compressed in transit although it was asked for
-    as it is (undoing it would take memory the file's size does not bound)."""
+    """A file the archive will not keep, whatever the attempt: over
+    ``MUSICCALLBACK_ARCHIVE_MAX_BYTES``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,23 +172,26 @@ class Archive:
     def schedule(self, state: MusicCallbackState, job: Job) -> None:
         """Have the media of a new delivery's event copied, when it is a success with media.
 
-        The copy is claimed and queued by the write-back, after the answer (inline for a store in
-        this process, whose claim costs nothing).
+        Which files the event has, and the copy's claim and queueing, are left to the write-back,
+        after the answer (inline for a store in this process, whose claim costs nothing): the
+        request itself only builds the copy's job.
         """
-        try:
-            if not media_of(job.family, job.event):
-                return
-        except Exception:  # a host family's media function: its error must not cost the event
-            logger.exception(
-                "The %s family cannot say which files task %s has; nothing is archived for it",
-                job.family.name,
-                job.event.task_id,
-            )
+        if str(job.event.stage) == FAILED:
             return
         copy = self.job(job, owner=claim_owner())
         delivery = copy.delivery
 
         def claim_and_queue() -> None:
+            try:
+                if not media_of(job.family, job.event):
+                    return
+            except Exception:  # a host family's media function: its error must not cost the event
+                logger.exception(
+                    "The %s family cannot say which files task %s has; nothing is archived for it",
+                    job.family.name,
+                    job.event.task_id,
+                )
+                return
             if state.store.claim(delivery, queued=True) is not ClaimResult.CLAIMED:
                 return
             try:
@@ -271,6 +271,7 @@ class Archive:
         folder, _, name = full.rpartition("/")
         partial = f"{folder}/.{name}.{uuid.uuid4().hex}.part"
         self.fs.makedirs(folder, exist_ok=True)
+        moved = False
         try:
             if media.content is not None:
                 with self.fs.open(partial, "wb") as out:
@@ -280,10 +281,12 @@ class Archive:
                 assert media.url is not None  # a Media has a link or content
                 size, content_type = self._fetch(fetcher, media.url, partial)
             self.fs.mv(partial, full)
+            moved = True
         finally:
-            with contextlib.suppress(OSError):
-                if self.fs.exists(partial):
-                    self.fs.rm(partial)
+            if not moved:
+                with contextlib.suppress(OSError):
+                    if self.fs.exists(partial):
+                        self.fs.rm(partial)
         self._clear_partials(folder, name)
         return ArchivedFile(media.source, self.url_of(path), path, size, content_type, True)
 
@@ -303,15 +306,12 @@ class Archive:
     def _fetch(self, fetcher: SafeFetcher, url: str, partial: str) -> tuple[int, str | None]:
         """Stream ``url`` into ``partial``; its size and content type."""
         with fetcher.stream(url) as response:
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding != "identity":
-                raise NotKept(f"sent compressed ({encoding}) although asked for as it is")
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self.max_bytes:
                 raise NotKept(self._too_large())
             size = 0
             with self.fs.open(partial, "wb") as out:
-                for chunk in _chunks(response):
+                for chunk in body(response, CHUNK_SIZE):
                     size += len(chunk)
                     if size > self.max_bytes:
                         raise NotKept(self._too_large())
@@ -354,15 +354,6 @@ class Archive:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         return self.dispatcher.wait_idle(timeout)
-
-
-def _chunks(response: httpx.Response) -> Iterator[bytes]:
-    """The answer's body in chunks, as sent (never decoded: see :class:`NotKept`); a connection
-    lost on the way is worth another attempt."""
-    try:
-        yield from response.iter_raw(CHUNK_SIZE)
-    except httpx.TransportError as exc:
-        raise FetchFailed(f"{type(exc).__name__}: {exc}".rstrip(": "), retry=True) from None
 
 
 def archive_for(settings: Settings) -> Archive | None:

@@ -249,7 +249,7 @@ class SafeFetcher:
             try:
                 response = self._client.send(request, stream=True)
             except httpx.TransportError as exc:
-                raise FetchFailed(f"{type(exc).__name__}: {exc}".rstrip(": "), retry=True) from None
+                raise _transport_failure(exc) from None
             try:
                 if response.is_redirect:
                     location = response.headers.get("Location", "")
@@ -258,6 +258,10 @@ class SafeFetcher:
                 if response.status_code != 200:
                     retry = response.status_code in RETRY_STATUSES
                     raise FetchFailed(f"HTTP {response.status_code}", retry=retry)
+                encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+                if encoding != "identity":
+                    # Asked for as it is: decoding it would take memory its size does not bound.
+                    raise Refused(f"sent compressed ({encoding}) although asked for as it is")
                 yield response
                 return
             finally:
@@ -271,6 +275,19 @@ def _wire_name(name: str) -> str:
         return httpx.URL(scheme="http", host=name).raw_host.decode("ascii")
     except (httpx.InvalidURL, UnicodeError) as exc:
         raise ValueError(f"{name!r} is not a usable host name: {exc}") from None
+
+
+def body(response: httpx.Response, chunk_size: int) -> Iterator[bytes]:
+    """The answer's body in chunks, as sent (never decoded: :meth:`SafeFetcher.stream` refuses a
+    compressed one); a connection lost on the way is worth another attempt."""
+    try:
+        yield from response.iter_raw(chunk_size)
+    except httpx.TransportError as exc:
+        raise _transport_failure(exc) from None
+
+
+def _transport_failure(exc: httpx.TransportError) -> FetchFailed:
+    return FetchFailed(f"{type(exc).__name__}: {exc}".rstrip(": "), retry=True)
 
 
 def _host_header(url: httpx.URL, host: str) -> str:

@@ -56,11 +56,6 @@ class TaskRecord:
     #: When reconciliation may poll it next, or ``None``: as soon as it is overdue.
     next_poll_at: datetime | None = None
 
-    @property
-    def heard_at(self) -> datetime:
-        """When the task was last heard of: expected, a stage received, or polled."""
-        return self.updated_at
-
 
 @dataclass(frozen=True, slots=True)
 class TaskChange:
