@@ -173,6 +173,9 @@ def test_receivers_that_ran_before_the_store_went_away_are_acknowledged_and_not_
 
         def stop_the_store(sender: Flask, event: CallbackEvent, **extra: Any) -> None:
             calls.append(event.task_id)
+            # The task's stage, recorded by the write-back after the claim, is written first: only
+            # the completion is left to wait for the store.
+            assert get_state(app).write_back.wait_idle(PATIENCE)
             server.stop()
 
         with all_tracks_generated.connected_to(stop_the_store, sender=app):
