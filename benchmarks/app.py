@@ -12,9 +12,9 @@ machine's state; the only difference measured is what the extension does.
 
 ``BENCH_STORE`` picks the store (a ``MUSICCALLBACK_STORE`` URL); ``BENCH_WITHOUT`` names fast
 paths to turn off (comma-separated, :data:`FAST_PATHS`), so that what each one buys is measured
-against the plain path it stands in for (docs/benchmarks.md). ``BENCH_OTEL=1`` configures the
-OpenTelemetry SDK as a host exporting its telemetry would (:func:`configure_sdk`), so that what
-recording the extension's metrics and spans costs is measured too.
+against the plain path it stands in for (docs/benchmarks.md). ``BENCH_OTEL`` configures the
+OpenTelemetry SDK as a host exporting its telemetry would (:func:`configure_sdk`, one of
+:data:`SDK_MODES`), so that what recording the extension's metrics and spans costs is measured too.
 """
 
 from __future__ import annotations
@@ -92,10 +92,15 @@ def _turn_off(names: str) -> None:
 FAST_PATHS = ("driver", "envelope")
 
 
-def configure_sdk() -> None:
-    """A meter provider with a periodic reader and a tracer provider with a batch span processor,
-    every span sampled, both exporting to exporters that drop what they get: the cost measured is
-    recording, not a collector's network.
+#: What ``BENCH_OTEL`` may ask for: metrics only; metrics and one trace in ten (the parent-based
+#: ratio sampler a host tracing at volume sets); metrics and every trace.
+SDK_MODES = ("metrics", "sampled", "all")
+
+
+def configure_sdk(mode: str) -> None:
+    """A meter provider with a periodic reader and, unless ``mode`` is ``metrics``, a tracer
+    provider with a batch span processor, both exporting to exporters that drop what they get: the
+    cost measured is recording, not a collector's network.
 
     Called in each gunicorn worker (the app is imported after the fork), so the SDK's background
     threads run in the process that records.
@@ -110,6 +115,10 @@ def configure_sdk() -> None:
     )
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    if mode not in SDK_MODES:
+        raise ValueError(f"BENCH_OTEL={mode!r}: expected one of {', '.join(SDK_MODES)}")
 
     class DropMetrics(MetricExporter):
         def export(
@@ -129,7 +138,10 @@ def configure_sdk() -> None:
 
     reader = PeriodicExportingMetricReader(DropMetrics(), export_interval_millis=1000)
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-    tracer_provider = TracerProvider()
+    if mode == "metrics":
+        return
+    sampler = ParentBased(TraceIdRatioBased(0.1) if mode == "sampled" else ALWAYS_ON)
+    tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(BatchSpanProcessor(DropSpans()))
     trace.set_tracer_provider(tracer_provider)
 
@@ -161,5 +173,5 @@ def create_app(store: str) -> Flask:
 
 _turn_off(os.environ.get("BENCH_WITHOUT", ""))
 if os.environ.get("BENCH_OTEL"):
-    configure_sdk()
+    configure_sdk(os.environ["BENCH_OTEL"])
 app = create_app(os.environ.get("BENCH_STORE", "memory://"))

@@ -9,9 +9,9 @@ two trivial round trips to it (the least a claim and then a completion can cost)
     python -m benchmarks.http_ratio --store memory:// --store redis://127.0.0.1:6379/0
     python -m benchmarks.http_ratio --store redis://127.0.0.1:6379/0 --cpu
 
-``--otel`` measures each store twice, without and then with the OpenTelemetry SDK configured in
-the served app (``BENCH_OTEL``, see ``benchmarks/app.py``): what the extension's metrics and spans
-cost once a host records them.
+``--otel`` measures each store again with the OpenTelemetry SDK configured in the served app, once
+per mode named (``metrics``, ``sampled``, ``all``; all three when none is; ``BENCH_OTEL``, see
+``benchmarks/app.py``): what the extension's metrics and spans cost once a host records them.
 
 ``--cpu`` also says where each route's CPU goes, per request: the gunicorn workers, the store's
 server (the ``redis-server`` or ``postgres`` processes of this machine) and wrk. On a machine whose
@@ -39,7 +39,7 @@ from pathlib import Path
 from flask_musiccallback.simulate import build_callback
 from flask_musiccallback.stores.registry import url_scheme
 
-from .app import TOKEN
+from .app import SDK_MODES, TOKEN
 
 LUA = """
 local counter = 0
@@ -139,7 +139,7 @@ def routes(store: str) -> list[tuple[str, str]]:
 
 
 def measure(
-    store: str, rounds: int, seconds: int, connections: int, tracks: int, otel: bool = False
+    store: str, rounds: int, seconds: int, connections: int, tracks: int, otel: str = ""
 ) -> tuple[dict[str, float], dict[str, tuple[float, float, float]]]:
     """Median requests per second of each route of :func:`routes`, and its CPU per request.
 
@@ -148,7 +148,7 @@ def measure(
     """
     payload = json.dumps(build_callback("complete", task_id="TASK-ID", tracks=tracks))
     port = free_port()
-    env = {**os.environ, "BENCH_STORE": store, "BENCH_OTEL": "1" if otel else ""}
+    env = {**os.environ, "BENCH_STORE": store, "BENCH_OTEL": otel}
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}",
          "--log-level", "warning", "benchmarks.app:app"],
@@ -208,7 +208,10 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, default=2)
     parser.add_argument("--cpu", action="store_true", help="also CPU per request, per process")
     parser.add_argument(
-        "--otel", action="store_true", help="each store also with the OpenTelemetry SDK configured"
+        "--otel",
+        nargs="*",
+        choices=SDK_MODES,
+        help="each store also with the OpenTelemetry SDK configured: these modes (default: all)",
     )
     parser.add_argument(
         "--without", default="", help="fast paths to turn off, comma-separated (benchmarks/app.py)"
@@ -223,13 +226,11 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     spent: list[str] = []
-    runs = [(store, otel) for store in args.store or ["memory://"] for otel in (False, True)]
-    for store, otel in runs:
-        if otel and not args.otel:
-            continue
+    modes = [""] if args.otel is None else ["", *(args.otel or SDK_MODES)]
+    for store, otel in [(store, mode) for store in args.store or ["memory://"] for mode in modes]:
         row, cpu = measure(store, args.rounds, args.seconds, args.connections, args.tracks, otel)
         label = re.sub(r"//[^@/]*@", "//", store)
-        label = f"{label}` + SDK" if otel else f"{label}`"
+        label = f"{label}` + SDK ({otel})" if otel else f"{label}`"
         for name, (workers, server, load) in cpu.items():
             spent.append(
                 f"| `{label} | {name} | {workers:.0f} | {server:.0f} | {load:.0f} "

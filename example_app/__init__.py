@@ -55,8 +55,9 @@ DEFAULTS: Mapping[str, Any] = {
     "METRICS_PROVIDER": True,
 }
 
-# Set by create_app unless configured (None turns either off): MUSICCALLBACK_ARCHIVE, the folder
-# "archive" of the instance folder; MUSICCALLBACK_SIMULATED_MEDIA_URL, SERVER_URL's /samples.
+# Set by create_app unless configured (None turns either off): MUSICCALLBACK_EXTERNAL_URL,
+# SERVER_URL; MUSICCALLBACK_ARCHIVE, the folder "archive" of the instance folder;
+# MUSICCALLBACK_SIMULATED_MEDIA_URL, SERVER_URL's /samples.
 # And MUSICCALLBACK_ARCHIVE_ALLOW: the archive fetches links that lead to public addresses only,
 # and simulated tasks' media are this app's own samples, on loopback: the address and port of
 # MUSICCALLBACK_SIMULATED_MEDIA_URL are allowed, that port only, so that a callback cannot have
@@ -94,6 +95,7 @@ def create_app(
     app.config.update(config or {})
     if app.config["SERVER_URL"] is None:
         app.config["SERVER_URL"] = _recorded_server_url(app)
+    app.config.setdefault("MUSICCALLBACK_EXTERNAL_URL", app.config["SERVER_URL"])
     app.config.setdefault("MUSICCALLBACK_ARCHIVE", (Path(app.instance_path) / "archive").as_uri())
     app.config.setdefault(
         "MUSICCALLBACK_SIMULATED_MEDIA_URL", f"{app.config['SERVER_URL'].rstrip('/')}/samples"
@@ -180,8 +182,9 @@ def init_command(port: int) -> None:
     archive = get_state(app).archive
     if archive is not None:
         archive.fs.makedirs(archive.root, exist_ok=True)
-    with app.test_request_context(base_url=base):
-        callback_url = music.callback_url()
+    # At the port recorded now: the app was configured with the one recorded before, if any.
+    callback = urlsplit(music.callback_url())
+    callback_url = f"{base}{callback.path}?{callback.query}"
     click.echo(
         f"""
   Database      {db.engine.url.render_as_string(hide_password=True)}

@@ -9,7 +9,9 @@ Instruments are created once, at import, from the API's proxy meter, which forwa
 provider the host sets later. Every metric attribute is a bounded name (a family, a stage, an
 outcome, a reason, a state), never a task id, a URL or a secret, so that a flood of deliveries
 cannot grow a metrics backend's series; each attribute set is built once per key and reused, which
-keeps the request path free of per-request dictionaries.
+keeps the request path free of per-request dictionaries. The two counts made on every request
+(deliveries, refusals) are tallied in process and read by the SDK when it collects
+(:class:`_Tally`), so that a configured SDK costs a request no more than adding one.
 
 A delivery handed to a thread or a Celery worker keeps the trace of the request that accepted it:
 the job carries the request's context (:func:`current_context`), and a Celery message carries it
@@ -19,8 +21,9 @@ as W3C trace-context headers (:func:`inject`, :func:`extract`).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .redact import redact_token
@@ -28,6 +31,7 @@ from .redact import redact_token
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import metrics, propagate, trace
+    from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import Status, StatusCode
 except ImportError:  # the otel extra is not installed
     AVAILABLE = False
@@ -64,16 +68,48 @@ URL_ATTRIBUTES = ("http.target", "http.url", "url.query", "url.full")
 #: A family or stage not known (a kept body no family reads).
 UNKNOWN = "unknown"
 
+class _Tally:
+    """Counts kept in process and reported when a reader collects, through an asynchronous
+    counter: what the endpoint counts on every request (a delivery, a refusal).
+
+    A synchronous SDK counter hashes its attributes, finds its series and takes its lock on every
+    ``add``; here a request adds one to an integer, and the SDK reads the totals once per
+    collection. The totals are cumulative and monotonic, which is what an asynchronous counter
+    reports: a backend sees the same counter either way.
+    """
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, ...], int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, pairs: tuple[str, ...]) -> None:
+        with self._lock:
+            self._counts[pairs] = self._counts.get(pairs, 0) + 1
+
+    def observe(self, options: CallbackOptions) -> Iterator[Observation]:
+        with self._lock:
+            counts = list(self._counts.items())
+        for pairs, count in counts:
+            yield Observation(count, _attributes(*pairs))
+
+
+_delivery_tally = _Tally()
+_rejection_tally = _Tally()
+
 if AVAILABLE:
     _tracer = trace.get_tracer(NAME)
     _meter = metrics.get_meter(NAME)
-    _deliveries = _meter.create_counter(
+    _meter.create_observable_counter(
         "musiccallback.deliveries",
+        callbacks=[_delivery_tally.observe],
         unit="{delivery}",
         description="Callbacks accepted by the endpoint, by family, stage and outcome.",
     )
-    _rejections = _meter.create_counter(
+    _meter.create_observable_counter(
         "musiccallback.rejections",
+        callbacks=[_rejection_tally.observe],
         unit="{request}",
         description="Requests the endpoint refused, by reason.",
     )
@@ -114,14 +150,12 @@ def _attributes(*pairs: str) -> dict[str, str]:
 
 def delivered(family: str, stage: str, outcome: str) -> None:
     """Count a callback the endpoint accepted (``musiccallback.deliveries``)."""
-    if AVAILABLE:
-        _deliveries.add(1, _attributes("family", family, "stage", stage, "outcome", outcome))
+    _delivery_tally.add(("family", family, "stage", stage, "outcome", outcome))
 
 
 def rejected(reason: str) -> None:
     """Count a refused request (``musiccallback.rejections``)."""
-    if AVAILABLE:
-        _rejections.add(1, _attributes("reason", reason))
+    _rejection_tally.add(("reason", reason))
 
 
 def receivers_failed(family: str, stage: str, count: int) -> None:
@@ -143,8 +177,9 @@ def task_lost(family: str) -> None:
 
 
 def current_context() -> Context | None:
-    """The trace context now, for a job that will run elsewhere (a pool thread)."""
-    return otel_context.get_current() if _tracing() else None
+    """The trace context now, for a job that will run elsewhere (a pool thread): a context
+    variable's read, cheaper than asking whether anything traces."""
+    return otel_context.get_current() if AVAILABLE else None
 
 
 def inject(context: Context | None) -> dict[str, str]:
@@ -176,23 +211,38 @@ class _NoSpan:
 _NOTHING: contextlib.nullcontext[Any] = contextlib.nullcontext(_NoSpan())
 
 
+_configured: set[str] = set()
+
+
 def _tracing() -> bool:
     """Whether the host configured a tracer provider: without one, no span is started at all.
 
     The API's own providers (its proxy, its no-op) record nothing, and starting and activating a
-    span through them still costs a request several context switches.
+    span through them still costs a request several context switches. The API lets a process set
+    its provider once, so a real one, once seen, is remembered rather than asked for again.
     """
+    if "trace" in _configured:
+        return True
     if not AVAILABLE:
         return False
     provider = trace.get_tracer_provider()
-    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return False
+    _configured.add("trace")
+    return True
 
 
 def metering() -> bool:
-    """Whether the host configured a meter provider (one not from the API package itself)."""
-    return AVAILABLE and not type(metrics.get_meter_provider()).__module__.startswith(
+    """Whether the host configured a meter provider (one not from the API package itself),
+    remembered once seen as :func:`_tracing` does."""
+    if "metrics" in _configured:
+        return True
+    if not AVAILABLE or type(metrics.get_meter_provider()).__module__.startswith(
         "opentelemetry.metrics"
-    )
+    ):
+        return False
+    _configured.add("metrics")
+    return True
 
 
 class _Current:
@@ -297,7 +347,7 @@ def redact_server_span(query_string: bytes) -> None:
     query. The attributes are read from the span (an SDK span's public ``attributes``) so that
     only those the instrumentation set are rewritten.
     """
-    if b"=" not in query_string or not _tracing():
+    if b"=" not in query_string or not AVAILABLE:
         return
     span = trace.get_current_span()
     if not span.is_recording():

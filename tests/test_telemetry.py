@@ -34,13 +34,13 @@ from opentelemetry.sdk.metrics import (
     ObservableUpDownCounter,
     UpDownCounter,
 )
-from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, Sum
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from flask_musiccallback import MusicCallback, all_tracks_generated
+from flask_musiccallback import MusicCallback, all_tracks_generated, telemetry
 from flask_musiccallback.reconcile import Reconciled, reconcile
 from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import build_callback
@@ -205,6 +205,40 @@ def test_a_new_delivery_is_counted_received_and_its_receivers_run_in_a_child_spa
     }
     assert dispatch.status.status_code is StatusCode.UNSET
     assert_no_secret_in_metrics(recorded, task_id)
+
+
+def test_the_counts_are_monotonic_sums_that_lose_nothing_across_threads(
+    providers: Providers, recorded: Recorded
+) -> None:
+    """Deliveries and refusals are counted in process and read at collection (an asynchronous
+    counter): a backend still sees a counter, and concurrent requests' counts all arrive."""
+
+    def count() -> None:
+        for _ in range(2000):
+            telemetry.delivered("threads-test", "complete", telemetry.RECEIVED)
+            telemetry.rejected("threads-test")
+
+    threads = [threading.Thread(target=count) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert recorded.values("musiccallback.deliveries") == {
+        key(family="threads-test", stage="complete", outcome="received"): 16000
+    }
+    assert recorded.values("musiccallback.rejections") == {key(reason="threads-test"): 16000}
+    data = providers.reader.get_metrics_data()
+    assert data is not None
+    kinds = {
+        metric.name: metric.data
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    for name in ("musiccallback.deliveries", "musiccallback.rejections"):
+        assert isinstance(kinds[name], Sum)
+        assert kinds[name].is_monotonic
 
 
 def test_a_redelivery_is_counted_duplicate(make_app: AppFactory, recorded: Recorded) -> None:

@@ -806,3 +806,13 @@ def test_one_task_id_in_two_families_keeps_both(example: Flask, deliver: Callbac
     html = page(example)
     assert "Neon Harbor" in html
     assert 'class="lyrics__text"' in html
+
+
+def test_doctor_builds_the_callback_url_from_the_server_url(example: Flask) -> None:
+    result = example.test_cli_runner().invoke(args=["musiccallback", "doctor"])
+
+    line = next(line for line in result.output.splitlines() if "callback-url" in line)
+    server_url = example.config["SERVER_URL"].rstrip("/")
+    assert line.startswith("warn"), result.output  # loopback: out of the provider's reach
+    assert f"{server_url}/music-callback?token=[redacted]" in line
+    assert result.exit_code == 0, result.output
