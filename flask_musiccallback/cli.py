@@ -3,9 +3,10 @@
 Registered on ``app.cli`` by ``init_app`` (so ``app.test_cli_runner()`` sees it) and through the
 ``flask.commands`` entry point (so ``flask --help`` lists it in any app that installs the package).
 
-Exit codes of ``poll``: 0 done, 1 an error of configuration, store or answer, 3 the provider
-refused the API key, 4 the provider stayed busy or unreachable (rate limits, maintenance, server or
-network errors), 5 ``--watch`` ran out of time before the task ended.
+Exit codes of ``poll`` and ``submit``: 0 done, 1 an error of configuration, store or answer (and
+any other refusal of the provider), 3 the provider refused the API key, 4 the provider stayed busy
+or unreachable (rate limits, maintenance, server or network errors), 5 ``poll --watch`` ran out of
+time before the task ended.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .stores.tasks import VIA_CALLBACK, VIA_POLL, TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from .poll import PollResult
+    from .provider import ProviderError
 
 #: The stages ``simulate`` sends when none is named: a task's usual life.
 DEFAULT_STAGES = ("text", "first", "complete")
@@ -59,7 +61,7 @@ DEFAULT_STAGES = ("text", "first", "complete")
 #: and media copies with theirs.
 IN_PROCESS_WAIT = 120.0
 
-#: Exit codes of ``poll``; see the module docstring.
+#: Exit codes of ``poll`` and ``submit``; see the module docstring.
 EXIT_UNAUTHORIZED = 3
 EXIT_UNAVAILABLE = 4
 EXIT_TIMEOUT = 5
@@ -80,16 +82,23 @@ class PollTimeoutError(CommandError):
     exit_code = EXIT_TIMEOUT
 
 
-class PollUnauthorizedError(CommandError):
+class ProviderUnauthorizedError(CommandError):
     """The provider refused the API key."""
 
     exit_code = EXIT_UNAUTHORIZED
 
 
-class PollUnavailableError(CommandError):
+class ProviderUnavailableError(CommandError):
     """The provider could not be reached, or answered with an error worth retrying."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+def _provider_failure(error: ProviderError) -> CommandError:
+    """The command error, and so the exit status, for what the provider answered."""
+    if error.code in (401, 403):
+        return ProviderUnauthorizedError(str(error))
+    return (ProviderUnavailableError if error.retryable else CommandError)(str(error))
 
 
 @click.group("musiccallback", cls=AppGroup)
@@ -389,7 +398,8 @@ def poll_command(task_id: str, family: str, watch: bool, interval: float, timeou
     callback (or an earlier poll) are not dispatched again.
     """
     from .dispatch import Outcome
-    from .poll import PollError, WatchTimeout, poll_task, pollable, watch_task
+    from .poll import WatchTimeout, poll_task, pollable, watch_task
+    from .provider import PollError
 
     app = _app()
     try:
@@ -424,9 +434,7 @@ def poll_command(task_id: str, family: str, watch: bool, interval: float, timeou
     except WatchTimeout as exc:
         raise PollTimeoutError(str(exc)) from None
     except PollError as exc:
-        if exc.code in (401, 403):
-            raise PollUnauthorizedError(str(exc)) from None
-        raise (PollUnavailableError if exc.retryable else CommandError)(str(exc)) from None
+        raise _provider_failure(exc) from None
     except ConfigurationError as exc:
         raise CommandError(str(exc)) from None
     except StoreUnavailable as exc:
@@ -434,6 +442,46 @@ def poll_command(task_id: str, family: str, watch: bool, interval: float, timeou
     show(result)
     if result.outcome is Outcome.RETRY:
         raise CommandError("a receiver failed; see the log")
+
+
+@musiccallback.command("submit")
+@click.argument("path")
+@click.option(
+    "--json",
+    "payload_text",
+    required=True,
+    metavar="JSON",
+    help="The task's parameters, a JSON object; callBackUrl is added unless it is there.",
+)
+@click.option(
+    "--family",
+    help="The task's family.  [default: the one whose endpoints PATH is under]",
+)
+def submit_command(path: str, payload_text: str, family: str | None) -> None:
+    """Submit a task to the provider's PATH, register it, and print its id.
+
+    The callback URL (this app's, with its token and the task's family) is put in the payload.
+    Uses MUSICCALLBACK_API_KEY and MUSICCALLBACK_API_BASE_URL; builds the callback URL outside a
+    request, so MUSICCALLBACK_EXTERNAL_URL (or SERVER_NAME) must say where the app is.
+    """
+    from .provider import SubmitError
+    from .submit import submit_task
+
+    try:
+        payload = json.loads(payload_text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--json") from None
+    if not isinstance(payload, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--json")
+    try:
+        task_id = submit_task(_app(), path, payload, family=family)
+    except LookupError as exc:
+        raise click.BadParameter(str(exc), param_hint="--family or PATH") from None
+    except SubmitError as exc:
+        raise _provider_failure(exc) from None
+    except (ConfigurationError, RuntimeError) as exc:  # no API key; no address for the URL
+        raise CommandError(str(exc)) from None
+    click.echo(task_id)
 
 
 def _persistent_store() -> PersistentStore:
@@ -675,7 +723,7 @@ def reconcile_command(dry_run: bool, limit: int | None) -> None:
     for task in run.tasks:
         click.echo(task.describe(dry_run=dry_run))
     if run.stopped is not None:
-        raise (PollUnavailableError if run.tasks else CommandError)(run.stopped)
+        raise (ProviderUnavailableError if run.tasks else CommandError)(run.stopped)
     if not run.tasks:
         click.echo("No task is overdue.")
 

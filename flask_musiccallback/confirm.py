@@ -31,7 +31,8 @@ import httpx
 from .config import Settings
 from .families import Event, Family
 from .families.base import FAILED
-from .poll import ProviderClient, fetch_record
+from .poll import fetch_record
+from .provider import ProviderClient
 from .verify import Refusal, Rejected
 
 logger = logging.getLogger("flask_musiccallback")
@@ -46,7 +47,7 @@ ID_KEYS = frozenset({"id", "audioId", "audio_id", "voiceId", "voice_id"})
 
 def confirm(settings: Settings, family: Family, event: Event, payload: Mapping[str, Any]) -> None:
     """Raise :class:`~.verify.Rejected` (``unverified``) when the provider's record of the task
-    contradicts the callback, and :class:`~.poll.PollError` when the record cannot be had.
+    contradicts the callback, and :class:`~.provider.PollError` when the record cannot be had.
 
     A family without a record endpoint (a host's own, not pollable) cannot be confirmed: its
     callbacks pass unconfirmed.

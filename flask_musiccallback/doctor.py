@@ -197,7 +197,8 @@ def check_api_key(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:
     """
     import httpx
 
-    from .poll import PollError, ProviderClient
+    from .families import MUSIC
+    from .provider import PollError, ProviderClient
 
     settings = get_state(app).settings
     if not settings.api_key:
@@ -209,7 +210,7 @@ def check_api_key(app: Flask, timeout: float = DEFAULT_TIMEOUT) -> Check:
     started = time.perf_counter()
     try:
         with client:
-            client.record_info(PROBE_TASK_ID)
+            client.record_info(PROBE_TASK_ID, MUSIC.record_path or "")
     except PollError as exc:
         took = time.perf_counter() - started
         if exc.code in (401, 403, 404):

@@ -35,7 +35,7 @@ from .dispatch import Outcome, send_isolated
 from .dispatch.job import deliver_claimed
 from .families import FAMILY_ARG, Family, find_task_id
 from .families.base import Unreadable, registered_family
-from .poll import PollError
+from .provider import PollError
 from .redact import REDACTED
 from .signals import callback_rejected
 from .state import EXTENSION_NAME, MusicCallbackState

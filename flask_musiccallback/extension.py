@@ -7,7 +7,7 @@ import logging
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
@@ -184,6 +184,23 @@ class MusicCallback:
         self.families.named(family)
         get_state(self._current_app()).store.expect(task_id, family)
 
+    def submit(
+        self, path: str, payload: Mapping[str, Any], *, family: str | None = None
+    ) -> str:
+        """Submit a task to the provider and register it; the task id.
+
+        Posts ``payload`` to ``MUSICCALLBACK_API_BASE_URL`` + ``path`` with the API key, and
+        ``callBackUrl`` set to :meth:`callback_url` for the family (unless the payload has its
+        own), then registers (:meth:`expect`) the task the answer names. ``family`` defaults to
+        the one whose endpoints ``path`` is under (``/api/v1/lyrics`` is ``lyrics``; see
+        docs/submitting.md).
+        Raises :class:`~flask_musiccallback.provider.SubmitError`, with the provider's ``code``
+        and ``message``, when the task was not created: nothing is registered then.
+        """
+        from .submit import submit_task  # the HTTP client is loaded only by apps that submit
+
+        return submit_task(self._current_app(), path, payload, family=family)
+
     def task(self, task_id: str) -> TaskRecord | None:
         """The task as the store has it: its family, state, the stages seen (when, and whether
         by callback or poll), the polls made; ``None`` for a task never expected nor heard of.
@@ -201,7 +218,7 @@ class MusicCallback:
         The fallback for when callbacks cannot reach the app: the answer becomes the same event a
         callback would, through the same deduplication, so no stage fires twice however polls and
         callbacks interleave. Needs ``MUSICCALLBACK_API_KEY``; raises
-        :class:`~flask_musiccallback.poll.PollError` when the provider cannot be used, and
+        :class:`~flask_musiccallback.provider.PollError` when the provider cannot be used, and
         ``LookupError`` for a family that is not registered or cannot be polled.
         """
         from .poll import poll_task  # the HTTP client is loaded only by apps that poll

@@ -14,63 +14,22 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
-import httpx
 from flask import Flask, current_app, has_app_context
 from marshmallow import ValidationError
 
-from .config import ConfigKeys, ConfigurationError, Settings
 from .dispatch.job import POLL_SOURCE, SOURCE_HEADER, Outcome, deliver
-from .families import MUSIC, MUSIC_NAME, Event, Family, Record
+from .families import MUSIC_NAME, Event, Family, Record
 from .pool import backoff
+from .provider import PollError, ProviderClient
 from .state import get_state
-
-#: Seconds to wait for the provider: a short connect, and well under a minute overall.
-DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 
 #: The provider's recommended polling interval, in seconds.
 DEFAULT_INTERVAL = 30.0
 
 #: The longest wait between two polls when backing off after errors, in seconds.
 MAX_BACKOFF = 300.0
-
-#: Provider answer codes (the HTTP status, or the body's ``code``), what they mean, and whether
-#: asking again later can help.
-PROVIDER_ERRORS: Mapping[int, tuple[str, bool]] = MappingProxyType(
-    {
-        400: ("the provider refused the request as invalid", False),
-        401: ("the provider refused the API key; check MUSICCALLBACK_API_KEY", False),
-        403: ("the provider refused access with this API key", False),
-        404: ("the provider does not know this endpoint; check MUSICCALLBACK_API_BASE_URL", False),
-        405: ("the provider's rate limit is exceeded", True),
-        429: ("the provider answered 429: too many requests, or no credits left", True),
-        430: ("the provider says calls are too frequent (it allows about 20 per 10 s)", True),
-        455: ("the provider is under maintenance", True),
-    }
-)
-
-
-class PollError(Exception):
-    """The provider could not be asked, or its answer cannot be used.
-
-    ``retryable`` says whether asking again later may succeed (rate limits, maintenance, server
-    errors, network trouble); ``retry_after`` is the provider's own hint in seconds, if any.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: int | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retryable = retryable
-        self.retry_after = retry_after
 
 
 class WatchTimeout(PollError):  # noqa: N818 - reads as what happened: the watch timed out
@@ -92,92 +51,6 @@ class PollResult:
     #: How the event's delivery ended (``duplicate`` when a callback or poll already fired it).
     outcome: Outcome | None = None
 
-
-def provider_error(code: int, msg: str = "", retry_after: float | None = None) -> PollError:
-    """The :class:`PollError` for a provider answer code, with a message a person can act on."""
-    if code in PROVIDER_ERRORS:
-        text, retryable = PROVIDER_ERRORS[code]
-    elif code >= 500:
-        text, retryable = "the provider had a server error", True
-    else:
-        text, retryable = "the provider refused the request", False
-    detail = f" ({code}{': ' + msg if msg else ''})"
-    return PollError(text + detail, code=code, retryable=retryable, retry_after=retry_after)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "")))
-    except ValueError:
-        return None  # absent, or an HTTP date: back off by our own schedule
-
-
-class ProviderClient:
-    """A connection to the provider's API, kept open across the polls of a watch."""
-
-    def __init__(
-        self, api_key: str, base_url: str, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "Accept": "application/json",
-                "User-Agent": "flask-musiccallback",
-            },
-            timeout=timeout,
-        )
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT
-    ) -> ProviderClient:
-        """The client an app's configuration describes; polling needs an API key."""
-        if not settings.api_key:
-            raise ConfigurationError(
-                f"Polling needs the provider's API key: set {ConfigKeys.API_KEY}."
-            )
-        return cls(settings.api_key, settings.api_base_url, timeout=timeout)
-
-    def record_info(self, task_id: str, path: str = MUSIC.record_path or "") -> dict[str, Any]:
-        """The answer of the record endpoint at ``path`` for ``task_id``, once the provider
-        said it succeeded."""
-        try:
-            response = self._http.get(path, params={"taskId": task_id})
-        except httpx.TimeoutException:
-            raise PollError(
-                f"the provider at {self.base_url} did not answer in time", retryable=True
-            ) from None
-        except httpx.HTTPError as exc:
-            raise PollError(
-                f"cannot reach the provider at {self.base_url}: {exc}", retryable=True
-            ) from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        msg = body.get("msg") if isinstance(body, dict) else None
-        msg = msg if isinstance(msg, str) else ""
-        if not response.is_success:
-            raise provider_error(response.status_code, msg, _retry_after(response))
-        if not isinstance(body, dict):
-            raise PollError(
-                f"the provider's answer is not a JSON object (HTTP {response.status_code})"
-            )
-        code = body.get("code")
-        if isinstance(code, int) and not isinstance(code, bool) and code != 200:
-            raise provider_error(code, msg, _retry_after(response))
-        return body
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> ProviderClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def read_record(family: Family, answer: Mapping[str, Any], task_id: str) -> Record:

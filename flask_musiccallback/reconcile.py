@@ -53,7 +53,8 @@ from .stores.tasks import TaskRecord, TaskState
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .poll import PollResult, ProviderClient
+    from .poll import PollResult
+    from .provider import ProviderClient
     from .state import MusicCallbackState
 
 logger = logging.getLogger("flask_musiccallback")
@@ -218,7 +219,7 @@ def _client(state: MusicCallbackState) -> Iterator[ProviderClient | None]:
     if state.settings.api_key is None:
         yield None
         return
-    from .poll import ProviderClient  # the HTTP client is loaded only by apps that poll
+    from .provider import ProviderClient  # the HTTP client is loaded only by apps that poll
 
     with ProviderClient.from_settings(state.settings) as client:
         yield client
@@ -297,7 +298,8 @@ class _Run:
     def _poll(
         self, task: TaskRecord, overdue: bool, lost_at: datetime
     ) -> tuple[TaskReconciled, str | None]:
-        from .poll import PollError, poll_task
+        from .poll import poll_task
+        from .provider import PollError
 
         after = self.state.settings.reconcile_after or 0.0
         self._pace()

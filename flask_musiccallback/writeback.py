@@ -23,6 +23,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .pool import Pool, backoff
 from .stores.base import Delivery, StoreUnavailable
@@ -44,6 +45,16 @@ def _describe(what: str, delivery: Delivery) -> str:
     return f"{what} of task {delivery.task_id} stage {delivery.stage}"
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Waiting:
+    """A write waiting for the store: what it is, for the log, and the delivery it settles
+    (``(task_id, stage)``), if it settles one, for :meth:`WriteBack.write_now`."""
+
+    write: Write
+    what: str
+    key: tuple[str, str] | None
+
+
 class WriteBack:
     """One app's store writes waiting for the store, written in the order they came."""
 
@@ -51,7 +62,7 @@ class WriteBack:
         # One job drains the whole queue: what a stopped pool leaves is that job, every write in it.
         self._pool = Pool(1, 1, name="musiccallback-writeback", unit="rounds of the store writes")
         self._lock = threading.Lock()
-        self._writes: deque[tuple[Write, str, Delivery]] = deque()
+        self._writes: deque[_Waiting] = deque()
         self._scheduled = False
         self._failures = 0
         self._pid = os.getpid()
@@ -76,23 +87,27 @@ class WriteBack:
 
     def add(self, write: Write, what: str, delivery: Delivery) -> None:
         """Keep ``write`` of ``delivery`` for the background, behind those already waiting."""
+        self._keep(_Waiting(write, _describe(what, delivery), (delivery.task_id, delivery.stage)))
+
+    def add_for_task(self, write: Write, what: str, task_id: str) -> None:
+        """Keep ``write``, ``what`` of the task ``task_id`` rather than of one of its deliveries
+        (registering a submitted task), for the background."""
+        self._keep(_Waiting(write, f"{what} of task {task_id}", None))
+
+    def _keep(self, entry: _Waiting) -> None:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's drain job is not in this process
                 self._pid = os.getpid()
                 self._scheduled = False
             if len(self._writes) >= MAX_WAITING:
-                _, dropped, of = self._writes.popleft()
-                logger.error(
-                    "Too many writes wait for the store; %s is dropped.", _describe(dropped, of)
-                )
-            self._writes.append((write, what, delivery))
+                dropped = self._writes.popleft()
+                logger.error("Too many writes wait for the store; %s is dropped.", dropped.what)
+            self._writes.append(entry)
             if self._scheduled:
                 return
             self._scheduled = True
         if not self._pool.submit_later(0.0, self._drain):
-            logger.error(
-                "The write-back has stopped; %s is left unwritten.", _describe(what, delivery)
-            )
+            logger.error("The write-back has stopped; %s is left unwritten.", entry.what)
 
     def write_now(self, delivery: Delivery) -> bool:
         """Make, in this thread, the writes waiting for ``delivery``'s task and stage; whether
@@ -106,16 +121,16 @@ class WriteBack:
             return False
         key = (delivery.task_id, delivery.stage)
         with self._lock:
-            mine = [entry for entry in self._writes if (entry[2].task_id, entry[2].stage) == key]
+            mine = [entry for entry in self._writes if entry.key == key]
         for entry in mine:
             try:
-                entry[0]()
+                entry.write()
             except StoreUnavailable:
                 return False
             self._forget(entry)
         return bool(mine)
 
-    def _forget(self, entry: tuple[Write, str, Delivery]) -> None:
+    def _forget(self, entry: _Waiting) -> None:
         with self._lock, contextlib.suppress(ValueError):  # written by write_now meanwhile
             self._writes.remove(entry)
 
@@ -126,9 +141,8 @@ class WriteBack:
                     self._scheduled = False
                     return
                 entry = self._writes[0]
-            write, what, delivery = entry
             try:
-                write()
+                entry.write()
             except StoreUnavailable:
                 self._failures += 1
                 delay = backoff(self._failures, FIRST_DELAY, MAX_DELAY)
@@ -136,12 +150,10 @@ class WriteBack:
                     logger.error("%d writes for the store are left unwritten.", len(self))
                 return
             except Exception:
-                logger.exception(
-                    "Writing %s failed for good; it is dropped.", _describe(what, delivery)
-                )
+                logger.exception("Writing %s failed for good; it is dropped.", entry.what)
             else:
                 if self._failures:
-                    logger.warning("The store took %s, written late.", _describe(what, delivery))
+                    logger.warning("The store took %s, written late.", entry.what)
             self._failures = 0
             self._forget(entry)
 

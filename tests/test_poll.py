@@ -11,7 +11,8 @@ from flask import Flask, current_app
 
 from flask_musiccallback import ConfigurationError, Stage, all_tracks_generated
 from flask_musiccallback.dispatch import Outcome
-from flask_musiccallback.poll import PollError, PollResult, watch_task
+from flask_musiccallback.poll import PollResult, watch_task
+from flask_musiccallback.provider import PollError
 from flask_musiccallback.state import get_state
 from flask_musiccallback.testing import CallbackClient
 
