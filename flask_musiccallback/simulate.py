@@ -225,12 +225,16 @@ def post_over_http(
     """
     import httpx  # loaded only by what delivers over HTTP
 
-    given = httpx.URL(url).params
+    target = httpx.URL(url)
     credentials = callback_credentials(app, payload)
-    params = {} if "token" in given else dict(credentials.query)
-    params.update({name: value for name, value in (query or {}).items() if name not in given})
+    params = {} if "token" in target.params else dict(credentials.query)
+    params.update({k: v for k, v in (query or {}).items() if k not in target.params})
+    # Merged into the URL's own query: httpx's ``params=`` would replace it, token and all.
     response = httpx.post(
-        url, params=params, json=dict(payload), headers=dict(credentials.headers), timeout=timeout
+        target.copy_merge_params(params),
+        json=dict(payload),
+        headers=dict(credentials.headers),
+        timeout=timeout,
     )
     return response.status_code, response.text
 
