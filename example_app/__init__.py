@@ -6,7 +6,9 @@ extension archive every result's media before the provider's links expire (a fol
 instance folder unless ``MUSICCALLBACK_ARCHIVE`` says otherwise), and shows it all on one page that
 follows tasks as they progress, playing the archived copies; ``/metrics`` shows what it and the
 extension measure (metrics.py). ``flask --app example_app musiccallback simulate`` sends it a
-task, whose media it serves itself (samples.py).
+task, whose media it serves itself (samples.py); or the page's form submits one with
+``music.submit`` to the stand-in for the provider's API that it also serves, which calls back
+(provider.py).
 
 Configuration, lowest precedence first: :data:`DEFAULTS`, ``instance/config.py``, ``FLASK_*``
 environment variables (``FLASK_MUSICCALLBACK_TOKEN``, ``FLASK_SQLALCHEMY_DATABASE_URI``), then the
