@@ -115,7 +115,7 @@ def create_app(
     )
     if app.config["FAKE_PROVIDER"]:
         app.config.setdefault(
-            "MUSICCALLBACK_API_BASE_URL", f"{app.config['SERVER_URL'].rstrip('/')}/fake-provider"
+            "MUSICCALLBACK_API_BASE_URL", provider.base_url(app.config["SERVER_URL"])
         )
         app.config.setdefault("MUSICCALLBACK_API_KEY", provider.DEMO_API_KEY)
     if not any(
@@ -226,7 +226,7 @@ def init_command(port: int) -> None:
 def _submitting(app: Flask) -> str:
     """What the page's form submits to: the fake provider, which calls back, or the one
     configured."""
-    if app.config["FAKE_PROVIDER"] and app.config["MUSICCALLBACK_API_KEY"] == provider.DEMO_API_KEY:
+    if provider.in_use(app):
         return """
   Or submit a task with the page's form: it goes to this server's fake provider
   (/fake-provider), which calls back a few seconds later, as the provider would.

@@ -39,6 +39,22 @@ bp = Blueprint("fake_provider", __name__, url_prefix="/fake-provider")
 DEMO_API_KEY = "demo-key-of-the-fake-provider"
 
 
+def base_url(server_url: str) -> str:
+    """The fake provider's address on the server at ``server_url``: the app's API base URL
+    while it is on."""
+    return f"{server_url.rstrip('/')}{bp.url_prefix}"
+
+
+def in_use(app: Flask) -> bool:
+    """Whether ``app`` submits its tasks to its own fake provider (not to one configured)."""
+    config = app.config
+    return (
+        bool(config["FAKE_PROVIDER"])
+        and config["MUSICCALLBACK_API_BASE_URL"] == base_url(config["SERVER_URL"])
+        and config["MUSICCALLBACK_API_KEY"] == DEMO_API_KEY
+    )
+
+
 def _answer(code: int, msg: str, data: Mapping[str, Any] | None = None) -> tuple[Response, int]:
     """The provider's envelope; a refusal's HTTP status is its code, so curl shows it too."""
     return jsonify(code=code, msg=msg, data=data), 200 if code == 200 else code

@@ -26,7 +26,7 @@ from flask_musiccallback.provider import SubmitError
 from flask_musiccallback.state import get_state
 from flask_musiccallback.submit import submit_folders
 
-from . import samples
+from . import provider, samples
 from .listing import STATE_NAMES, TaskRow, list_version, recent_rows
 from .media import NotArchived, open_archived
 from .models import aware
@@ -96,7 +96,8 @@ def _page(form: SubmitForm = SubmitForm()) -> str:
             for name, (path, payload) in SUBMIT_EXAMPLES.items()
         },
         submitted=request.args.get("submitted"),
-        provider=current_app.config.get("MUSICCALLBACK_API_BASE_URL"),
+        provider=current_app.config["MUSICCALLBACK_API_BASE_URL"],
+        fake_provider=provider.in_use(current_app),
     )
 
 

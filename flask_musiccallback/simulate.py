@@ -238,6 +238,7 @@ def post_over_http(
     )
     return response.status_code, response.text
 
+
 #: Seconds after its first failed attempt at which the provider stops calling back: retries 1, 5
 #: and 15 minutes after the failure (PROVIDER.md section 1).
 PROVIDER_RETRY_WINDOW = 21 * 60
