@@ -71,13 +71,19 @@ SUBMIT_EXAMPLES: Mapping[str, tuple[str, Mapping[str, Any]]] = {
 }
 
 
+#: :data:`SUBMIT_EXAMPLES` as the form's fields show them.
+EXAMPLE_FIELDS = {
+    name: (path, json.dumps(payload, indent=2)) for name, (path, payload) in SUBMIT_EXAMPLES.items()
+}
+
+
 @dataclass(frozen=True)
 class SubmitForm:
     """The form as shown: the example chosen, or what was sent, and why it was refused."""
 
     example: str = "music"
-    path: str = SUBMIT_EXAMPLES["music"][0]
-    payload: str = json.dumps(SUBMIT_EXAMPLES["music"][1], indent=2)
+    path: str = EXAMPLE_FIELDS["music"][0]
+    payload: str = EXAMPLE_FIELDS["music"][1]
     error: str | None = None
 
 
@@ -91,10 +97,7 @@ def _page(form: SubmitForm = SubmitForm()) -> str:
         callback_url=_masked_callback_url(),
         refresh_seconds=current_app.config["PAGE_REFRESH_SECONDS"],
         form=form,
-        examples={
-            name: (path, json.dumps(payload, indent=2))
-            for name, (path, payload) in SUBMIT_EXAMPLES.items()
-        },
+        examples=EXAMPLE_FIELDS,
         submitted=request.args.get("submitted"),
         provider=current_app.config["MUSICCALLBACK_API_BASE_URL"],
         fake_provider=provider.in_use(current_app),

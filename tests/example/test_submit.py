@@ -80,7 +80,8 @@ def test_a_submitted_music_task_is_called_back_by_the_fake_provider_until_comple
         record = music.task(task_id)
     assert record is not None
     assert record.family == "music"
-    assert task_id in app.test_client().get(f"/?submitted={task_id}").get_data(as_text=True)
+    shown = app.test_client().get("/").get_data(as_text=True)
+    assert f'data-task="{task_id}"' in shown
     task = wait_for(lambda: completed(app, task_id), "the music task's completion")
     assert [stage.stage for stage in task.stages] == ["text", "first", "complete"]
     assert [track.title for track in task.tracks] == ["Neon Harbor", "Paper Satellites"]
