@@ -6,7 +6,9 @@ extension archive every result's media before the provider's links expire (a fol
 instance folder unless ``MUSICCALLBACK_ARCHIVE`` says otherwise), and shows it all on one page that
 follows tasks as they progress, playing the archived copies; ``/metrics`` shows what it and the
 extension measure (metrics.py). ``flask --app example_app musiccallback simulate`` sends it a
-task, whose media it serves itself (samples.py).
+task, whose media it serves itself (samples.py); or the page's form submits one with
+``music.submit`` to the stand-in for the provider's API that it also serves, which calls back
+(provider.py).
 
 Configuration, lowest precedence first: :data:`DEFAULTS`, ``instance/config.py``, ``FLASK_*``
 environment variables (``FLASK_MUSICCALLBACK_TOKEN``, ``FLASK_SQLALCHEMY_DATABASE_URI``), then the
@@ -30,7 +32,7 @@ from sqlalchemy import event
 
 from flask_musiccallback.state import get_state
 
-from . import metrics
+from . import metrics, provider
 from .models import db
 from .receivers import music
 from .views import bp
@@ -53,6 +55,12 @@ DEFAULTS: Mapping[str, Any] = {
     # Give the process OpenTelemetry's SDK meter provider, whose Prometheus reader /metrics shows
     # (once per process; see metrics.py). False leaves OpenTelemetry to the process.
     "METRICS_PROVIDER": True,
+    # Serve a stand-in for the provider's API at /fake-provider, which takes the tasks the page
+    # submits and calls them back (provider.py); the app submits there unless
+    # MUSICCALLBACK_API_BASE_URL and MUSICCALLBACK_API_KEY say otherwise. False: no such route.
+    "FAKE_PROVIDER": True,
+    # Seconds the fake provider waits before each callback of a task.
+    "FAKE_PROVIDER_SECONDS": 1.0,
 }
 
 # Set by create_app unless configured (None turns either off): MUSICCALLBACK_EXTERNAL_URL,
@@ -63,6 +71,8 @@ DEFAULTS: Mapping[str, Any] = {
 # MUSICCALLBACK_SIMULATED_MEDIA_URL are allowed, that port only, so that a callback cannot have
 # the app fetch (and serve) what another service on the machine's loopback answers. An app that
 # receives the provider's callbacks allows nothing (FLASK_MUSICCALLBACK_ARCHIVE_ALLOW='[]').
+# With FAKE_PROVIDER: MUSICCALLBACK_API_BASE_URL, SERVER_URL's /fake-provider, and
+# MUSICCALLBACK_API_KEY, the key it accepts; a real provider's, configured, wins.
 
 #: The file in the instance folder holding the callback token made on the first run.
 TOKEN_FILE = "callback-token"  # noqa: S105 - a file name
@@ -103,6 +113,11 @@ def create_app(
     app.config.setdefault(
         "MUSICCALLBACK_ARCHIVE_ALLOW", _own_address(app.config["MUSICCALLBACK_SIMULATED_MEDIA_URL"])
     )
+    if app.config["FAKE_PROVIDER"]:
+        app.config.setdefault(
+            "MUSICCALLBACK_API_BASE_URL", provider.base_url(app.config["SERVER_URL"])
+        )
+        app.config.setdefault("MUSICCALLBACK_API_KEY", provider.DEMO_API_KEY)
     if not any(
         app.config.get(key)
         for key in ("MUSICCALLBACK_TOKEN", "MUSICCALLBACK_HMAC_KEY", "MUSICCALLBACK_ALLOWED_IPS")
@@ -115,6 +130,8 @@ def create_app(
         metrics.install()
     app.register_blueprint(bp)
     app.register_blueprint(metrics.bp)
+    if app.config["FAKE_PROVIDER"]:
+        app.register_blueprint(provider.bp)
     app.cli.add_command(init_command)
     with app.app_context():
         for engine in db.engines.values():
@@ -202,5 +219,18 @@ def init_command(port: int) -> None:
 
   Another kind of task: add --family lyrics (or wav, stems, midi, video, cover, voice).
   Its media are this server's samples ({base}/samples/), archived once it is done.
-"""
+{_submitting(app)}"""
     )
+
+
+def _submitting(app: Flask) -> str:
+    """What the page's form submits to: the fake provider, which calls back, or the one
+    configured."""
+    if provider.in_use(app):
+        return """
+  Or submit a task with the page's form: it goes to this server's fake provider
+  (/fake-provider), which calls back a few seconds later, as the provider would.
+"""
+    return f"""
+  The page's form submits tasks to {app.config["MUSICCALLBACK_API_BASE_URL"]}.
+"""

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
 from werkzeug.wsgi import wrap_file
 
+from flask_musiccallback.config import ConfigurationError
+from flask_musiccallback.provider import SubmitError
 from flask_musiccallback.state import get_state
+from flask_musiccallback.submit import submit_folders
 
-from . import samples
+from . import provider, samples
 from .listing import STATE_NAMES, TaskRow, list_version, recent_rows
 from .media import NotArchived, open_archived
 from .models import aware
@@ -44,8 +60,34 @@ def helpers() -> dict[str, object]:
     return {"is_sample": is_sample, "state_names": STATE_NAMES}
 
 
-@bp.get("/")
-def index() -> str:
+#: What the form offers to submit: a family's endpoint and a small payload for it (the
+#: callback URL is added by ``music.submit``).
+SUBMIT_EXAMPLES: Mapping[str, tuple[str, Mapping[str, Any]]] = {
+    "music": (
+        "/api/v1/generate",
+        {"prompt": "A calm piano track", "customMode": False, "instrumental": False, "model": "V4"},
+    ),
+    "lyrics": ("/api/v1/lyrics", {"prompt": "A song about the sea at night"}),
+}
+
+
+#: :data:`SUBMIT_EXAMPLES` as the form's fields show them.
+EXAMPLE_FIELDS = {
+    name: (path, json.dumps(payload, indent=2)) for name, (path, payload) in SUBMIT_EXAMPLES.items()
+}
+
+
+@dataclass(frozen=True)
+class SubmitForm:
+    """The form as shown: the example chosen, or what was sent, and why it was refused."""
+
+    example: str = "music"
+    path: str = EXAMPLE_FIELDS["music"][0]
+    payload: str = EXAMPLE_FIELDS["music"][1]
+    error: str | None = None
+
+
+def _page(form: SubmitForm = SubmitForm()) -> str:
     rows = page_rows()
     return render_template(
         "index.html",
@@ -54,7 +96,64 @@ def index() -> str:
         version=list_version(rows),
         callback_url=_masked_callback_url(),
         refresh_seconds=current_app.config["PAGE_REFRESH_SECONDS"],
+        form=form,
+        examples=EXAMPLE_FIELDS,
+        submitted=request.args.get("submitted"),
+        provider=current_app.config["MUSICCALLBACK_API_BASE_URL"],
+        fake_provider=provider.in_use(current_app),
     )
+
+
+@bp.get("/")
+def index() -> str:
+    return _page()
+
+
+@bp.post("/submit")
+def submit() -> ResponseReturnValue:
+    """Submit the form's task through ``music.submit``, then show the page, where the task is
+    listed as submitted until its callbacks come; or show the form again with why not.
+
+    Another site's page could post this form from a visitor's browser, and spend the provider's
+    credits: a browser's cross-site post is refused (its ``Sec-Fetch-Site``, or else its
+    ``Origin``, says where it comes from). Clients that are not browsers send neither.
+    """
+    form = SubmitForm(
+        example=request.form.get("example", ""),
+        path=request.form.get("path", "").strip(),
+        payload=request.form.get("payload", ""),
+    )
+    if not _same_origin():
+        return _refused(form, "Tasks are submitted from this app's own page only.", 403)
+    try:
+        payload = json.loads(form.payload)
+    except ValueError as exc:
+        return _refused(form, f"The payload is not JSON: {exc}.", 400)
+    if not isinstance(payload, dict):
+        return _refused(form, "The payload must be a JSON object: {...}.", 400)
+    try:
+        task_id = music.submit(form.path, payload)
+    except LookupError:
+        known = ", ".join(sorted(submit_folders(music.families)))
+        where = form.path or "No path"
+        return _refused(form, f"{where}: no family's endpoints are there ({known}).", 400)
+    except SubmitError as exc:
+        return _refused(form, f"The provider did not create the task: {exc}.", 502)
+    except ConfigurationError as exc:
+        return _refused(form, str(exc), 503)
+    return redirect(url_for("pages.index", submitted=task_id), code=303)
+
+
+def _refused(form: SubmitForm, error: str, status: int) -> tuple[str, int]:
+    return _page(SubmitForm(form.example, form.path, form.payload, error)), status
+
+
+def _same_origin() -> bool:
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    return origin is None or origin == request.host_url.rstrip("/")
 
 
 @bp.get("/tasks")

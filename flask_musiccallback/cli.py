@@ -34,9 +34,10 @@ from .simulate import (
     BadDay,
     Delivery,
     build_callback,
-    callback_credentials,
+    default_stages,
     deliver_stages,
     post_callback,
+    post_over_http,
 )
 from .state import get_state
 from .stores.base import (
@@ -53,9 +54,6 @@ from .stores.tasks import VIA_CALLBACK, VIA_POLL, TaskRecord, TaskState
 if TYPE_CHECKING:
     from .poll import PollResult
     from .provider import ProviderError
-
-#: The stages ``simulate`` sends when none is named: a task's usual life.
-DEFAULT_STAGES = ("text", "first", "complete")
 
 #: Seconds ``simulate`` (in-process) waits for the work it started: receivers, their retries,
 #: and media copies with theirs.
@@ -137,24 +135,14 @@ def _in_process(app: Flask, query: Mapping[str, str]) -> Callable[[Mapping[str, 
 def _over_http(
     app: Flask, url: str, query: Mapping[str, str]
 ) -> Callable[[Mapping[str, Any]], Answer]:
-    """Posts to ``url`` as the provider would, adding the token (and ``query``) unless the URL
-    carries them."""
+    """Posts to ``url`` as the provider would (:func:`~.simulate.post_over_http`)."""
     import httpx
 
-    given = httpx.URL(url).params
-    extra = {name: value for name, value in query.items() if name not in given}
-
     def send(payload: Mapping[str, Any]) -> Answer:
-        credentials = callback_credentials(app, payload)
-        params = {} if "token" in given else dict(credentials.query)
-        params.update(extra)
         try:
-            response = httpx.post(
-                url, params=params, json=payload, headers=dict(credentials.headers), timeout=15.0
-            )
+            return post_over_http(app, url, payload, query=query)
         except httpx.HTTPError as exc:
             raise CommandError(f"cannot deliver to {url}: {exc}") from None
-        return response.status_code, response.text
 
     return send
 
@@ -269,7 +257,7 @@ def simulate_command(
         if stage not in allowed:
             choices = ", ".join(allowed)
             raise click.BadParameter(f"{stage!r} is not one of {choices}", param_hint="--stage")
-    stages = stages or (DEFAULT_STAGES if kind.name == MUSIC_NAME else (kind.stages[0],))
+    stages = stages or default_stages(kind)
     for stage in drop:
         if stage not in stages:
             sent = ", ".join(stages)

@@ -198,6 +198,47 @@ def post_callback(
 #: (status code, body) of one answer of the endpoint.
 Answer = tuple[int, str]
 
+#: The stages a music task's callbacks go through when nothing else is asked: its usual life.
+MUSIC_STAGES = ("text", "first", "complete")
+
+
+def default_stages(family: Family) -> tuple[str, ...]:
+    """The callbacks a task of ``family`` gets on a good day, in order: music's three stages,
+    another family's first (its result; a voice's phrase to record)."""
+    return MUSIC_STAGES if family.name == MUSIC_NAME else family.stages[:1]
+
+
+def post_over_http(
+    app: Flask,
+    url: str,
+    payload: Mapping[str, Any],
+    *,
+    query: Mapping[str, str] | None = None,
+    timeout: float = 15.0,
+) -> Answer:
+    """Post ``payload`` to ``url`` over HTTP as the provider would, with ``app``'s credentials:
+    its token unless ``url`` carries one, a fresh signature when it checks one, and ``query``
+    for what the URL does not say already (``{"family": "lyrics"}``).
+
+    For a server in another process, or the app's own server calling itself back (the example
+    app's fake provider). Raises ``httpx.HTTPError`` when no answer comes.
+    """
+    import httpx  # loaded only by what delivers over HTTP
+
+    target = httpx.URL(url)
+    credentials = callback_credentials(app, payload)
+    params = {} if "token" in target.params else dict(credentials.query)
+    params.update({k: v for k, v in (query or {}).items() if k not in target.params})
+    # Merged into the URL's own query: httpx's ``params=`` would replace it, token and all.
+    response = httpx.post(
+        target.copy_merge_params(params),
+        json=dict(payload),
+        headers=dict(credentials.headers),
+        timeout=timeout,
+    )
+    return response.status_code, response.text
+
+
 #: Seconds after its first failed attempt at which the provider stops calling back: retries 1, 5
 #: and 15 minutes after the failure (PROVIDER.md section 1).
 PROVIDER_RETRY_WINDOW = 21 * 60

@@ -129,6 +129,17 @@ def test_simulate_over_http_keeps_the_token_of_the_url(make_app: AppFactory) -> 
     assert "did not accept every callback" in result.output
 
 
+def test_simulate_over_http_sends_the_query_of_the_url_as_it_is(make_app: AppFactory) -> None:
+    app = make_app()
+    url = f"/music-callback?token={TOKEN}&family=lyrics"
+    with serve(app) as base, record_signals(app) as recorded:
+        result = run(app, "simulate", "--family", "lyrics", "--url", f"{base}{url}")
+
+    assert result.exit_code == 0, result.output
+    assert '{"status":"received"}' in result.output
+    assert "lyrics_generated" in names(recorded)
+
+
 def test_simulate_over_http_to_nothing_says_so(make_app: AppFactory) -> None:
     app = make_app()
     with serve(app) as base:

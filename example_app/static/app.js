@@ -2,6 +2,19 @@
 // While a task is in progress the list is checked every few seconds (data-refresh on <body>),
 // otherwise five times less often; the server answers 304 when nothing changed. Only the tasks
 // that changed are redrawn.
+// Choosing an example in the form fills in its endpoint and payload.
+(() => {
+  "use strict";
+
+  const example = document.getElementById("submit-example");
+  if (!example) return;
+  example.addEventListener("change", () => {
+    const chosen = example.selectedOptions[0];
+    document.getElementById("submit-path").value = chosen.dataset.path;
+    document.getElementById("submit-payload").value = chosen.dataset.payload;
+  });
+})();
+
 (() => {
   "use strict";
 

@@ -276,3 +276,38 @@ def test_a_task_of_every_family_appears_on_the_open_page_as_a_person_would_want_
         "Complete"
     )
     assert browser.execute_script("return window.notReloaded") is True
+
+
+def test_a_task_submitted_with_the_form_appears_and_is_called_back(
+    make_example: ExampleFactory, browser: WebDriver
+) -> None:
+    """The example chosen fills in the form; the fake provider calls the task back while the
+    page is open."""
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    app = make_example(PAGE_REFRESH_SECONDS=0.2, FAKE_PROVIDER_SECONDS=0.2)
+    browser.get(f"{base_url(app)}/")
+
+    Select(browser.find_element("id", "submit-example")).select_by_value("lyrics")
+    assert browser.find_element("id", "submit-path").get_attribute("value") == "/api/v1/lyrics"
+    assert "the sea at night" in (
+        browser.find_element("id", "submit-payload").get_attribute("value") or ""
+    )
+    browser.find_element("css selector", ".submit__form button").click()
+
+    done = WebDriverWait(browser, 10, poll_frequency=0.1).until(
+        lambda driver: driver.find_elements("css selector", ".submit__done code")
+    )
+    task_id = done[0].text
+    texts = WebDriverWait(browser, 20, poll_frequency=0.1).until(
+        lambda driver: driver.find_elements(
+            "css selector", f"[data-task='{task_id}'] .lyrics__text"
+        )
+    )
+    assert len(texts) == 2
+    assert texts[0].text.startswith("[Verse]")
+    status = browser.execute_script(
+        f"return document.querySelector(\"[data-task='{task_id}'] .status\").innerText.trim();"
+    )
+    assert status == "Complete"
+    settle(app)
