@@ -1,5 +1,7 @@
 """flask-musiccallback: receive the music generation API's callbacks in Flask."""
 
+from importlib.metadata import version as _version
+
 from .config import ConfigKeys, ConfigurationError
 from .dispatch import Outcome
 from .events import CallbackEvent, FamilyEvent, Stage, Track
@@ -127,4 +129,5 @@ __all__ = [
     "wav_converted",
     "wav_failed",
 ]
-__version__ = "0.1.0"
+#: The installed distribution's version; pyproject.toml is the one place it is written.
+__version__ = _version("flask-musiccallback")

@@ -1,6 +1,6 @@
 """Every ``MUSICCALLBACK_*`` configuration key, its default, and how it is read.
 
-Keys are read once, in ``init_app``, into a frozen :class:`Settings`: the request path then never
+Keys are read once, in ``init_app``, into a frozen :class:`!Settings`: the request path then never
 parses configuration, and a mistake in it fails at start-up with a message naming the key instead of
 at the first callback.
 """

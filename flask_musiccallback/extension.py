@@ -77,7 +77,7 @@ class MusicCallback:
 
         Never contacts the store, so an app starts while its database or Redis is down. Also puts
         a filter on the access loggers of Werkzeug and gunicorn that redacts the token from the
-        request lines they write (see :mod:`flask_musiccallback.redact`).
+        request lines they write (see :mod:`!flask_musiccallback.redact`).
         """
         if EXTENSION_NAME in app.extensions:
             raise RuntimeError(

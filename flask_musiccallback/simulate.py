@@ -54,9 +54,9 @@ def build_callback(
 
     ``tracks`` is how many results a success carries where a family has several (tracks, lyrics,
     images); ``code`` defaults to 200, or to the family's failure code for ``failed``. ``family``
-    is a built-in family's name, or a :class:`~.families.Family` of the host's own that has an
-    ``example``. Media links point at :data:`SIMULATED_MEDIA_HOST`, or under ``media_base``
-    (:func:`rebase_media`).
+    is a built-in family's name, or a :class:`~.families.base.Family` of the host's own that has
+    an ``example``. Media links point at :data:`~.families.examples.SIMULATED_MEDIA_HOST`, or
+    under ``media_base`` (:func:`rebase_media`).
     """
     kind = built_in(family) if isinstance(family, str) else family
     if kind.example is None:
@@ -128,7 +128,7 @@ def signature_headers(
 ) -> dict[str, str]:
     """The kie.ai HMAC headers for ``task_id``, signed now unless ``timestamp`` is given.
 
-    Signed now, each call for a task gets a timestamp of its own (:class:`_Stamps`), as each of
+    Signed now, each call for a task gets a timestamp of its own (:class:`!_Stamps`), as each of
     the provider's deliveries has; reuse the headers to send the very same delivery again.
     """
     stamp = str(_stamps.take(task_id, int(time.time())) if timestamp is None else timestamp)

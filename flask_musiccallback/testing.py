@@ -115,8 +115,8 @@ class CallbackClient:
         :func:`~flask_musiccallback.simulate.post_callback`.
 
         ``payload_or_stage`` is a whole body, or a stage of ``family`` (any family registered on
-        the app's extension) given to :func:`build_callback` with ``task_id``, ``tracks``,
-        ``code``, ``msg`` and ``reseller``, its media links under
+        the app's extension) given to :func:`~.simulate.build_callback` with ``task_id``,
+        ``tracks``, ``code``, ``msg`` and ``reseller``, its media links under
         ``MUSICCALLBACK_SIMULATED_MEDIA_URL`` when the app sets it. ``family_in_url`` posts to
         the callback URL that names the family, as ``music.callback_url(family=...)`` gives it.
         ``authenticate=False``

@@ -1,4 +1,5 @@
-"""What a user's ``pip install`` puts into site-packages: the package, and nothing else."""
+"""What a user's ``pip install`` puts into site-packages: the package, and nothing else, at the
+version pyproject.toml gives. scripts/check-package.sh checks the built wheel and sdist further."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 import flask_musiccallback
 
@@ -19,7 +22,7 @@ def test_the_wheel_ships_the_package_only(tmp_path: Path) -> None:
         ROOT,
         source,
         ignore=shutil.ignore_patterns(
-            ".git", "instance", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+            ".git", "instance", "build", "dist", "_build", "*.egg-info", "__pycache__", ".*_cache"
         ),
     )
     subprocess.run(
@@ -50,3 +53,10 @@ def test_the_wheel_ships_the_package_only(tmp_path: Path) -> None:
         f"flask_musiccallback/stores/sqlalchemy/{module}.py"
         for module in ("__init__", "table", "engine", "statements", "driver", "store")
     } <= set(names)
+
+
+def test_the_version_is_written_once() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 and later
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+    assert flask_musiccallback.__version__ == project["version"]

@@ -280,7 +280,7 @@ class Store(ABC):
         The ``pending`` delivery becomes ``processing``, held by ``owner`` with a fresh lease, in
         one atomic step; one already processing for ``owner`` is this start sent again, and one
         still processing for ``delivery.owner`` is the job's previous attempt, whose deferral
-        waits for the store (:mod:`~flask_musiccallback.writeback`). A job
+        waits for the store (:mod:`!flask_musiccallback.writeback`). A job
         whose delivery is not waiting for its claim (a replay or a redelivery after the lease took
         it over, or a copy of the same job that started first) must not run it: this is what
         keeps a delivery queued twice from reaching its receivers twice.
@@ -614,7 +614,7 @@ class PersistentStore(Store):
         delivery is then processing (``pending`` with ``queued``, as after
         ``claim(queued=True)``), held by a new owner (:func:`~.owners.claim_owner`, the returned
         delivery's ``owner``) with one more attempt, and is settled with ``complete``,
-        ``release`` or ``fail`` of :meth:`KeptDelivery.held` as after :meth:`claim`.
+        ``release`` or ``fail`` of :meth:`KeptDelivery.held` as after :meth:`Store.claim`.
         """
 
 
