@@ -29,6 +29,7 @@ Both stores are removed at the end, unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import random
@@ -431,6 +432,7 @@ def remove(store: PersistentStore, url: str) -> None:
 def throughput(store: PersistentStore, count: int) -> float:
     """Deliveries per second through a claim and a completion each, new task ids, one thread."""
     run = store_work(store)(count)
+    gc.collect()
     started = time.perf_counter()
     run()
     return count / (time.perf_counter() - started)
@@ -634,13 +636,16 @@ def main() -> None:
         throughput(empty, 200)
         throughput(full, 200)
         per_round = max(args.operations // args.rounds, 1)
+        stores = {"empty": empty, "full": full}
         rates: dict[str, list[float]] = {"empty": [], "full": []}
-        for _ in range(args.rounds):
-            rates["empty"].append(throughput(empty, per_round))
-            rates["full"].append(throughput(full, per_round))
+        for round_ in range(args.rounds):
+            for name in ("empty", "full") if round_ % 2 == 0 else ("full", "empty"):
+                rates[name].append(throughput(stores[name], per_round))
         empty_rate, full_rate = (statistics.median(rates[name]) for name in ("empty", "full"))
-        rows.append(("delivery path, empty store", f"{empty_rate:,.0f} deliveries/s"))
-        rows.append(("delivery path, full store", f"{full_rate:,.0f} deliveries/s"))
+        for name, rate in (("empty", empty_rate), ("full", full_rate)):
+            spread = ", ".join(f"{each:,.0f}" for each in rates[name])
+            rows.append((f"delivery path, {name} store",
+                         f"{rate:,.0f} deliveries/s (rounds: {spread})"))  # fmt: skip
 
         # The queries, on the full store.
         middle = full.list(limit=1)
