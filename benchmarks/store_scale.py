@@ -304,6 +304,7 @@ def fill_sql(engine: sa.Engine, tables: Sequence[sa.Table], chunks: Iterator[Any
 # -- filling a Redis store ----------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
 
 
 def _micros(moment: datetime | None) -> str:
@@ -371,9 +372,6 @@ def fill_redis(client: Any, prefix: str, ttl: int, now: datetime, chunks: Iterat
         for index, members in indexes.items():
             pipeline.zadd(index, members)
         pipeline.execute()
-
-
-_MS = timedelta(milliseconds=1)
 
 
 # -- the two stores -------------------------------------------------------------------------------
@@ -571,6 +569,139 @@ def explain(engine: sa.Engine, statement: str, parameters: Any) -> list[str]:
 # -- the run ------------------------------------------------------------------------------------
 
 
+Rows = list[tuple[str, str]]
+
+
+def fill(store: PersistentStore, url: str, kept: int, span: timedelta, seed: int) -> Rows:
+    """Fill ``store`` with ``kept`` deliveries and their tasks; what it took."""
+    from flask_musiccallback.stores.redis import RedisStore
+
+    now = datetime.now(timezone.utc)
+    tasks = 0
+
+    def counted() -> Iterator[tuple[list[Kept], list[Task]]]:
+        nonlocal tasks
+        for chunk in generate(kept, span, now, store.lease, seed):
+            tasks += len(chunk[1])
+            yield chunk
+
+    started = time.perf_counter()
+    used = None
+    if isinstance(store, SQLAlchemyStore):
+        engine = sql_engine(url)
+        fill_sql(engine, (store.table, store.tasks_table), counted())
+        engine.dispose()
+    else:
+        assert isinstance(store, RedisStore)
+        before = int(store.client.info("memory")["used_memory"])
+        fill_redis(store.client, store.prefix, store.ttl, now, counted())
+        used = int(store.client.info("memory")["used_memory"]) - before
+    filled = time.perf_counter() - started
+    rows = [("kept deliveries (tasks)", f"{kept:,} ({tasks:,})"),
+            ("fill", f"{filled:.1f} s ({kept / filled:,.0f} deliveries/s)")]  # fmt: skip
+    if used is not None:
+        rows.append(("Redis memory per kept delivery (its task's share included)",
+                     f"{used / kept:,.0f} bytes ({used / 2**20:,.0f} MiB)"))  # fmt: skip
+
+    # The store reads what was written as its own: a kept delivery is a duplicate.
+    done = store.list(status="done", limit=1)[0]
+    again = Delivery(done.task_id, done.stage, done.payload, done.received_at)
+    task = store.task(done.task_id)
+    assert task is not None, "a kept delivery's task is not found"
+    rows.append(("a kept delivery claimed again; its task",
+                 f"{store.claim(again).value}; {task.state.value}, "
+                 f"stages {', '.join(task.stages)}"))  # fmt: skip
+    return rows
+
+
+def delivery_path(empty: PersistentStore, full: PersistentStore, count: int,
+                  rounds: int) -> tuple[Rows, float]:  # fmt: skip
+    """Both stores' throughput, in alternate rounds after a warm-up; the ratio full/empty."""
+    throughput(empty, 200)
+    throughput(full, 200)
+    per_round = max(count // rounds, 1)
+    stores = {"empty": empty, "full": full}
+    rates: dict[str, list[float]] = {"empty": [], "full": []}
+    for round_ in range(rounds):
+        for name in ("empty", "full") if round_ % 2 == 0 else ("full", "empty"):
+            rates[name].append(throughput(stores[name], per_round))
+    medians = {name: statistics.median(rates[name]) for name in rates}
+    rows = [
+        (f"delivery path, {name} store",
+         f"{medians[name]:,.0f} deliveries/s (rounds: "
+         f"{', '.join(f'{each:,.0f}' for each in rates[name])})")
+        for name in ("empty", "full")
+    ]  # fmt: skip
+    return rows, medians["full"] / medians["empty"]
+
+
+def operator_queries(store: PersistentStore) -> dict[str, Callable[[], object]]:
+    """The queries of the sweep, reconciliation and the command line, as they call them."""
+    shown = (store.list(status="failed", limit=1) or store.list(limit=1))[0].id
+
+    def overdue() -> object:
+        now = datetime.now(timezone.utc)
+        return store.overdue(now - RECONCILE_AFTER, now=now, limit=RECONCILE_BATCH)
+
+    return {
+        f"sweep: `pending({SWEEP_AGE.seconds} s, limit={SWEEP_BATCH})`":
+            lambda: store.pending(SWEEP_AGE, SWEEP_BATCH),
+        "`list(status=\"failed\", limit=50)`": lambda: store.list(status="failed", limit=50),
+        "`list(limit=50)`": lambda: store.list(limit=50),
+        "show: `get(id)`": lambda: store.get(shown),
+        "`tasks(state=\"open\", limit=50)`": lambda: store.tasks(state="open", limit=50),
+        f"reconciliation: `overdue(now - {RECONCILE_AFTER.seconds} s, limit={RECONCILE_BATCH})`":
+            overdue,
+    }  # fmt: skip
+
+
+def timed_queries(queries: dict[str, Callable[[], object]], runs: int) -> Rows:
+    rows = []
+    for name, query in queries.items():
+        answer = query()
+        found = len(answer) if isinstance(answer, Sequence) else int(answer is not None)
+        rows.append((name, f"{median_ms(query, runs):.2f} ms ({found} found)"))
+    return rows
+
+
+def plans(url: str, queries: dict[str, Callable[[], object]]) -> list[str]:
+    """Each query's SQL, as the store ran it, and its plan, in markdown."""
+    engine = sql_engine(url)
+    capture = Captured()
+    text = []
+    for name, query in queries.items():
+        for statement, parameters in capture.during(query):
+            text.append(f"### {name}\n\n```\n{shortened(statement)}\n")
+            text.append("\n".join(explain(engine, statement, parameters)) + "\n```\n")
+    engine.dispose()
+    return text
+
+
+def prune_under_claims(store: PersistentStore, url: str, cutoff: timedelta,
+                       idle_seconds: float) -> Rows:  # fmt: skip
+    """The prune of what is older than ``cutoff`` while another process claims, against that
+    process's claims with the store idle, half the time before the prune and half after: the
+    machine's own noise is in both."""
+    first, _, _ = claims_meanwhile(url, store.ttl, None, idle_seconds / 2)
+    during, took, pruned = claims_meanwhile(url, store.ttl, lambda: store.prune(cutoff), 0)
+    assert isinstance(pruned, int)
+    last, _, _ = claims_meanwhile(url, store.ttl, None, idle_seconds / 2)
+    idle = Claims(first.latencies + last.latencies, first.failures + last.failures)
+    idle_p50, idle_p99 = idle.percentiles()
+    busy_p50, busy_p99 = during.percentiles()
+    return [
+        (f"prune of the part older than {cutoff.days} days",
+         f"{took:.1f} s, {pruned:,} deliveries ({pruned / took:,.0f}/s)"),
+        ("claims, idle: p50 / p99",
+         f"{idle_p50:.2f} / {idle_p99:.2f} ms ({len(idle.latencies)} claims, "
+         f"{idle.failures} failed)"),
+        ("claims during the prune: p50 / p99",
+         f"{busy_p50:.2f} / {busy_p99:.2f} ms ({len(during.latencies)} claims, "
+         f"{during.failures} failed)"),
+        ("claims' p99 during the prune / idle", f"{busy_p99 / idle_p99:.2f}"),
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True, help="a store URL: SQLite, PostgreSQL, Redis")
@@ -592,110 +723,15 @@ def main() -> None:
     tag = uuid.uuid4().hex[:8]
     full_url, empty_url = own_url(args.store, f"{tag}_full"), own_url(args.store, f"{tag}_empty")
     full, empty = open_store(full_url, ttl), open_store(empty_url, ttl)
-    rows: list[tuple[str, str]] = []
+    explained: list[str] = []
     try:
-        now = datetime.now(timezone.utc)
-        chunks = generate(args.kept, span, now, full.lease, args.seed)
-        tasks = 0
-
-        def counted(source: Iterator[tuple[list[Kept], list[Task]]]) -> Iterator[Any]:
-            nonlocal tasks
-            for chunk in source:
-                tasks += len(chunk[1])
-                yield chunk
-
-        started = time.perf_counter()
-        used = None
-        if isinstance(full, SQLAlchemyStore):
-            engine = sql_engine(full_url)
-            fill_sql(engine, (full.table, full.tasks_table), counted(chunks))
-        else:
-            from flask_musiccallback.stores.redis import RedisStore
-
-            assert isinstance(full, RedisStore)
-            before = int(full.client.info("memory")["used_memory"])
-            fill_redis(full.client, full.prefix, ttl, now, counted(chunks))
-            used = int(full.client.info("memory")["used_memory"]) - before
-        filled = time.perf_counter() - started
-        rows.append(("kept deliveries (tasks)", f"{args.kept:,} ({tasks:,})"))
-        rows.append(("fill", f"{filled:.1f} s ({args.kept / filled:,.0f} deliveries/s)"))
-        if used is not None:
-            rows.append(("Redis memory per kept delivery (its task's share included)",
-                         f"{used / args.kept:,.0f} bytes ({used / 2**20:,.0f} MiB)"))  # fmt: skip
-
-        # The store reads what was written as its own: a kept delivery is a duplicate.
-        done = full.list(status="done", limit=1)[0]
-        again = Delivery(done.task_id, done.stage, done.payload, done.received_at)
-        task = full.task(done.task_id)
-        assert task is not None, "a kept delivery's task is not found"
-        rows.append(("a kept delivery claimed again; its task",
-                     f"{full.claim(again).value}; {task.state.value}, "
-                     f"stages {', '.join(task.stages)}"))  # fmt: skip
-
-        # The delivery path, alternating, after a warm-up of each.
-        throughput(empty, 200)
-        throughput(full, 200)
-        per_round = max(args.operations // args.rounds, 1)
-        stores = {"empty": empty, "full": full}
-        rates: dict[str, list[float]] = {"empty": [], "full": []}
-        for round_ in range(args.rounds):
-            for name in ("empty", "full") if round_ % 2 == 0 else ("full", "empty"):
-                rates[name].append(throughput(stores[name], per_round))
-        empty_rate, full_rate = (statistics.median(rates[name]) for name in ("empty", "full"))
-        for name, rate in (("empty", empty_rate), ("full", full_rate)):
-            spread = ", ".join(f"{each:,.0f}" for each in rates[name])
-            rows.append((f"delivery path, {name} store",
-                         f"{rate:,.0f} deliveries/s (rounds: {spread})"))  # fmt: skip
-
-        # The queries, on the full store.
-        middle = full.list(limit=1)
-        wanted = full.list(status="failed", limit=1) or middle
-        some_id = wanted[0].id
-        queries: dict[str, Callable[[], object]] = {
-            f"sweep: `pending({SWEEP_AGE.seconds} s, limit={SWEEP_BATCH})`":
-                lambda: full.pending(SWEEP_AGE, SWEEP_BATCH),
-            "`list(status=\"failed\", limit=50)`": lambda: full.list(status="failed", limit=50),
-            "`list(limit=50)`": lambda: full.list(limit=50),
-            "show: `get(id)`": lambda: full.get(some_id),
-            "`tasks(state=\"open\", limit=50)`": lambda: full.tasks(state="open", limit=50),
-            f"reconciliation: `overdue(now - {RECONCILE_AFTER.seconds} s, "
-            f"limit={RECONCILE_BATCH})`":
-                lambda: full.overdue(datetime.now(timezone.utc) - RECONCILE_AFTER,
-                                     now=datetime.now(timezone.utc), limit=RECONCILE_BATCH),
-        }  # fmt: skip
-        found: dict[str, int] = {}
-        for name, query in queries.items():
-            answer = query()
-            found[name] = len(answer) if isinstance(answer, Sequence) else int(answer is not None)
-            rows.append((name, f"{median_ms(query, args.runs):.2f} ms ({found[name]} found)"))
-
-        plans: list[str] = []
+        rows = fill(full, full_url, args.kept, span, args.seed)
+        path, ratio = delivery_path(empty, full, args.operations, args.rounds)
+        queries = operator_queries(full)
+        rows += path + timed_queries(queries, args.runs)
         if args.explain and isinstance(full, SQLAlchemyStore):
-            capture = Captured()
-            for name, query in queries.items():
-                for statement, parameters in capture.during(query):
-                    plans.append(f"### {name}\n\n```\n{shortened(statement)}\n")
-                    plans.append("\n".join(explain(engine, statement, parameters)) + "\n```\n")
-
-        # Claims with the store idle, then while the expired part is pruned.
-        # Idle before and after, half the time each: the machine's own noise is in both.
-        first, _, _ = claims_meanwhile(full_url, ttl, None, args.idle_seconds / 2)
-        cutoff = span * (1 - EXPIRED_SHARE)
-        during, took, pruned = claims_meanwhile(full_url, ttl, lambda: full.prune(cutoff), 0)
-        assert isinstance(pruned, int)
-        last, _, _ = claims_meanwhile(full_url, ttl, None, args.idle_seconds / 2)
-        idle = Claims(first.latencies + last.latencies, first.failures + last.failures)
-        idle_p50, idle_p99 = idle.percentiles()
-        busy_p50, busy_p99 = during.percentiles()
-        rows.append((f"prune of the part older than {cutoff.days} days",
-                     f"{took:.1f} s, {pruned:,} deliveries ({pruned / took:,.0f}/s)"))  # fmt: skip
-        rows.append(("claims, idle: p50 / p99",
-                     f"{idle_p50:.2f} / {idle_p99:.2f} ms ({len(idle.latencies)} claims, "
-                     f"{idle.failures} failed)"))  # fmt: skip
-        rows.append(("claims during the prune: p50 / p99",
-                     f"{busy_p50:.2f} / {busy_p99:.2f} ms ({len(during.latencies)} claims, "
-                     f"{during.failures} failed)"))  # fmt: skip
-        rows.append(("claims' p99 during the prune / idle", f"{busy_p99 / idle_p99:.2f}"))
+            explained = plans(full_url, queries)
+        rows += prune_under_claims(full, full_url, span * (1 - EXPIRED_SHARE), args.idle_seconds)
     finally:
         if not args.keep:
             remove(full, full_url)
@@ -707,11 +743,11 @@ def main() -> None:
     print("|---|---|")
     for name, figure in rows:
         print(f"| {name} | {figure} |")
-    if plans:
+    if explained:
         print()
-        print("\n".join(plans))
+        print("\n".join(explained))
     print()
-    print(f"scale ratio full/empty: {full_rate / empty_rate:.2f}")
+    print(f"scale ratio full/empty: {ratio:.2f}")
 
 
 if __name__ == "__main__":
