@@ -453,11 +453,12 @@ class Claims:
     latencies: list[float]
     failures: int
 
-    def percentiles(self) -> tuple[float, float]:
+    def percentiles(self) -> tuple[float, float, float]:
+        """p50, p99 and the longest, in milliseconds."""
         if len(self.latencies) < 2:
-            return (self.latencies or [float("nan")])[0], float("nan")
+            return (float("nan"),) * 3
         cuts = statistics.quantiles(self.latencies, n=100)
-        return statistics.median(self.latencies), cuts[98]
+        return statistics.median(self.latencies), cuts[98], max(self.latencies)
 
 
 def claiming(url: str, ttl: int, ready: Any, stop: Any, answer: Any) -> None:
@@ -687,16 +688,16 @@ def prune_under_claims(store: PersistentStore, url: str, cutoff: timedelta,
     assert isinstance(pruned, int)
     last, _, _ = claims_meanwhile(url, store.ttl, None, idle_seconds / 2)
     idle = Claims(first.latencies + last.latencies, first.failures + last.failures)
-    idle_p50, idle_p99 = idle.percentiles()
-    busy_p50, busy_p99 = during.percentiles()
+    idle_p50, idle_p99, idle_max = idle.percentiles()
+    busy_p50, busy_p99, busy_max = during.percentiles()
     return [
         (f"prune of the part older than {cutoff.days} days",
          f"{took:.1f} s, {pruned:,} deliveries ({pruned / took:,.0f}/s)"),
-        ("claims, idle: p50 / p99",
-         f"{idle_p50:.2f} / {idle_p99:.2f} ms ({len(idle.latencies)} claims, "
+        ("claims, idle: p50 / p99 / longest",
+         f"{idle_p50:.2f} / {idle_p99:.2f} / {idle_max:.0f} ms ({len(idle.latencies)} claims, "
          f"{idle.failures} failed)"),
-        ("claims during the prune: p50 / p99",
-         f"{busy_p50:.2f} / {busy_p99:.2f} ms ({len(during.latencies)} claims, "
+        ("claims during the prune: p50 / p99 / longest",
+         f"{busy_p50:.2f} / {busy_p99:.2f} / {busy_max:.0f} ms ({len(during.latencies)} claims, "
          f"{during.failures} failed)"),
         ("claims' p99 during the prune / idle", f"{busy_p99 / idle_p99:.2f}"),
     ]  # fmt: skip
