@@ -208,6 +208,26 @@ def test_prune_deletes_old_deliveries_but_keeps_claims_still_held(
     assert post(app, finished) == (200, {"status": "received"})
 
 
+def test_prune_deletes_in_batches_stepping_over_held_claims(persistent_app: StoreApp) -> None:
+    """Batches smaller than what expired, with held claims among the expired: every finished
+    delivery goes, every held one stays, and the count is exact."""
+    app = persistent_app()
+    store = persistent_store(app)
+    store.prune_batch = 3
+    held = [build_callback("complete") for _ in range(4)]
+    for payload in held:
+        store.claim(delivery_of(payload))
+    finished = [build_callback("complete") for _ in range(10)]
+    for payload in finished:
+        post(app, payload)
+    time.sleep(0.05)
+
+    assert store.prune(timedelta(0)) == 10
+    left = {kept.task_id for kept in store.list(limit=None)}
+    assert left == {payload["data"]["task_id"] for payload in held}
+    assert store.prune(timedelta(0)) == 0
+
+
 def test_a_queued_claim_is_pending_until_a_worker_starts_it(persistent_app: StoreApp) -> None:
     app = persistent_app()
     store = persistent_store(app)

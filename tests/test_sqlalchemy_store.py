@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -356,6 +357,45 @@ def test_prune_deletes_the_signatures_whose_window_closed(tmp_path: Path) -> Non
         kept = connection.execute(sa.select(store.tables.signatures.c.signature)).scalars().all()
     engine.dispose()
     assert kept == ["open"]
+
+
+def test_a_prune_is_many_short_transactions_a_claim_can_slip_between(tmp_path: Path) -> None:
+    """Each batch commits on its own, and a claim made while the prune rests between two batches
+    is taken at once: the table's write lock is never held for the whole prune."""
+    engine = sa.create_engine(sqlite_url(tmp_path))
+    store = SQLAlchemyStore(engine=engine, ttl=60)
+    store.prune_batch = 3
+    for n in range(30):
+        delivery = Delivery(f"t{n}", "complete", {}, datetime.now(timezone.utc))
+        store.claim(delivery)
+        store.complete(delivery)
+    commits: list[float] = []
+    claimed: list[tuple[ClaimResult, float]] = []
+    late = Delivery("late", "complete", {}, datetime.now(timezone.utc))
+
+    def claim() -> None:
+        result = store.claim(late)
+        claimed.append((result, time.monotonic()))
+
+    worker = threading.Thread(target=claim)
+
+    def on_commit(connection: Any) -> None:
+        commits.append(time.monotonic())
+        if len(commits) == 2:  # the signatures' batch, then the first of the deliveries'
+            worker.start()  # it waits for the lock that batch still holds
+
+    sa.event.listen(engine, "commit", on_commit)
+    try:
+        assert store.prune(timedelta(0)) == 30
+    finally:
+        sa.event.remove(engine, "commit", on_commit)
+        worker.join(timeout=10)
+    [(result, at)] = claimed
+    assert result is ClaimResult.CLAIMED
+    assert at < commits[-1], "the claim got in before the prune ended"
+    assert len(commits) >= 12  # signatures, ten batches of deliveries, the claim
+    assert [kept.task_id for kept in store.list()] == ["late"]
+    store.close()
 
 
 def test_a_database_made_before_the_tasks_table_gets_it_on_first_use(tmp_path: Path) -> None:

@@ -60,6 +60,10 @@ DEFAULT_LEASE = 300
 #: 15 s the provider waits for an answer, or the 10 s some of its callbacks allow.
 DEFAULT_TIMEOUT = 3.0
 
+#: Deliveries a prune deletes per step (a transaction, a pipeline): a step holds no lock and
+#: no memory for longer than a few thousand rows take, however many expired.
+PRUNE_BATCH = 2000
+
 #: The longest task id every store can key a delivery by (the SQL store's column holds 255).
 MAX_TASK_ID_LENGTH = 255
 
@@ -528,6 +532,9 @@ class PersistentStore(Store):
     Receivers that run longer than the lease may therefore run twice: keep the lease above the
     slowest receiver.
     """
+
+    #: Deliveries :meth:`prune` deletes per step (:data:`PRUNE_BATCH`).
+    prune_batch: int = PRUNE_BATCH
 
     def __init__(self, *, ttl: int, lease: int = DEFAULT_LEASE) -> None:
         super().__init__(ttl=ttl)

@@ -806,13 +806,26 @@ class RedisStore(PersistentStore):
         return bool(int(deleted))
 
     def prune(self, older_than: timedelta) -> int:
+        """The expired deliveries, :attr:`prune_batch` per pipeline: a year's ids are never held
+        in memory at once, nor their scripts' answers. Each delivery's script checks again that
+        it may go (a claim still held stays, and is stepped over by the next batch's offset)."""
         index = f"{self.prefix}index"
         cutoff = self._server_micros() - older_than // timedelta(microseconds=1)
-        ids = [_text(item) for item in self.client.zrangebyscore(index, "-inf", cutoff)]
-        pipeline = self.client.pipeline(transaction=False)
-        for key_id in ids:
-            self._prune(keys=self._keys(key_id), args=[key_id, cutoff], client=pipeline)
-        return sum(int(deleted) for deleted in pipeline.execute()) if ids else 0
+        total = kept = 0
+        while True:
+            found = self.client.zrangebyscore(
+                index, "-inf", cutoff, start=kept, num=self.prune_batch
+            )
+            if not found:
+                return total
+            pipeline = self.client.pipeline(transaction=False)
+            for key_id in (_text(item) for item in found):
+                self._prune(keys=self._keys(key_id), args=[key_id, cutoff], client=pipeline)
+            deleted = sum(int(answer) for answer in pipeline.execute())
+            total += deleted
+            kept += len(found) - deleted
+            if len(found) < self.prune_batch:
+                return total
 
     def reclaim(
         self,

@@ -86,6 +86,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: The longest rest between two batches of a prune, in seconds (each rest is as long as the
+#: batch before it took, up to this).
+PRUNE_REST = 0.1
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -860,26 +864,58 @@ class SQLAlchemyStore(PersistentStore):
 
     def prune(self, older_than: timedelta) -> int:
         """Finished deliveries, and those no claim holds: unreadable bodies, abandoned claims;
-        and every signature whose window closed (not counted: they are no deliveries)."""
+        and every signature whose window closed (not counted: they are no deliveries).
+
+        In batches of :attr:`prune_batch` rows, each its own transaction (:meth:`_delete_batches`):
+        one ``DELETE`` of a year's expired rows would hold the table's write lock (SQLite's, the
+        whole database's) for as long as it takes, and every claim meanwhile would wait, then
+        fail.
+        """
         table = self.table
         now = naive_now()
-        statement = sa.delete(table).where(
-            table.c.updated_at < now - older_than,
-            sa.or_(
-                table.c.state.in_(FINISHED),
-                table.c.lease_expires_at.is_(None),
-                table.c.lease_expires_at < now,
+        signatures = self.tables.signatures
+        self._delete_batches(signatures, signatures.c.signature, signatures.c.expires_at < now)
+        return self._delete_batches(
+            table,
+            table.c.id,
+            sa.and_(
+                table.c.updated_at < now - older_than,
+                sa.or_(
+                    table.c.state.in_(FINISHED),
+                    table.c.lease_expires_at.is_(None),
+                    table.c.lease_expires_at < now,
+                ),
             ),
         )
-        signatures = self.tables.signatures
-        expired = sa.delete(signatures).where(signatures.c.expires_at < now)
 
-        def delete(connection: Connection) -> int:
-            connection.execute(expired)
-            deleted: int = connection.execute(statement).rowcount
-            return deleted
+    def _delete_batches(
+        self, table: sa.Table, key: sa.Column[Any], condition: sa.ColumnElement[bool]
+    ) -> int:
+        """Delete the rows of ``table`` matching ``condition``, :attr:`prune_batch` at a time; how
+        many.
 
-        return self._run(delete, bounded=False)
+        Each batch selects its keys and deletes them, the condition checked again (a row claimed
+        in between stays), in one short transaction. Between batches the store rests as long as
+        the batch took (at most :data:`PRUNE_REST` seconds): a writer waiting for the lock (a
+        claim) gets it, rather than racing a prune that takes it straight back.
+        """
+        batch = self.prune_batch
+
+        def one_batch(connection: Connection) -> tuple[int, int]:
+            keys = connection.execute(sa.select(key).where(condition).limit(batch)).scalars().all()
+            if not keys:
+                return 0, 0
+            deleted = connection.execute(sa.delete(table).where(key.in_(keys), condition))
+            return len(keys), deleted.rowcount
+
+        total = 0
+        while True:
+            started = time.monotonic()
+            found, deleted = self._run(one_batch, bounded=False)
+            total += deleted
+            if found < batch:
+                return total
+            time.sleep(min(time.monotonic() - started, PRUNE_REST))
 
     def reclaim(
         self,
