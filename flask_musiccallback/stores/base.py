@@ -533,7 +533,7 @@ class PersistentStore(Store):
     slowest receiver.
     """
 
-    #: Deliveries :meth:`prune` deletes per step (:data:`PRUNE_BATCH`).
+    #: Deliveries :meth:`prune` deletes per step (:data:`!PRUNE_BATCH`).
     prune_batch: int = PRUNE_BATCH
 
     def __init__(self, *, ttl: int, lease: int = DEFAULT_LEASE) -> None:

@@ -866,7 +866,7 @@ class SQLAlchemyStore(PersistentStore):
         """Finished deliveries, and those no claim holds: unreadable bodies, abandoned claims;
         and every signature whose window closed (not counted: they are no deliveries).
 
-        In batches of :attr:`prune_batch` rows, each its own transaction (:meth:`_delete_batches`):
+        In batches of :attr:`prune_batch` rows, each its own transaction (:meth:`!_delete_batches`):
         one ``DELETE`` of a year's expired rows would hold the table's write lock (SQLite's, the
         whole database's) for as long as it takes, and every claim meanwhile would wait, then
         fail.
@@ -896,7 +896,7 @@ class SQLAlchemyStore(PersistentStore):
 
         Each batch selects its keys and deletes them, the condition checked again (a row claimed
         in between stays), in one short transaction. Between batches the store rests as long as
-        the batch took (at most :data:`PRUNE_REST` seconds): a writer waiting for the lock (a
+        the batch took (at most :data:`!PRUNE_REST` seconds): a writer waiting for the lock (a
         claim) gets it, rather than racing a prune that takes it straight back.
         """
         batch = self.prune_batch
