@@ -717,6 +717,9 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true", help="the plan of each SQL query")
     parser.add_argument("--keep", action="store_true", help="leave both stores in place")
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument(
+        "--prune-batch", type=int, default=None, help="deliveries per step of the prune"
+    )
     args = parser.parse_args()
 
     ttl = int(args.ttl_days * 86400)
@@ -724,6 +727,8 @@ def main() -> None:
     tag = uuid.uuid4().hex[:8]
     full_url, empty_url = own_url(args.store, f"{tag}_full"), own_url(args.store, f"{tag}_empty")
     full, empty = open_store(full_url, ttl), open_store(empty_url, ttl)
+    if args.prune_batch is not None:
+        full.prune_batch = args.prune_batch
     explained: list[str] = []
     try:
         rows = fill(full, full_url, args.kept, span, args.seed)
