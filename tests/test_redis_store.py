@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import redis
@@ -183,6 +184,46 @@ def test_overdue_and_the_task_list_by_state_read_their_index_and_not_every_task(
             if command["command"].startswith("HGETALL"):
                 read.append(command["command"])
     assert len(read) == 2, read
+
+
+def read_whole(redis_url: str, call: Callable[[], object]) -> list[str]:
+    """The hashes ``call`` read whole (``HGETALL``), as the server saw them."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    read: list[str] = []
+    marker = f"end-{time.monotonic_ns()}"
+    with client.monitor() as monitor:
+        call()
+        client.echo(marker)
+        for command in monitor.listen():
+            if marker in command["command"]:
+                break
+            if command["command"].startswith("HGETALL"):
+                read.append(command["command"])
+    return read
+
+
+def test_listing_failed_deliveries_reads_whole_only_those_it_lists(redis_url: str) -> None:
+    """The failed ones have no index of their own: the others are passed over on their state
+    alone, not read with their payloads."""
+    store = store_from_url(redis_url + "?prefix=failed:", ttl=600)
+    failed = [delivery(f"failed-{n}") for n in range(2)]
+    for kept in failed:
+        store.claim(kept)
+        store.fail(kept, "boom")
+    for n in range(250):
+        done = delivery(f"done-{n}")
+        store.claim(done)
+        store.complete(done)
+    listed: list[str] = []
+
+    def listing() -> None:
+        listed.extend(kept.task_id for kept in store.list(status="failed"))
+        listed.extend(kept.task_id for kept in store.list(task_id="done-7"))
+
+    read = read_whole(redis_url, listing)
+
+    assert listed == ["failed-1", "failed-0", "done-7"]
+    assert len(read) == 3, read
 
 
 def test_a_task_whose_hash_expired_leaves_the_indexes_when_they_are_read(redis_url: str) -> None:

@@ -732,12 +732,20 @@ class RedisStore(PersistentStore):
             in_state = states is None or kept.state in states
             return kept if in_state and task_id in (None, kept.task_id) else None
 
+        named = None if states is None else {state.value for state in states}
+
+        def passes(values: Sequence[str | None]) -> bool:
+            state, task = values
+            return (named is None or state in named) and task_id in (None, task)
+
+        filtered = task_id is not None or (status is not None and status not in _STATUS_INDEXES)
         return self._scan(
             index,
             lambda start, count: self.client.zrevrange(index, start, start + count - 1),
             f"{self.prefix}delivery:",
             wanted,
             limit,
+            sift=(("state", "task_id"), passes) if filtered else None,
         )
 
     def pending(self, older_than: timedelta, limit: int | None = None) -> Sequence[KeptDelivery]:
@@ -762,19 +770,31 @@ class RedisStore(PersistentStore):
         prefix: str,
         read: Callable[[dict[str, str]], _Kept | None],
         limit: int | None,
+        *,
+        sift: tuple[tuple[str, ...], Callable[[Sequence[str | None]], bool]] | None = None,
     ) -> Sequence[_Kept]:
         """What ``read`` makes of the hashes (``prefix`` and the id) of the ids that
         ``window(start, count)`` reads from ``index``, page by page, up to ``limit``; ``None``
-        from ``read`` is a hash not wanted, and ids whose hash expired leave the index."""
+        from ``read`` is a hash not wanted, and ids whose hash expired leave the index.
+
+        ``sift`` (field names, and a test of their values) reads only those fields of each hash
+        first, and the whole hash only of those that pass: a filter that the index does not
+        serve (the failed deliveries among all of them) then reads a few bytes of each delivery
+        it passes over instead of its payload.
+        """
         page = 200
         found: list[_Kept] = []
         gone: list[str] = []
         start = 0
         while limit is None or len(found) < limit:
-            ids = [_text(item) for item in window(start, page)]
-            if not ids:
+            page_ids = [_text(item) for item in window(start, page)]
+            if not page_ids:
                 break
             start += page
+            ids: Sequence[str] = page_ids
+            if sift is not None:
+                ids, expired = self._sifted(page_ids, prefix, *sift)
+                gone += expired
             pipeline = self.client.pipeline(transaction=False)
             for key_id in ids:
                 pipeline.hgetall(prefix + key_id)
@@ -790,6 +810,27 @@ class RedisStore(PersistentStore):
         if gone:
             self.client.zrem(index, *gone)
         return found
+
+    def _sifted(
+        self,
+        ids: Sequence[str],
+        prefix: str,
+        names: tuple[str, ...],
+        passes: Callable[[Sequence[str | None]], bool],
+    ) -> tuple[Sequence[str], Sequence[str]]:
+        """The ids whose hash's fields ``names`` pass, and those with no hash any more."""
+        pipeline = self.client.pipeline(transaction=False)
+        for key_id in ids:
+            pipeline.hmget(prefix + key_id, names)
+        kept: list[str] = []
+        gone: list[str] = []
+        for key_id, values in zip(ids, pipeline.execute(), strict=True):
+            texts = [None if value is None else _text(value) for value in values]
+            if all(text is None for text in texts):
+                gone.append(key_id)
+            elif passes(texts):
+                kept.append(key_id)
+        return kept, gone
 
     def _server_micros(self) -> int:
         seconds, micros = self.client.time()
