@@ -367,6 +367,31 @@ _VIA_FIELD = "via:"
 #: The index of its own each ``--status`` lists from (the scripts keep them), beside ``index``.
 _STATUS_INDEXES = {"pending": ":inflight", "unreadable": ":unreadable"}
 
+# KEYS: index
+# ARGV: prefix of the hashes, start, count, state wanted (or ''), second state (or ''), task id
+# (or '')
+# A page of the index, newest first, sifted in the server on each hash's state and task id: how
+# many ids the page held, those that pass, and those whose hash expired. A listing the index does
+# not serve (the failed deliveries, one task's) then costs a round trip per page of the index
+# rather than each hash's payload.
+_SIFT = """
+local ids = redis.call('ZREVRANGE', KEYS[1], ARGV[2], ARGV[2] + ARGV[3] - 1)
+local passed, gone = {}, {}
+for _, id in ipairs(ids) do
+  local fields = redis.call('HMGET', ARGV[1] .. id, 'state', 'task_id')
+  if not fields[1] and not fields[2] then
+    gone[#gone + 1] = id
+  elseif (ARGV[4] == '' or fields[1] == ARGV[4] or fields[1] == ARGV[5])
+      and (ARGV[6] == '' or fields[2] == ARGV[6]) then
+    passed[#passed + 1] = id
+  end
+end
+return {#ids, passed, gone}
+"""
+
+#: Index entries a sifted listing reads per round trip.
+SIFT_PAGE = 2000
+
 
 def delivery_id(task_id: str, stage: str) -> str:
     """``task/stage``, quoted so that no task id can collide with another task's stage."""
@@ -419,6 +444,7 @@ class RedisStore(PersistentStore):
         self._claim_task = client.register_script(_CLAIM_TASK)
         self._release_task = client.register_script(_RELEASE_TASK)
         self._signature = client.register_script(_SIGNATURE)
+        self._sift = client.register_script(_SIFT)
 
     @classmethod
     def from_url(cls, url: str, *, ttl: int) -> RedisStore:
@@ -732,21 +758,26 @@ class RedisStore(PersistentStore):
             in_state = states is None or kept.state in states
             return kept if in_state and task_id in (None, kept.task_id) else None
 
-        named = None if states is None else {state.value for state in states}
+        prefix = f"{self.prefix}delivery:"
+        named = sorted(state.value for state in states or ())
+        if (task_id is None and (status is None or status in _STATUS_INDEXES)) or len(named) > 2:
+            return self._scan(
+                index,
+                lambda start, count: self.client.zrevrange(index, start, start + count - 1),
+                prefix,
+                wanted,
+                limit,
+            )
+        first, second = [*named, "", ""][:2]
 
-        def passes(values: Sequence[str | None]) -> bool:
-            state, task = values
-            return (named is None or state in named) and task_id in (None, task)
+        def sifted(start: int, count: int) -> tuple[list[Any], bool, list[str]]:
+            """A page of the index sifted in the server: no index serves this filter."""
+            size, passed, expired = self._sift(
+                keys=[index], args=[prefix, start, count, first, second, task_id or ""]
+            )
+            return passed, size > 0, [_text(item) for item in expired]
 
-        filtered = task_id is not None or (status is not None and status not in _STATUS_INDEXES)
-        return self._scan(
-            index,
-            lambda start, count: self.client.zrevrange(index, start, start + count - 1),
-            f"{self.prefix}delivery:",
-            wanted,
-            limit,
-            sift=(("state", "task_id"), passes) if filtered else None,
-        )
+        return self._scan(index, sifted, prefix, wanted, limit, page=SIFT_PAGE)
 
     def pending(self, older_than: timedelta, limit: int | None = None) -> Sequence[KeptDelivery]:
         """The in-flight index read from its oldest change up to ``older_than`` ago, on the
@@ -771,30 +802,29 @@ class RedisStore(PersistentStore):
         read: Callable[[dict[str, str]], _Kept | None],
         limit: int | None,
         *,
-        sift: tuple[tuple[str, ...], Callable[[Sequence[str | None]], bool]] | None = None,
+        page: int = 200,
     ) -> Sequence[_Kept]:
         """What ``read`` makes of the hashes (``prefix`` and the id) of the ids that
         ``window(start, count)`` reads from ``index``, page by page, up to ``limit``; ``None``
         from ``read`` is a hash not wanted, and ids whose hash expired leave the index.
 
-        ``sift`` (field names, and a test of their values) reads only those fields of each hash
-        first, and the whole hash only of those that pass: a filter that the index does not
-        serve (the failed deliveries among all of them) then reads a few bytes of each delivery
-        it passes over instead of its payload.
+        ``window`` may return ``(ids, more, expired)`` rather than the ids alone: the page's ids
+        sifted already (:data:`_SIFT`), whether the page held any, and the ids found expired.
         """
-        page = 200
         found: list[_Kept] = []
         gone: list[str] = []
         start = 0
         while limit is None or len(found) < limit:
-            page_ids = [_text(item) for item in window(start, page)]
-            if not page_ids:
+            answer = window(start, page)
+            if isinstance(answer, tuple):
+                listed, more, expired = answer
+                gone += expired
+            else:
+                listed, more = answer, bool(answer)
+            if not more:
                 break
             start += page
-            ids: Sequence[str] = page_ids
-            if sift is not None:
-                ids, expired = self._sifted(page_ids, prefix, *sift)
-                gone += expired
+            ids = [_text(item) for item in listed]
             pipeline = self.client.pipeline(transaction=False)
             for key_id in ids:
                 pipeline.hgetall(prefix + key_id)
@@ -810,27 +840,6 @@ class RedisStore(PersistentStore):
         if gone:
             self.client.zrem(index, *gone)
         return found
-
-    def _sifted(
-        self,
-        ids: Sequence[str],
-        prefix: str,
-        names: tuple[str, ...],
-        passes: Callable[[Sequence[str | None]], bool],
-    ) -> tuple[Sequence[str], Sequence[str]]:
-        """The ids whose hash's fields ``names`` pass, and those with no hash any more."""
-        pipeline = self.client.pipeline(transaction=False)
-        for key_id in ids:
-            pipeline.hmget(prefix + key_id, names)
-        kept: list[str] = []
-        gone: list[str] = []
-        for key_id, values in zip(ids, pipeline.execute(), strict=True):
-            texts = [None if value is None else _text(value) for value in values]
-            if all(text is None for text in texts):
-                gone.append(key_id)
-            elif passes(texts):
-                kept.append(key_id)
-        return kept, gone
 
     def _server_micros(self) -> int:
         seconds, micros = self.client.time()
