@@ -226,6 +226,31 @@ def test_listing_failed_deliveries_reads_whole_only_those_it_lists(redis_url: st
     assert len(read) == 3, read
 
 
+def test_a_prune_forgets_entries_whose_hash_expired_and_misses_none_after_them(
+    redis_url: str,
+) -> None:
+    """Hashes expire by themselves with the TTL, before a prune at the TTL comes: their index
+    entries are forgotten, and the batches after them still reach every delivery to delete."""
+    store = store_from_url(redis_url + "?prefix=expired:", ttl=600)
+    store.prune_batch = 3
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    for n in range(7):  # the oldest: their hashes expired
+        old = delivery(f"expired-{n}")
+        store.claim(old)
+        store.complete(old)
+        client.delete(f"expired:delivery:{delivery_id(old.task_id, old.stage)}")
+    held = delivery("held")
+    store.claim(held)
+    for n in range(5):
+        done = delivery(f"done-{n}")
+        store.claim(done)
+        store.complete(done)
+    time.sleep(0.01)
+
+    assert store.prune(timedelta(0)) == 5
+    assert client.zrange("expired:index", 0, -1) == [delivery_id("held", "complete")]
+
+
 def test_a_task_whose_hash_expired_leaves_the_indexes_when_they_are_read(redis_url: str) -> None:
     store = store_from_url(redis_url + "?prefix=gone:", ttl=600)
     store.expect("gone", "music")

@@ -240,26 +240,35 @@ return 1
 # KEYS: claim, delivery, index
 # ARGV: id
 # Forgets a delivery: its claim, its hash, its place in every index; 1 if it was kept.
-_FORGET = (
+_FORGOTTEN = (
     _INDEXES
     + """
 redis.call('DEL', KEYS[1])
 for _, index in ipairs({KEYS[3], inflight, unreadable}) do redis.call('ZREM', index, ARGV[1]) end
-return redis.call('DEL', KEYS[2])
+local removed = redis.call('DEL', KEYS[2])
 """
 )
 
+_FORGET = _FORGOTTEN + "return removed\n"
+
 # KEYS: claim, delivery, index
 # ARGV: id, cutoff µs
-# Forgets a delivery unchanged since the cutoff, unless a claim holds it.
+# Forgets a delivery unchanged since the cutoff, unless a claim holds it: 1 when it was kept, 0
+# when a claim holds it (it stays in the index, at its place), -1 when it has left the range of
+# expired entries otherwise (changed since the cutoff, or its hash had expired by itself: the
+# index forgets it).
 _PRUNE = (
     """
 local updated = tonumber(redis.call('HGET', KEYS[2], 'updated_at'))
-if updated and updated >= tonumber(ARGV[2]) then return 0 end
+if updated and updated >= tonumber(ARGV[2]) then return -1 end
 local held = redis.call('GET', KEYS[1])
 if held and held ~= 'done' and held ~= 'failed' then return 0 end
 """
-    + _FORGET
+    + _FORGOTTEN
+    + """
+if removed == 0 then return -1 end
+return 1
+"""
 )
 
 # Every script that changes a task (KEYS[1]) keeps the task indexes (KEYS[2], and KEYS[2] ..
@@ -858,7 +867,8 @@ class RedisStore(PersistentStore):
     def prune(self, older_than: timedelta) -> int:
         """The expired deliveries, :attr:`prune_batch` per pipeline: a year's ids are never held
         in memory at once, nor their scripts' answers. Each delivery's script checks again that
-        it may go (a claim still held stays, and is stepped over by the next batch's offset)."""
+        it may go; a claim still held stays in the index, where the next batch's offset steps
+        over it, and every other entry read leaves the range (:data:`_PRUNE`)."""
         index = f"{self.prefix}index"
         cutoff = self._server_micros() - older_than // timedelta(microseconds=1)
         total = kept = 0
@@ -871,9 +881,9 @@ class RedisStore(PersistentStore):
             pipeline = self.client.pipeline(transaction=False)
             for key_id in (_text(item) for item in found):
                 self._prune(keys=self._keys(key_id), args=[key_id, cutoff], client=pipeline)
-            deleted = sum(int(answer) for answer in pipeline.execute())
-            total += deleted
-            kept += len(found) - deleted
+            answers = [int(answer) for answer in pipeline.execute()]
+            total += answers.count(1)
+            kept += answers.count(0)
             if len(found) < self.prune_batch:
                 return total
 
