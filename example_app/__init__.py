@@ -130,7 +130,9 @@ def create_app(
         metrics.install()
     app.register_blueprint(bp)
     app.register_blueprint(metrics.bp)
-    if app.config["FAKE_PROVIDER"]:
+    if app.config["FAKE_PROVIDER"] and app.config["MUSICCALLBACK_API_BASE_URL"] == (
+        provider.base_url(app.config["SERVER_URL"])
+    ):  # not beside a provider configured: it would stand in for nothing
         app.register_blueprint(provider.bp)
     app.cli.add_command(init_command)
     with app.app_context():

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -87,6 +88,12 @@ def submit(path: str) -> tuple[Response, int]:
         family = family_for_path(get_state(app).extension.families, path)
     except LookupError:
         return _answer(404, f"No endpoint at /{path}")
+    if not _own_endpoint(callback_url):
+        # Calling back anywhere else would post the app's own credentials there (the simulator
+        # adds the token to a URL without one): the demo's provider calls back this app only.
+        return _answer(422, "The demo's fake provider calls back this app's own endpoint only")
+    if not _calling_back.acquire(blocking=False):
+        return _answer(430, "Too many demo tasks are being called back; try again shortly")
     task_id = uuid.uuid4().hex
     threading.Thread(
         target=call_back,
@@ -95,6 +102,18 @@ def submit(path: str) -> tuple[Response, int]:
         daemon=True,
     ).start()
     return _answer(200, "success", {"taskId": task_id})
+
+
+#: Tasks the fake provider calls back at once, at most: a thread each.
+MAX_CALLING_BACK = 8
+_calling_back = threading.BoundedSemaphore(MAX_CALLING_BACK)
+
+
+def _own_endpoint(url: str) -> bool:
+    """Whether ``url`` is this app's callback endpoint (its query aside)."""
+    own = urlsplit(get_state(current_app).extension.callback_url())
+    given = urlsplit(url)
+    return (given.scheme, given.netloc, given.path) == (own.scheme, own.netloc, own.path)
 
 
 @bp.get("/<path:path>")
@@ -107,7 +126,7 @@ def record(path: str) -> tuple[Response, int]:
     return _answer(400, "The demo's fake provider keeps no records: it calls back instead")
 
 
-def call_back(app: Flask, url: str, family: Family, task_id: str) -> None:
+def _post_callbacks(app: Flask, url: str, family: Family, task_id: str) -> None:
     """Post ``family``'s callbacks of ``task_id`` to ``url``, ``FAKE_PROVIDER_SECONDS`` apart
     (the first too: the answer to the submission comes first, as the provider's does)."""
     seconds = float(app.config["FAKE_PROVIDER_SECONDS"])
@@ -128,3 +147,11 @@ def call_back(app: Flask, url: str, family: Family, task_id: str) -> None:
                 status,
                 answer,
             )
+
+
+def call_back(app: Flask, url: str, family: Family, task_id: str) -> None:
+    """Post the task's callbacks (:func:`_post_callbacks`), then free its place."""
+    try:
+        _post_callbacks(app, url, family, task_id)
+    finally:
+        _calling_back.release()

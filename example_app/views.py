@@ -138,6 +138,10 @@ def submit() -> ResponseReturnValue:
         where = form.path or "No path"
         return _refused(form, f"{where}: no family's endpoints are there ({known}).", 400)
     except SubmitError as exc:
+        if exc.code is None and exc.retryable:  # no answer: the task may exist all the same
+            text = f"No answer from the provider ({exc}); the task may have been created: look "
+            text += "before submitting it again."
+            return _refused(form, text, 502)
         return _refused(form, f"The provider did not create the task: {exc}.", 502)
     except ConfigurationError as exc:
         return _refused(form, str(exc), 503)

@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 #: and media copies with theirs.
 IN_PROCESS_WAIT = 120.0
 
+#: Seconds ``submit`` waits for a registration the store could not take at once.
+REGISTRATION_WAIT = 30.0
+
 #: Exit codes of ``poll`` and ``submit``; see the module docstring.
 EXIT_UNAUTHORIZED = 3
 EXIT_UNAVAILABLE = 4
@@ -461,8 +464,9 @@ def submit_command(path: str, payload_text: str, family: str | None) -> None:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--json") from None
     if not isinstance(payload, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--json")
+    app = _app()
     try:
-        task_id = submit_task(_app(), path, payload, family=family)
+        task_id = submit_task(app, path, payload, family=family)
     except LookupError as exc:
         raise click.BadParameter(str(exc), param_hint="--family or PATH") from None
     except SubmitError as exc:
@@ -470,6 +474,14 @@ def submit_command(path: str, payload_text: str, family: str | None) -> None:
     except (ConfigurationError, RuntimeError) as exc:  # no API key; no address for the URL
         raise CommandError(str(exc)) from None
     click.echo(task_id)
+    # A registration the store could not take waits in the write-back, which this process
+    # takes with it when it exits: wait for it here, and say so if the store stays away.
+    if not get_state(app).write_back.wait_idle(REGISTRATION_WAIT):
+        raise CommandError(
+            f"task {task_id} was created, but the callback store did not answer within "
+            f"{REGISTRATION_WAIT:g} s to register it: call music.expect({task_id!r}, "
+            f"family=...) once it is back"
+        )
 
 
 def _persistent_store() -> PersistentStore:

@@ -68,7 +68,9 @@ class PollError(ProviderError):
 
 
 class SubmitError(ProviderError):
-    """The provider did not create the task: nothing was registered for it."""
+    """A submission the provider refused, or did not answer, or answered with no task id:
+    nothing was registered. Without an answer (``code`` ``None``, ``retryable``) the task may
+    still have been created; look before submitting it again."""
 
 
 def provider_error(
@@ -151,6 +153,8 @@ class ProviderClient:
     ) -> dict[str, Any]:
         try:
             response = self._http.request(method, path, **request)
+        except (httpx.InvalidURL, ValueError) as exc:  # not a path; a payload JSON cannot carry
+            raise kind(f"the request cannot be sent as it is: {exc}") from None
         except httpx.TimeoutException:
             raise kind(
                 f"the provider at {self.base_url} did not answer in time", retryable=True

@@ -41,6 +41,11 @@ def _folder(record_path: str) -> str:
     return record_path.rsplit("/", 1)[0]
 
 
+def _endpoint(path: str) -> str:
+    """``path`` as the provider's endpoint: one leading slash, no trailing one, no query."""
+    return "/" + path.split("?", 1)[0].strip("/")
+
+
 def submit_folders(families: Families) -> dict[str, str]:
     """Each registered family's endpoint folder (its record endpoint's), to its name: the table
     :func:`family_for_path` reads."""
@@ -54,7 +59,7 @@ def submit_folders(families: Families) -> dict[str, str]:
 def family_for_path(families: Families, path: str) -> Family:
     """The family whose endpoints ``path`` is one of: the one with the longest endpoint folder
     that holds it. ``LookupError`` when none does, saying to name the family."""
-    path = "/" + path.split("?", 1)[0].strip("/")
+    path = _endpoint(path)
     found = [
         (folder, name)
         for folder, name in submit_folders(families).items()
@@ -70,7 +75,7 @@ def family_for_path(families: Families, path: str) -> Family:
 
 def callback_field(path: str) -> str:
     """The payload key of the callback URL for the endpoint at ``path``."""
-    return CALLBACK_FIELD_AT.get("/" + path.split("?", 1)[0].strip("/"), CALLBACK_FIELD)
+    return CALLBACK_FIELD_AT.get(_endpoint(path), CALLBACK_FIELD)
 
 
 def task_id_of(answer: Mapping[str, Any]) -> str:

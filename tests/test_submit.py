@@ -402,3 +402,17 @@ def test_the_command_without_an_address_for_the_app_says_so(
     assert result.exit_code == 1
     assert "MUSICCALLBACK_EXTERNAL_URL" in result.output
     assert provider.submitted == []
+
+
+def test_a_payload_json_cannot_carry_is_refused_before_anything_is_sent(
+    submitting: Flask, provider: FakeProvider
+) -> None:
+    with pytest.raises(SubmitError, match="cannot be sent"):
+        submit(submitting, "/api/v1/generate", {"prompt": float("nan")})
+    result = submitting.test_cli_runner().invoke(
+        args=["musiccallback", "submit", "/api/v1/generate", "--json", '{"prompt": NaN}']
+    )
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert provider.submitted == []
+    assert_nothing_registered(submitting)

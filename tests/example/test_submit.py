@@ -196,6 +196,18 @@ def test_the_fake_provider_knows_no_endpoint_outside_the_families(example: Flask
     assert answer.json()["code"] == 404
 
 
+def test_the_fake_provider_calls_back_this_app_only(example: Flask) -> None:
+    """Elsewhere, the simulator would add the app's token to a URL without one: refused."""
+    answer = httpx.post(
+        f"{base_url(example)}/fake-provider/api/v1/generate",
+        json={"prompt": "x", "callBackUrl": "http://127.0.0.1:9/collect"},
+        headers={"Authorization": f"Bearer {DEMO_API_KEY}"},
+    )
+
+    assert answer.json()["code"] == 422
+    assert "this app's own endpoint only" in answer.json()["msg"]
+
+
 def test_without_the_fake_provider_there_is_no_such_route_and_no_key(
     make_example: ExampleFactory,
 ) -> None:

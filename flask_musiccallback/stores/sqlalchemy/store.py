@@ -86,6 +86,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: Keys bound to one ``DELETE`` of a prune's batch.
+BOUND_KEYS = 500
+
 #: The longest rest between two batches of a prune, in seconds (each rest is as long as the
 #: batch before it took, up to this).
 PRUNE_REST = 0.1
@@ -903,10 +906,12 @@ class SQLAlchemyStore(PersistentStore):
 
         def one_batch(connection: Connection) -> tuple[int, int]:
             keys = connection.execute(sa.select(key).where(condition).limit(batch)).scalars().all()
-            if not keys:
-                return 0, 0
-            deleted = connection.execute(sa.delete(table).where(key.in_(keys), condition))
-            return len(keys), deleted.rowcount
+            deleted = 0
+            for start in range(0, len(keys), BOUND_KEYS):  # SQLite before 3.32 binds 999 at most
+                chunk = keys[start : start + BOUND_KEYS]
+                statement = sa.delete(table).where(key.in_(chunk), condition)
+                deleted += connection.execute(statement).rowcount
+            return len(keys), deleted
 
         total = 0
         while True:
