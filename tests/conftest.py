@@ -99,6 +99,15 @@ def provider() -> Iterator[FakeProvider]:
         yield fake
 
 
+@pytest.fixture(scope="module")
+def broker() -> Iterator[str]:
+    """A Redis server of the module's own, as a Celery broker (and result backend)."""
+    from .servers_redis import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
 # Hypothesis: bounded example counts and no deadline (CI machines are shared and slow); in CI the
 # examples are derandomized so a run is reproducible. ``HYPOTHESIS_PROFILE=figures`` is the large
 # run whose counts the README's security section reports.

@@ -41,7 +41,7 @@ from .conftest import TOKEN, URL, AppFactory
 from .family_kit import sent
 from .media_host import HOLD_TIMEOUT, MediaHost, content, media_host
 from .servers import PostgresServer
-from .servers_redis import celery_worker, redis_server
+from .servers_redis import celery_worker
 
 RETRY_ATTEMPTS = 2
 
@@ -432,12 +432,6 @@ def test_a_delivery_taken_over_from_a_dead_process_has_its_media_copied(
 
 
 # Celery dispatch: the copies are the workers' task flask_musiccallback.archive_media.
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
 
 
 @pytest.fixture(scope="module", params=["postgresql", "redis"])

@@ -29,13 +29,7 @@ from .conftest import URL as PLAIN_URL
 from .conftest import AppFactory
 from .karaoke_family import karaoke_payload
 from .servers import free_port
-from .servers_redis import celery_worker, redis_server
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
+from .servers_redis import celery_worker
 
 
 @pytest.fixture(scope="module")

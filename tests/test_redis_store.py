@@ -171,18 +171,12 @@ def test_overdue_and_the_task_list_by_state_read_their_index_and_not_every_task(
     for n in range(30):
         store.record_stage(f"done-{n}", "music", "complete", at=now, via="poll", final=COMPLETE)
     store.expect("open", "music")
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    read: list[str] = []
-    marker = f"end-{time.monotonic_ns()}"
-    with client.monitor() as monitor:
+
+    def listing() -> None:
         assert [task.task_id for task in store.overdue(now + HOUR, now=now)] == ["open"]
         assert [task.task_id for task in store.tasks(state="open")] == ["open"]
-        client.echo(marker)
-        for command in monitor.listen():
-            if marker in command["command"]:
-                break
-            if command["command"].startswith("HGETALL"):
-                read.append(command["command"])
+
+    read = read_whole(redis_url, listing)
     assert len(read) == 2, read
 
 

@@ -516,14 +516,6 @@ def test_instrumented_before_the_extension_the_token_is_kept_out_as_well(
 
 
 @pytest.fixture(scope="module")
-def broker() -> Iterator[str]:
-    from .servers_redis import redis_server
-
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def traced_worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A worker whose host configures the SDK, exporting its spans to Redis."""
     from .celery_host import host_env
