@@ -121,6 +121,43 @@ def test_an_unreadable_body_has_an_index_of_its_own_and_no_claim(redis_url: str)
     assert client.zrange("unread:index", 0, -1) == ["done/complete"]
 
 
+def test_a_delivery_is_in_the_failed_index_from_its_failure_until_it_is_in_flight_again(
+    redis_url: str,
+) -> None:
+    store = store_from_url(redis_url + "?prefix=failing:", ttl=600)
+    assert isinstance(store, RedisStore)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def failed_index() -> set[str]:
+        return set(client.zrange("failing:index:failed", 0, -1))
+
+    kept = {name: delivery(name) for name in ("failed", "released", "replayed", "deleted", "ok")}
+    for name, each in kept.items():
+        store.claim(each)
+        if name == "released":
+            store.release(each, "store the receiver needs is down")
+        elif name == "ok":
+            store.complete(each)
+        else:
+            store.fail(each, "receiver raised")
+    assert failed_index() == {f"{name}/complete" for name in kept if name != "ok"}
+    listed = {each.task_id for each in store.list(status="failed", limit=None)}
+    assert listed == {"failed", "released", "replayed", "deleted"}
+
+    # The provider's retry takes the released one over; a replay takes a failed one.
+    assert store.claim(kept["released"]) is ClaimResult.CLAIMED
+    assert store.reclaim("replayed/complete") is not None
+    assert store.delete("deleted/complete")
+    assert failed_index() == {"failed/complete"}
+    assert [each.task_id for each in store.list(status="failed")] == ["failed"]
+
+    # Failing again puts it back, newest first.
+    store.fail(kept["released"], "receiver raised again")
+    assert [each.task_id for each in store.list(status="failed")] == ["released", "failed"]
+    assert store.prune(timedelta(seconds=0)) == 3  # the replayed one is held
+    assert failed_index() == set()
+
+
 def test_a_task_is_a_hash_expiring_with_the_ttl_from_when_it_was_last_expected(
     redis_url: str,
 ) -> None:
@@ -197,8 +234,8 @@ def read_whole(redis_url: str, call: Callable[[], object]) -> list[str]:
 
 
 def test_listing_failed_deliveries_reads_whole_only_those_it_lists(redis_url: str) -> None:
-    """The failed ones have no index of their own: the others are passed over on their state
-    alone, not read with their payloads."""
+    """The failed ones are read from their own index; one task's, which no index serves, are
+    found on the task id alone, the others not read with their payloads."""
     store = store_from_url(redis_url + "?prefix=failed:", ttl=600)
     failed = [delivery(f"failed-{n}") for n in range(2)]
     for kept in failed:

@@ -17,9 +17,10 @@ Per delivery, with ``ID`` = ``<task id>/<stage>`` (URL-quoted):
     seconds after its last change.
 ``<prefix>index``
     A sorted set of IDs scored by their last change, for listing newest first and pruning;
-    ``<prefix>index:inflight`` and ``<prefix>index:unreadable`` hold those pending or processing
-    (for the sweep) and the unreadable bodies kept (for reading them again), so that neither reads
-    every delivery kept for the TTL.
+    ``<prefix>index:inflight``, ``<prefix>index:failed`` and ``<prefix>index:unreadable`` hold
+    those pending or processing (for the sweep), those that failed (for ``list --status failed``)
+    and the unreadable bodies kept (for reading them again), so that none of these reads every
+    delivery kept for the TTL.
 
 An unreadable body (:meth:`RedisStore.keep_unreadable`) has a hash and no claim: nothing claims it.
 
@@ -78,11 +79,13 @@ local function stamp(moment) return string.format('%.0f', moment) end
 local nowstamp = stamp(now)
 """
 
-# ``inflight`` indexes the deliveries pending or processing, ``unreadable`` the unreadable bodies,
-# beside the index of all of them (KEYS[3]); both are derived from that key, which keeps every key
-# of a store under one prefix.
+# ``inflight`` indexes the deliveries pending or processing, ``failed`` those that failed,
+# ``unreadable`` the unreadable bodies, beside the index of all of them (KEYS[3]); each is derived
+# from that key, which keeps every key of a store under one prefix. A delivery leaves ``failed``
+# when it is in flight again: taken over by a claim, or by a replay.
 _INDEXES = """
 local inflight = KEYS[3] .. ':inflight'
+local failed = KEYS[3] .. ':failed'
 local unreadable = KEYS[3] .. ':unreadable'
 """
 
@@ -109,6 +112,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 else
   redis.call('HSET', KEYS[2], unpack(fields))
   redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+  redis.call('ZREM', failed, ARGV[5])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local forgotten = stamp(now - ARGV[3] * 1000000)
@@ -143,6 +147,10 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[4]) end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], nowstamp, ARGV[5])
 redis.call('ZREM', inflight, ARGV[5])
+if state == 'failed' then
+  redis.call('ZADD', failed, nowstamp, ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', failed, '-inf', stamp(now - ARGV[3] * 1000000))
+end
 return 1
 """
 )
@@ -169,6 +177,7 @@ redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], nowstamp, ARGV[4])
 redis.call('ZADD', inflight, nowstamp, ARGV[4])
+redis.call('ZREM', failed, ARGV[4])
 return redis.call('HGETALL', KEYS[2])
 """
 )
@@ -244,7 +253,9 @@ _FORGOTTEN = (
     _INDEXES
     + """
 redis.call('DEL', KEYS[1])
-for _, index in ipairs({KEYS[3], inflight, unreadable}) do redis.call('ZREM', index, ARGV[1]) end
+for _, index in ipairs({KEYS[3], inflight, failed, unreadable}) do
+  redis.call('ZREM', index, ARGV[1])
+end
 local removed = redis.call('DEL', KEYS[2])
 """
 )
@@ -374,15 +385,15 @@ _STAGE_FIELD = "stage:"
 _VIA_FIELD = "via:"
 
 #: The index of its own each ``--status`` lists from (the scripts keep them), beside ``index``.
-_STATUS_INDEXES = {"pending": ":inflight", "unreadable": ":unreadable"}
+_STATUS_INDEXES = {"pending": ":inflight", "failed": ":failed", "unreadable": ":unreadable"}
 
 # KEYS: index
 # ARGV: prefix of the hashes, start, count, state wanted (or ''), second state (or ''), task id
 # (or '')
 # A page of the index, newest first, sifted in the server on each hash's state and task id: how
-# many ids the page held, those that pass, and those whose hash expired. A listing the index does
-# not serve (the failed deliveries, one task's) then costs a round trip per page of the index
-# rather than each hash's payload.
+# many ids the page held, those that pass, and those whose hash expired. A listing no index serves
+# (one task's deliveries, the done ones) then costs a round trip per page of the index rather than
+# each hash's payload.
 _SIFT = """
 local ids = redis.call('ZREVRANGE', KEYS[1], ARGV[2], ARGV[2] + ARGV[3] - 1)
 local passed, gone = {}, {}
@@ -758,7 +769,7 @@ class RedisStore(PersistentStore):
         self, *, status: str | None = None, task_id: str | None = None, limit: int | None = 50
     ) -> Sequence[KeptDelivery]:
         states = None if status is None else STATUS_STATES[status]
-        # Pending deliveries and unreadable bodies have indexes of their own, kept by the
+        # Pending, failed and unreadable deliveries have indexes of their own, kept by the
         # scripts, so that listing them reads those, not every delivery kept for the TTL.
         index = f"{self.prefix}index" + _STATUS_INDEXES.get(status or "", "")
 

@@ -63,8 +63,10 @@ def table_items(name: str) -> list[sa.schema.SchemaItem]:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.UniqueConstraint("task_id", "stage", name=f"uq_{name}_task_stage"),
-        sa.Index(f"ix_{name}_updated_at", "updated_at"),
-        sa.Index(f"ix_{name}_state_updated_at", "state", "updated_at"),
+        # Each ends with the listings' tie-break, so that a page is read from the index in order,
+        # with nothing left to sort.
+        sa.Index(f"ix_{name}_updated_at", "updated_at", "id"),
+        sa.Index(f"ix_{name}_state_updated_at", "state", "updated_at", "id"),
     ]
 
 

@@ -41,8 +41,9 @@ DEFAULT_TASKS_TABLE = tasks_table_name(DEFAULT_TABLE)
 def task_items(name: str) -> list[sa.schema.SchemaItem]:
     """The columns, key and indexes of the tasks table called ``name``.
 
-    ``(state, updated_at)`` serves reconciliation (open tasks, the longest silent first) and the
-    task list by state; ``updated_at`` the list of every task, newest first. ``sources`` may be
+    ``(state, updated_at, task_id)`` serves reconciliation (open tasks, the longest silent first)
+    and the task list by state; ``(updated_at, task_id)`` the list of every task, newest first.
+    ``sources`` may be
     null: rows made before it existed have none.
     """
     return [
@@ -59,8 +60,9 @@ def task_items(name: str) -> list[sa.schema.SchemaItem]:
         sa.Column("lease_expires_at", sa.DateTime(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
-        sa.Index(f"ix_{name}_state_updated_at", "state", "updated_at"),
-        sa.Index(f"ix_{name}_updated_at", "updated_at"),
+        # Each ends with the listings' tie-break, as the deliveries' do.
+        sa.Index(f"ix_{name}_state_updated_at", "state", "updated_at", "task_id"),
+        sa.Index(f"ix_{name}_updated_at", "updated_at", "task_id"),
     ]
 
 
