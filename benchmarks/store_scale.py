@@ -316,8 +316,8 @@ def fill_redis(client: Any, prefix: str, ttl: int, now: datetime, chunks: Iterat
 
     Per delivery: its hash, expiring ``ttl`` after its last change; its claim (``done`` or
     ``failed`` for the TTL once settled, the owner for the lease while held, none after a release
-    or for an unreadable body); its place in ``index``, and in ``index:inflight`` or
-    ``index:unreadable``. Per task: its hash, with a ``stage:`` and a ``via:`` field per stage,
+    or for an unreadable body); its place in ``index``, and in ``index:inflight``,
+    ``index:failed`` or ``index:unreadable``. Per task: its hash, with a ``stage:`` and a ``via:`` field per stage,
     and its place in ``tasks`` and ``tasks:<state>``.
     """
     from flask_musiccallback.stores.redis import delivery_id
@@ -347,8 +347,8 @@ def fill_redis(client: Any, prefix: str, ttl: int, now: datetime, chunks: Iterat
                 pipeline.set(claim, d.owner or "", px=int((d.lease_expires_at - now) / _MS))
             if d.state in ("pending", "processing"):
                 indexes.setdefault(f"{prefix}index:inflight", {})[key_id] = score
-            elif d.state == "unreadable":
-                indexes.setdefault(f"{prefix}index:unreadable", {})[key_id] = score
+            elif d.state in ("failed", "unreadable"):
+                indexes.setdefault(f"{prefix}index:{d.state}", {})[key_id] = score
         for t in tasks:
             key = f"{prefix}task:{t.task_id}"
             fields = {
