@@ -12,7 +12,12 @@ from flask import Flask
 
 from flask_musiccallback import Delivery, all_tracks_generated
 from flask_musiccallback.families import MUSIC
-from flask_musiccallback.stores.base import MAX_TASK_ID_LENGTH, ClaimResult, DeliveryState
+from flask_musiccallback.stores.base import (
+    MAX_TASK_ID_LENGTH,
+    ClaimResult,
+    DeliveryState,
+    paced,
+)
 from flask_musiccallback.stores.owners import owner_process, process_owner
 from flask_musiccallback.testing import build_callback, signature_headers
 
@@ -226,6 +231,24 @@ def test_prune_deletes_in_batches_stepping_over_held_claims(persistent_app: Stor
     left = {kept.task_id for kept in store.list(limit=None)}
     assert left == {payload["data"]["task_id"] for payload in held}
     assert store.prune(timedelta(0)) == 0
+
+
+def test_a_prune_rests_between_its_steps_as_long_as_each_took() -> None:
+    """What a prune shares with the claims (SQLite's write lock, Redis's one thread) is theirs at
+    least half the time."""
+    starts: list[float] = []
+    ends: list[float] = []
+
+    def step() -> tuple[int, bool]:
+        starts.append(time.monotonic())
+        time.sleep(0.02)
+        ends.append(time.monotonic())
+        return 2, len(starts) < 3
+
+    assert paced(step) == 6
+    assert len(starts) == 3
+    for start, end, next_start in zip(starts, ends, starts[1:], strict=False):
+        assert next_start - end >= end - start
 
 
 def test_a_queued_claim_is_pending_until_a_worker_starts_it(persistent_app: StoreApp) -> None:

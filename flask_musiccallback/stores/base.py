@@ -35,6 +35,7 @@ import functools
 import hashlib
 import json
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,10 @@ DEFAULT_TIMEOUT = 3.0
 #: Deliveries a prune deletes per step (a transaction, a pipeline): a step holds no lock and
 #: no memory for longer than a few thousand rows take, however many expired.
 PRUNE_BATCH = 2000
+
+#: The longest rest between two steps of a prune, in seconds (each rest is as long as the step
+#: before it took, up to this: :func:`paced`).
+PRUNE_REST = 0.1
 
 #: The longest task id every store can key a delivery by (the SQL store's column holds 255).
 MAX_TASK_ID_LENGTH = 255
@@ -440,6 +445,25 @@ STATUS_STATES: Mapping[str, tuple[DeliveryState, ...]] = {
     "failed": (DeliveryState.FAILED,),
     "unreadable": (DeliveryState.UNREADABLE,),
 }
+
+
+def paced(step: Callable[[], tuple[int, bool]]) -> int:
+    """Run a prune's ``step`` (what it deleted, whether more may be left) until nothing is left;
+    the total deleted.
+
+    After each step the prune rests as long as the step took (at most :data:`PRUNE_REST`), so
+    that it never takes more than half of what it shares with the claims arriving meanwhile: a
+    SQLite database's one write lock, a Redis server's one thread, the machine's cores. A claim
+    waiting on the step gets its turn, rather than racing a prune that takes it straight back.
+    """
+    total = 0
+    while True:
+        started = time.monotonic()
+        deleted, more = step()
+        total += deleted
+        if not more:
+            return total
+        time.sleep(min(time.monotonic() - started, PRUNE_REST))
 
 
 def unreadable_stage(body: bytes) -> str:

@@ -60,6 +60,7 @@ from .base import (
     PersistentStore,
     StoreHealth,
     lease_from_url,
+    paced,
     timeout_from_url,
     unusable_url,
 )
@@ -411,6 +412,11 @@ return {#ids, passed, gone}
 
 #: Index entries a sifted listing reads per round trip.
 SIFT_PAGE = 2000
+
+#: Deliveries a prune forgets per pipeline. The server runs a pipeline's scripts one after the
+#: other on its one thread, and a claim arriving meanwhile waits for all of them: a few dozen
+#: take about as long as a claim itself, so the prune's share of the thread is all it delays.
+PRUNE_PIPELINE = 25
 
 
 def delivery_id(task_id: str, stage: str) -> str:
@@ -875,28 +881,34 @@ class RedisStore(PersistentStore):
         deleted = self._call(self._forget, self._keys(delivery_id), [delivery_id])
         return bool(int(deleted))
 
+    #: Deliveries a prune forgets per pipeline (:data:`PRUNE_PIPELINE`).
+    prune_batch = PRUNE_PIPELINE
+
     def prune(self, older_than: timedelta) -> int:
         """The expired deliveries, :attr:`prune_batch` per pipeline: a year's ids are never held
         in memory at once, nor their scripts' answers. Each delivery's script checks again that
         it may go; a claim still held stays in the index, where the next batch's offset steps
-        over it, and every other entry read leaves the range (:data:`_PRUNE`)."""
+        over it, and every other entry read leaves the range (:data:`_PRUNE`). The pipelines are
+        :func:`~.base.paced`: the server's one thread serves claims between them."""
         index = f"{self.prefix}index"
         cutoff = self._server_micros() - older_than // timedelta(microseconds=1)
-        total = kept = 0
-        while True:
+        kept = 0
+
+        def step() -> tuple[int, bool]:
+            nonlocal kept
             found = self.client.zrangebyscore(
                 index, "-inf", cutoff, start=kept, num=self.prune_batch
             )
             if not found:
-                return total
+                return 0, False
             pipeline = self.client.pipeline(transaction=False)
             for key_id in (_text(item) for item in found):
                 self._prune(keys=self._keys(key_id), args=[key_id, cutoff], client=pipeline)
             answers = [int(answer) for answer in pipeline.execute()]
-            total += answers.count(1)
             kept += answers.count(0)
-            if len(found) < self.prune_batch:
-                return total
+            return answers.count(1), len(found) == self.prune_batch
+
+        return paced(step)
 
     def reclaim(
         self,

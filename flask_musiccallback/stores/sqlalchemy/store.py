@@ -42,6 +42,7 @@ from ..base import (
     StoreUnavailable,
     check_timeout,
     lease_from_url,
+    paced,
     timeout_from_url,
 )
 from ..owners import claim_owner
@@ -88,10 +89,6 @@ T = TypeVar("T")
 
 #: Keys bound to one ``DELETE`` of a prune's batch.
 BOUND_KEYS = 500
-
-#: The longest rest between two batches of a prune, in seconds (each rest is as long as the
-#: batch before it took, up to this).
-PRUNE_REST = 0.1
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -898,9 +895,7 @@ class SQLAlchemyStore(PersistentStore):
         many.
 
         Each batch selects its keys and deletes them, the condition checked again (a row claimed
-        in between stays), in one short transaction. Between batches the store rests as long as
-        the batch took (at most :data:`!PRUNE_REST` seconds): a writer waiting for the lock (a
-        claim) gets it, rather than racing a prune that takes it straight back.
+        in between stays), in one short transaction; the batches are :func:`~..base.paced`.
         """
         batch = self.prune_batch
 
@@ -913,14 +908,11 @@ class SQLAlchemyStore(PersistentStore):
                 deleted += connection.execute(statement).rowcount
             return len(keys), deleted
 
-        total = 0
-        while True:
-            started = time.monotonic()
+        def step() -> tuple[int, bool]:
             found, deleted = self._run(one_batch, bounded=False)
-            total += deleted
-            if found < batch:
-                return total
-            time.sleep(min(time.monotonic() - started, PRUNE_REST))
+            return deleted, found == batch
+
+        return paced(step)
 
     def reclaim(
         self,
