@@ -317,8 +317,8 @@ def fill_redis(client: Any, prefix: str, ttl: int, now: datetime, chunks: Iterat
     Per delivery: its hash, expiring ``ttl`` after its last change; its claim (``done`` or
     ``failed`` for the TTL once settled, the owner for the lease while held, none after a release
     or for an unreadable body); its place in ``index``, and in ``index:inflight``,
-    ``index:failed`` or ``index:unreadable``. Per task: its hash, with a ``stage:`` and a ``via:`` field per stage,
-    and its place in ``tasks`` and ``tasks:<state>``.
+    ``index:failed`` or ``index:unreadable``. Per task: its hash, with a ``stage:`` and a
+    ``via:`` field per stage, and its place in ``tasks`` and ``tasks:<state>``.
     """
     from flask_musiccallback.stores.redis import delivery_id
 
@@ -461,10 +461,15 @@ class Claims:
         return statistics.median(self.latencies), cuts[98], max(self.latencies)
 
 
-def claiming(url: str, ttl: int, ready: Any, stop: Any, answer: Any) -> None:
-    """Claim, then complete, new deliveries until ``stop`` is set, timing each claim; runs in a
-    process of its own, as a web worker would, so that the prune's own Python work (and its
-    hold on the interpreter's lock) is no part of the figure."""
+def claiming(url: str, ttl: int, rate: float, ready: Any, stop: Any, answer: Any) -> None:
+    """Claim, then complete, new deliveries arriving ``rate`` a second until ``stop`` is set,
+    timing each claim; runs in a process of its own, as a web worker would, so that the prune's
+    own Python work (and its hold on the interpreter's lock) is no part of the figure.
+
+    The deliveries arrive on a schedule, as callbacks do, and each claim is timed from when its
+    delivery was due: one that had to wait for the one before it counts that wait. A loop that
+    claimed as fast as it could would meet each step of a prune once, however long the step,
+    and its percentiles would hide what a callback arriving at any moment meets."""
     store = require_persistent(store_from_url(url, ttl=ttl))
     store.init_app(Flask(__name__))
     prefix = uuid.uuid4().hex
@@ -472,6 +477,7 @@ def claiming(url: str, ttl: int, ready: Any, stop: Any, answer: Any) -> None:
     latencies: list[float] = []
     failures = 0
     serial = 0
+    due = time.perf_counter()
     while True:
         serial += 1
         body = template.replace(PLACEHOLDER, f"{prefix}-{serial}")
@@ -482,10 +488,11 @@ def claiming(url: str, ttl: int, ready: Any, stop: Any, answer: Any) -> None:
             ready.set()
         if stop.is_set():
             break
-        started = time.perf_counter()
+        due += 1 / rate
+        time.sleep(max(0.0, due - time.perf_counter()))
         try:
             store.claim(delivery)
-            latencies.append((time.perf_counter() - started) * 1000)
+            latencies.append((time.perf_counter() - due) * 1000)
             store.complete(delivery)
         except StoreUnavailable:
             failures += 1
@@ -494,14 +501,14 @@ def claiming(url: str, ttl: int, ready: Any, stop: Any, answer: Any) -> None:
 
 
 def claims_meanwhile(
-    url: str, ttl: int, work: Callable[[], object] | None, seconds: float
+    url: str, ttl: int, rate: float, work: Callable[[], object] | None, seconds: float
 ) -> tuple[Claims, float, object]:
-    """Claims by another process while ``work`` runs (or for ``seconds`` when there is none);
-    how long ``work`` took, and what it returned."""
+    """Claims by another process, ``rate`` a second, while ``work`` runs (or for ``seconds``
+    when there is none); how long ``work`` took, and what it returned."""
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Event(), context.Event()
     receiving, sending = context.Pipe(duplex=False)
-    process = context.Process(target=claiming, args=(url, ttl, ready, stop, sending))
+    process = context.Process(target=claiming, args=(url, ttl, rate, ready, stop, sending))
     process.start()
     if not ready.wait(120):
         process.kill()
@@ -679,21 +686,22 @@ def plans(url: str, queries: dict[str, Callable[[], object]]) -> list[str]:
 
 
 def prune_under_claims(store: PersistentStore, url: str, cutoff: timedelta,
-                       idle_seconds: float) -> Rows:  # fmt: skip
-    """The prune of what is older than ``cutoff`` while another process claims, against that
-    process's claims with the store idle, half the time before the prune and half after: the
-    machine's own noise is in both."""
-    first, _, _ = claims_meanwhile(url, store.ttl, None, idle_seconds / 2)
-    during, took, pruned = claims_meanwhile(url, store.ttl, lambda: store.prune(cutoff), 0)
+                       idle_seconds: float, rate: float) -> Rows:  # fmt: skip
+    """The prune of what is older than ``cutoff`` while another process claims, ``rate`` a
+    second, against that process's claims with the store idle, half the time before the prune
+    and half after: the machine's own noise is in both."""
+    ttl = store.ttl
+    first, _, _ = claims_meanwhile(url, ttl, rate, None, idle_seconds / 2)
+    during, took, pruned = claims_meanwhile(url, ttl, rate, lambda: store.prune(cutoff), 0)
     assert isinstance(pruned, int)
-    last, _, _ = claims_meanwhile(url, store.ttl, None, idle_seconds / 2)
+    last, _, _ = claims_meanwhile(url, ttl, rate, None, idle_seconds / 2)
     idle = Claims(first.latencies + last.latencies, first.failures + last.failures)
     idle_p50, idle_p99, idle_max = idle.percentiles()
     busy_p50, busy_p99, busy_max = during.percentiles()
     return [
-        (f"prune of the part older than {cutoff.days} days",
+        (f"prune of the part older than {cutoff.days} days, {store.prune_batch:,} a step",
          f"{took:.1f} s, {pruned:,} deliveries ({pruned / took:,.0f}/s)"),
-        ("claims, idle: p50 / p99 / longest",
+        (f"claims ({rate:g} a second), idle: p50 / p99 / longest",
          f"{idle_p50:.2f} / {idle_p99:.2f} / {idle_max:.0f} ms ({len(idle.latencies)} claims, "
          f"{idle.failures} failed)"),
         ("claims during the prune: p50 / p99 / longest",
@@ -714,6 +722,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs of each query (median)")
     parser.add_argument("--idle-seconds", type=float, default=10.0,
                         help="claims with no prune (half before it, half after)")  # fmt: skip
+    parser.add_argument("--claim-rate", type=float, default=200.0,
+                        help="deliveries a second claimed during the prune, and idle")  # fmt: skip
     parser.add_argument("--explain", action="store_true", help="the plan of each SQL query")
     parser.add_argument("--keep", action="store_true", help="leave both stores in place")
     parser.add_argument("--seed", type=int, default=20)
@@ -737,7 +747,8 @@ def main() -> None:
         rows += path + timed_queries(queries, args.runs)
         if args.explain and isinstance(full, SQLAlchemyStore):
             explained = plans(full_url, queries)
-        rows += prune_under_claims(full, full_url, span * (1 - EXPIRED_SHARE), args.idle_seconds)
+        cutoff = span * (1 - EXPIRED_SHARE)
+        rows += prune_under_claims(full, full_url, cutoff, args.idle_seconds, args.claim_rate)
     finally:
         if not args.keep:
             remove(full, full_url)

@@ -30,6 +30,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from ..base import (
     DEFAULT_LEASE,
     DEFAULT_TIMEOUT,
+    PRUNE_BATCH,
     STATUS_STATES,
     ClaimResult,
     Delivery,
@@ -90,6 +91,14 @@ T = TypeVar("T")
 #: Keys bound to one ``DELETE`` of a prune's batch.
 BOUND_KEYS = 500
 
+#: Rows a prune deletes per step on SQLite. Each step holds the database's one write lock, and a
+#: claim that meets it sleeps in SQLite's busy handler, whose tries come milliseconds apart: a
+#: claim waits about as long for a step of ten rows as for one of a thousand. What the claims
+#: feel is how often they meet a step, so the steps are short and the lock is theirs between
+#: them. PostgreSQL's steps are :data:`~..base.PRUNE_BATCH`: it locks rows, and a claim never
+#: waits for a prune's.
+SQLITE_PRUNE_BATCH = 10
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -141,6 +150,7 @@ class SQLAlchemyStore(PersistentStore):
         self._app: Flask | None = None
         self._lock = threading.Lock()
         self._ready = False
+        self._prune_batch: int | None = None
         #: Whether the engine autocommits: the extension's own does, a host's does not.
         self._autocommits = self._url is not None
         self._built: Statements | None = None
@@ -861,6 +871,20 @@ class SQLAlchemyStore(PersistentStore):
         statement = sa.delete(table).where(table.c.id == int(delivery_id))
         deleted: int = self._run(lambda c: c.execute(statement).rowcount, autocommit=True)
         return deleted == 1
+
+    @property
+    def prune_batch(self) -> int:
+        """Rows a prune deletes per step: :data:`SQLITE_PRUNE_BATCH` on SQLite, else
+        :data:`~..base.PRUNE_BATCH`, unless set."""
+        if self._prune_batch is not None:
+            return self._prune_batch
+        with self._lock:
+            dialect = self._engine_unlocked().dialect.name
+        return SQLITE_PRUNE_BATCH if dialect == "sqlite" else PRUNE_BATCH
+
+    @prune_batch.setter
+    def prune_batch(self, rows: int) -> None:
+        self._prune_batch = rows
 
     def prune(self, older_than: timedelta) -> int:
         """Finished deliveries, and those no claim holds: unreadable bodies, abandoned claims;
