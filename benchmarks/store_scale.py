@@ -257,9 +257,11 @@ def fill_sql(engine: sa.Engine, tables: Sequence[sa.Table], chunks: Iterator[Any
     """Bulk-write ``chunks`` into the store's deliveries and tasks tables: ``COPY`` on
     PostgreSQL, an ``INSERT`` run for many rows at once elsewhere.
 
-    Then the database is left as a store that filled over weeks would be: statistics gathered
-    (``ANALYZE``, as autovacuum would) and the fill's writes checkpointed, so that the writes of
-    a minute's fill are not flushed while the claims are timed."""
+    Then the database is left as a store that filled over weeks would be: vacuumed and its
+    statistics gathered (PostgreSQL's ``VACUUM (ANALYZE)``, as autovacuum would have done by
+    then) and the fill's writes checkpointed. Left to the server, autovacuum's first pass over a
+    table loaded in a minute, and the checkpoints of the WAL it writes, ran while the claims were
+    timed."""
     deliveries, tasks = tables
     if engine.dialect.name == "postgresql":
         import psycopg
@@ -283,7 +285,7 @@ def fill_sql(engine: sa.Engine, tables: Sequence[sa.Table], chunks: Iterator[Any
             with driver.cursor() as cursor:
                 driver.autocommit = True
                 for table in tables:
-                    cursor.execute(f"ANALYZE {table.name}")
+                    cursor.execute(f"VACUUM (ANALYZE) {table.name}")
                 try:
                     cursor.execute("CHECKPOINT")
                 except psycopg.errors.InsufficientPrivilege:
