@@ -313,7 +313,8 @@ def fill_sql(engine: sa.Engine, tables: Sequence[sa.Table], chunks: Iterator[Any
                 if rows:
                     connection.execute(statement, rows)
             connection.commit()
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 # -- filling a Redis store ----------------------------------------------------------------------
@@ -750,6 +751,8 @@ def main() -> None:
         "--prune-batch", type=int, default=None, help="deliveries per step of the prune"
     )
     args = parser.parse_args()
+    if args.claim_rate <= 0:
+        parser.error("--claim-rate must be above 0")
 
     ttl = int(args.ttl_days * 86400)
     span = timedelta(seconds=ttl) - timedelta(hours=1)  # nothing expires during the run

@@ -452,9 +452,10 @@ def paced(step: Callable[[], tuple[int, bool]]) -> int:
     the total deleted.
 
     After each step the prune rests as long as the step took (at most :data:`PRUNE_REST`), so
-    that it never takes more than half of what it shares with the claims arriving meanwhile: a
-    SQLite database's one write lock, a Redis server's one thread, the machine's cores. A claim
-    waiting on the step gets its turn, rather than racing a prune that takes it straight back.
+    that a prune of short steps takes no more than half of what it shares with the claims
+    arriving meanwhile: a SQLite database's one write lock, a Redis server's one thread, the
+    machine's cores. A claim waiting on the step gets its turn, rather than racing a prune that
+    takes it straight back.
     """
     total = 0
     while True:

@@ -878,8 +878,12 @@ class SQLAlchemyStore(PersistentStore):
         :data:`~..base.PRUNE_BATCH`, unless set."""
         if self._prune_batch is not None:
             return self._prune_batch
-        with self._lock:
-            dialect = self._engine_unlocked().dialect.name
+        if self._url is not None:
+            dialect = self._url.get_backend_name()
+        else:
+            self.tables  # noqa: B018 - a host's database not set up yet is StoreUnavailable
+            with self._lock:
+                dialect = self._engine_unlocked().dialect.name
         return SQLITE_PRUNE_BATCH if dialect == "sqlite" else PRUNE_BATCH
 
     @prune_batch.setter
