@@ -786,7 +786,7 @@ class RedisStore(PersistentStore):
 
         prefix = f"{self.prefix}delivery:"
         named = sorted(state.value for state in states or ())
-        if (task_id is None and (status is None or status in _STATUS_INDEXES)) or len(named) > 2:
+        if task_id is None and (status is None or status in _STATUS_INDEXES):
             return self._scan(
                 index,
                 lambda start, count: self.client.zrevrange(index, start, start + count - 1),

@@ -96,7 +96,7 @@ BOUND_KEYS = 500
 #: claim waits about as long for a step of ten rows as for one of a thousand. What the claims
 #: feel is how often they meet a step, so the steps are short and the lock is theirs between
 #: them. PostgreSQL's steps are :data:`~..base.PRUNE_BATCH`: it locks rows, and a claim never
-#: waits for a prune's.
+#: waits for a prune's locks (only for its writes to the WAL, whatever the step's size).
 SQLITE_PRUNE_BATCH = 10
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
