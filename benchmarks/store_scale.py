@@ -721,7 +721,8 @@ def prune_under_claims(store: PersistentStore, url: str, cutoff: timedelta,
                 f"{claims.failures} failed)")  # fmt: skip
 
     return [
-        (f"prune of the part older than {cutoff.days} days, {store.prune_batch:,} a step",
+        (f"prune of the part older than {cutoff.days} days, {store.prune_batch:,} a step"
+         + ("" if store.prune_rate is None else f", {store.prune_rate:,g} a second at most"),
          f"{took:.1f} s, {pruned:,} deliveries ({pruned / took:,.0f}/s)"),
         (f"claims ({rate:g} a second), idle: p50 / p99 / longest", seen(idle)),
         ("claims during the prune: p50 / p99 / longest", seen(during)),
@@ -750,6 +751,9 @@ def main() -> None:
     parser.add_argument(
         "--prune-batch", type=int, default=None, help="deliveries per step of the prune"
     )
+    parser.add_argument(
+        "--prune-rate", type=float, default=None, help="deliveries a second the prune deletes"
+    )
     args = parser.parse_args()
     if args.claim_rate <= 0:
         parser.error("--claim-rate must be above 0")
@@ -761,6 +765,8 @@ def main() -> None:
     full, empty = open_store(full_url, ttl), open_store(empty_url, ttl)
     if args.prune_batch is not None:
         full.prune_batch = args.prune_batch
+    if args.prune_rate is not None:
+        full.prune_rate = args.prune_rate
     explained: list[str] = []
     try:
         rows = fill(full, full_url, args.kept, span, args.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -249,6 +250,21 @@ def test_a_prune_rests_between_its_steps_as_long_as_each_took() -> None:
     assert len(starts) == 3
     for start, end, next_start in zip(starts, ends, starts[1:], strict=False):
         assert next_start - end >= end - start
+
+
+def test_a_prune_with_a_rate_deletes_no_more_rows_a_second_than_it() -> None:
+    """A database writes for each row deleted, and claims wait for those writes: a rate bounds
+    them, however quick the steps. The rest after the last step is not taken."""
+    starts: list[float] = []
+
+    def step() -> tuple[int, bool]:
+        starts.append(time.monotonic())
+        return 50, len(starts) < 4
+
+    assert paced(step, rate=1000) == 200
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert len(gaps) == 3
+    assert min(gaps) >= 0.05  # 50 rows at 1,000 a second
 
 
 def test_a_queued_claim_is_pending_until_a_worker_starts_it(persistent_app: StoreApp) -> None:

@@ -447,7 +447,7 @@ STATUS_STATES: Mapping[str, tuple[DeliveryState, ...]] = {
 }
 
 
-def paced(step: Callable[[], tuple[int, bool]]) -> int:
+def paced(step: Callable[[], tuple[int, bool]], rate: float | None = None) -> int:
     """Run a prune's ``step`` (what it deleted, whether more may be left) until nothing is left;
     the total deleted.
 
@@ -456,6 +456,11 @@ def paced(step: Callable[[], tuple[int, bool]]) -> int:
     arriving meanwhile: a SQLite database's one write lock, a Redis server's one thread, the
     machine's cores. A claim waiting on the step gets its turn, rather than racing a prune that
     takes it straight back.
+
+    With a ``rate``, it rests longer where need be, so as to delete no more than ``rate`` rows
+    a second: what a database must write for a prune grows with the rows, and its claims wait
+    for those writes too (a commit waits for the log written before it), however short the
+    steps.
     """
     total = 0
     while True:
@@ -464,7 +469,11 @@ def paced(step: Callable[[], tuple[int, bool]]) -> int:
         total += deleted
         if not more:
             return total
-        time.sleep(min(time.monotonic() - started, PRUNE_REST))
+        took = time.monotonic() - started
+        rest = min(took, PRUNE_REST)
+        if rate is not None:
+            rest = max(rest, deleted / rate - took)
+        time.sleep(rest)
 
 
 def unreadable_stage(body: bytes) -> str:
@@ -560,6 +569,9 @@ class PersistentStore(Store):
 
     #: Deliveries :meth:`prune` deletes per step (:data:`!PRUNE_BATCH`).
     prune_batch: int = PRUNE_BATCH
+    #: Deliveries :meth:`prune` deletes a second at most (:func:`paced`); ``None``: paced by
+    #: its steps' time alone.
+    prune_rate: float | None = None
 
     def __init__(self, *, ttl: int, lease: int = DEFAULT_LEASE) -> None:
         super().__init__(ttl=ttl)

@@ -908,7 +908,7 @@ class RedisStore(PersistentStore):
             kept += answers.count(0)
             return answers.count(1), len(found) == self.prune_batch
 
-        return paced(step)
+        return paced(step, self.prune_rate)
 
     def reclaim(
         self,

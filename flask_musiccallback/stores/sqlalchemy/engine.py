@@ -88,6 +88,9 @@ def create_engine(url: URL | None, timeout: float, instance_path: str | None = N
 #: Set in a connection's ``info`` when its statements are cancelled after the store's timeout.
 STATEMENT_TIMEOUT = "musiccallback_statement_timeout"
 
+#: Set in a connection's ``info`` when its SQLite file is in WAL mode and every commit syncs.
+WRITE_AHEAD_LOG = "musiccallback_write_ahead_log"
+
 
 def _statement_timeout(timeout: float) -> Callable[[Any, Any], None]:
     """A ``connect`` listener giving each new PostgreSQL connection ``statement_timeout``."""
@@ -121,6 +124,7 @@ def _write_ahead_log(dbapi_connection: Any, record: Any) -> None:
         mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
         if mode is not None and str(mode[0]).lower() == "wal":
             cursor.execute("PRAGMA synchronous=FULL")
+            record.info[WRITE_AHEAD_LOG] = True
     except sqlite3.OperationalError:
         pass
     finally:

@@ -51,6 +51,7 @@ from ..tasks import TaskChange, TaskRecord, TaskState
 from ..watchdog import Watchdog
 from .engine import (
     STATEMENT_TIMEOUT,
+    WRITE_AHEAD_LOG,
     create_engine,
     create_tables,
     database_url,
@@ -329,7 +330,12 @@ class SQLAlchemyStore(PersistentStore):
         return "the app's Flask-SQLAlchemy database"
 
     def _run(
-        self, work: Callable[[Connection], T], *, autocommit: bool = False, bounded: bool = True
+        self,
+        work: Callable[[Connection], T],
+        *,
+        autocommit: bool = False,
+        bounded: bool = True,
+        synced: bool = True,
     ) -> T:
         """Run ``work`` in one transaction; :class:`~..base.NotReached` when no connection could
         be had.
@@ -341,12 +347,14 @@ class SQLAlchemyStore(PersistentStore):
         so that a database restart costs no 503. Work that outlives the store's timeout is cut
         off and not retried (:class:`~..watchdog.Watchdog`), unless it is not ``bounded``:
         listing and pruning, which may scan a large table and never run on the request path.
+        Work not ``synced`` may be lost to a crash of the machine once committed (see
+        :meth:`_begin`).
         """
         reached = False
 
         def attempt(engine: Engine) -> T:
             nonlocal reached
-            with self._begin(engine, autocommit, bounded) as connection:
+            with self._begin(engine, autocommit, bounded, synced) as connection:
                 reached = True
                 return work(connection)
 
@@ -448,7 +456,9 @@ class SQLAlchemyStore(PersistentStore):
         return self._url is not None and self._url.get_backend_name() in self.upsert_dialects
 
     @contextmanager
-    def _begin(self, engine: Engine, autocommit: bool, bounded: bool) -> Iterator[Connection]:
+    def _begin(
+        self, engine: Engine, autocommit: bool, bounded: bool, synced: bool = True
+    ) -> Iterator[Connection]:
         """A connection in a transaction, or in autocommit; under the watchdog if ``bounded``.
 
         The extension's own engine autocommits (:func:`.engine.create_engine`), as the request path
@@ -457,21 +467,42 @@ class SQLAlchemyStore(PersistentStore):
         Either switch is undone when the connection goes back to the pool. Work that is not
         ``bounded`` lifts the ``statement_timeout`` of the extension's own PostgreSQL engine for
         its transaction.
+
+        Work not ``synced`` commits without waiting for the disk: PostgreSQL's
+        ``synchronous_commit`` is off for its transaction, and the extension's own SQLite file
+        (in WAL mode) drops to ``synchronous=NORMAL`` for it. A crash of the machine may then
+        undo its last commits, never part of one nor any commit made after it by a synced
+        transaction, which flushes the log written before it. That suits the prune alone: what
+        it deleted and lost comes back expired, and the next prune deletes it again. The commit
+        it saves is the longest part of a short transaction, which on SQLite holds the
+        database's one write lock throughout.
         """
         with engine.connect() as connection:
-            if autocommit != self._autocommits:
-                level = "AUTOCOMMIT" if autocommit else connection.default_isolation_level
-                connection.execution_options(isolation_level=level)
-            if bounded:
-                watch: AbstractContextManager[object] = self._watchdog.watch(
-                    connection.connection.dbapi_connection
-                )
-            else:
-                watch = nullcontext()
-            with watch, connection.begin():
-                if not bounded and STATEMENT_TIMEOUT in connection.connection.info:
-                    connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
-                yield connection
+            info = connection.connection.info
+            relaxed = (
+                not synced
+                and WRITE_AHEAD_LOG in info
+                and _pragmas(connection, "PRAGMA synchronous=NORMAL")
+            )
+            try:
+                if autocommit != self._autocommits:
+                    level = "AUTOCOMMIT" if autocommit else connection.default_isolation_level
+                    connection.execution_options(isolation_level=level)
+                if bounded:
+                    watch: AbstractContextManager[object] = self._watchdog.watch(
+                        connection.connection.dbapi_connection
+                    )
+                else:
+                    watch = nullcontext()
+                with watch, connection.begin():
+                    if not bounded and STATEMENT_TIMEOUT in info:
+                        connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                    if not synced and connection.dialect.name == "postgresql":
+                        connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                    yield connection
+            finally:
+                if relaxed:
+                    _settle(connection)
 
     def close(self) -> None:
         if self._engine is not None and self._db is None:
@@ -937,10 +968,10 @@ class SQLAlchemyStore(PersistentStore):
             return len(keys), deleted
 
         def step() -> tuple[int, bool]:
-            found, deleted = self._run(one_batch, bounded=False)
+            found, deleted = self._run(one_batch, bounded=False, synced=False)
             return deleted, found == batch
 
-        return paced(step)
+        return paced(step, self.prune_rate)
 
     def reclaim(
         self,
@@ -1003,6 +1034,37 @@ def _new_row(delivery: Delivery, now: datetime) -> dict[str, Any]:
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _pragmas(connection: Connection, *pragmas: str) -> bool:
+    """Run SQLite ``pragmas`` between two transactions, on the driver's own connection
+    (SQLAlchemy's would begin one, in which SQLite refuses to change ``synchronous``); whether
+    they all ran."""
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    try:
+        cursor = dbapi_connection.cursor()
+        for pragma in pragmas:
+            cursor.execute(pragma)
+        cursor.close()
+    except connection.dialect.loaded_dbapi.Error:
+        return False
+    return True
+
+
+def _settle(connection: Connection) -> None:
+    """After a SQLite transaction committed unsynced: checkpoint, then sync every commit again.
+
+    The checkpoint syncs the log and copies what the transaction wrote into the database file,
+    outside the write lock, which claims then never wait for; left to itself, SQLite makes the
+    first commit past a thousand pages do it, and that is a claim. ``synchronous=FULL`` is
+    back before the pool lends the connection to one: a connection that fails to take it is
+    thrown away. The work done on it stands.
+    """
+    if connection.invalidated:
+        return
+    if not _pragmas(connection, "PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA synchronous=FULL"):
+        connection.invalidate()
 
 
 def _explain(exc: BaseException) -> str:
