@@ -18,10 +18,14 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_musiccallback import MusicCallback, StoreError
 from flask_musiccallback.contract import unreadable_delivery
-from flask_musiccallback.stores.base import PRUNE_BATCH, ClaimResult, Delivery, utcnow
+from flask_musiccallback.stores.base import ClaimResult, Delivery, utcnow
 from flask_musiccallback.stores.sqlalchemy import DEFAULT_TABLE, SQLAlchemyStore, table_items
 from flask_musiccallback.stores.sqlalchemy.signatures import signatures_table_name
-from flask_musiccallback.stores.sqlalchemy.store import SQLITE_PRUNE_BATCH
+from flask_musiccallback.stores.sqlalchemy.store import (
+    SERVER_PRUNE_BATCH,
+    SERVER_PRUNE_RATE,
+    SQLITE_PRUNE_BATCH,
+)
 from flask_musiccallback.stores.sqlalchemy.tasks import DEFAULT_TASKS_TABLE, tasks_table_name
 from flask_musiccallback.stores.tasks import VIA_POLL
 from flask_musiccallback.testing import build_callback
@@ -415,20 +419,23 @@ def test_a_database_made_before_the_tasks_table_gets_it_on_first_use(tmp_path: P
 def test_a_prune_steps_through_few_rows_on_sqlite_and_a_batch_on_postgresql(
     request: pytest.FixtureRequest, tmp_path: Path, backend: str
 ) -> None:
-    """SQLite has one write lock, which each step holds; PostgreSQL locks the rows deleted only.
-    Either way every expired row goes, in as many steps as it takes."""
+    """SQLite has one write lock, which each step holds; PostgreSQL locks the rows deleted only,
+    and its steps are held to a rate. Either way every expired row goes, in as many steps as it
+    takes."""
     url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgresql_url")
     store = SQLAlchemyStore(url, ttl=60)
-    expected = SQLITE_PRUNE_BATCH if backend == "sqlite" else PRUNE_BATCH
-    assert store.prune_batch == expected
+    if backend == "sqlite":
+        assert (store.prune_batch, store.prune_rate) == (SQLITE_PRUNE_BATCH, None)
+    else:
+        assert (store.prune_batch, store.prune_rate) == (SERVER_PRUNE_BATCH, SERVER_PRUNE_RATE)
     for n in range(2 * SQLITE_PRUNE_BATCH + 3):
         delivery = Delivery(f"t{n}", "complete", build_callback("complete"), utcnow())
         store.claim(delivery)
         store.complete(delivery)
     time.sleep(0.01)
     assert store.prune(timedelta(0)) == 2 * SQLITE_PRUNE_BATCH + 3
-    store.prune_batch = 4
-    assert store.prune_batch == 4
+    store.prune_batch, store.prune_rate = 4, None
+    assert (store.prune_batch, store.prune_rate) == (4, None)
     assert store.list() == []
     store.close()
 

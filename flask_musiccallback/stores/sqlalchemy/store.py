@@ -30,7 +30,6 @@ from sqlalchemy.pool import PoolProxiedConnection
 from ..base import (
     DEFAULT_LEASE,
     DEFAULT_TIMEOUT,
-    PRUNE_BATCH,
     STATUS_STATES,
     ClaimResult,
     Delivery,
@@ -96,9 +95,15 @@ BOUND_KEYS = 500
 #: claim that meets it sleeps in SQLite's busy handler, whose tries come milliseconds apart: a
 #: claim waits about as long for a step of ten rows as for one of a thousand. What the claims
 #: feel is how often they meet a step, so the steps are short and the lock is theirs between
-#: them. PostgreSQL's steps are :data:`~..base.PRUNE_BATCH`: it locks rows, and a claim never
-#: waits for a prune's locks (only for its writes to the WAL, whatever the step's size).
+#: them (and each commits unsynced, syncing in its own checkpoint outside the lock: ``_settle``).
 SQLITE_PRUNE_BATCH = 10
+
+#: Rows a prune deletes per step on a database server (PostgreSQL), and a second at most. It
+#: locks only the rows it deletes, which no claim waits for; but a claim's commit waits until the
+#: log written before it is flushed, the step's included. Short steps keep that wait short, and
+#: the rate leaves most claims clear of any step.
+SERVER_PRUNE_BATCH = 200
+SERVER_PRUNE_RATE = 2000.0
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -152,6 +157,8 @@ class SQLAlchemyStore(PersistentStore):
         self._lock = threading.Lock()
         self._ready = False
         self._prune_batch: int | None = None
+        self._prune_rate: float | None = None
+        self._prune_rate_set = False
         #: Whether the engine autocommits: the extension's own does, a host's does not.
         self._autocommits = self._url is not None
         self._built: Statements | None = None
@@ -906,20 +913,33 @@ class SQLAlchemyStore(PersistentStore):
     @property
     def prune_batch(self) -> int:
         """Rows a prune deletes per step: :data:`SQLITE_PRUNE_BATCH` on SQLite, else
-        :data:`~..base.PRUNE_BATCH`, unless set."""
+        :data:`SERVER_PRUNE_BATCH`, unless set."""
         if self._prune_batch is not None:
             return self._prune_batch
-        if self._url is not None:
-            dialect = self._url.get_backend_name()
-        else:
-            self.tables  # noqa: B018 - a host's database not set up yet is StoreUnavailable
-            with self._lock:
-                dialect = self._engine_unlocked().dialect.name
-        return SQLITE_PRUNE_BATCH if dialect == "sqlite" else PRUNE_BATCH
+        return SQLITE_PRUNE_BATCH if self._on_sqlite() else SERVER_PRUNE_BATCH
 
     @prune_batch.setter
     def prune_batch(self, rows: int) -> None:
         self._prune_batch = rows
+
+    @property
+    def prune_rate(self) -> float | None:
+        """Rows a prune deletes a second at most: none on SQLite, whose steps are paced by their
+        time, else :data:`SERVER_PRUNE_RATE`, unless set (``None``: none)."""
+        if self._prune_rate_set:
+            return self._prune_rate
+        return None if self._on_sqlite() else SERVER_PRUNE_RATE
+
+    @prune_rate.setter
+    def prune_rate(self, rows: float | None) -> None:
+        self._prune_rate, self._prune_rate_set = rows, True
+
+    def _on_sqlite(self) -> bool:
+        if self._url is not None:
+            return self._url.get_backend_name() == "sqlite"
+        self.tables  # noqa: B018 - a host's database not set up yet is StoreUnavailable
+        with self._lock:
+            return self._engine_unlocked().dialect.name == "sqlite"
 
     def prune(self, older_than: timedelta) -> int:
         """Finished deliveries, and those no claim holds: unreadable bodies, abandoned claims;
