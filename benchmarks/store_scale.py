@@ -752,11 +752,14 @@ def main() -> None:
         "--prune-batch", type=int, default=None, help="deliveries per step of the prune"
     )
     parser.add_argument(
-        "--prune-rate", type=float, default=None, help="deliveries a second the prune deletes"
-    )
+        "--prune-rate", type=float, default=None,
+        help="deliveries a second the prune deletes at most (0: no limit)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.claim_rate <= 0:
         parser.error("--claim-rate must be above 0")
+    if args.prune_rate is not None and args.prune_rate < 0:
+        parser.error("--prune-rate must be 0 (no limit) or above")
 
     ttl = int(args.ttl_days * 86400)
     span = timedelta(seconds=ttl) - timedelta(hours=1)  # nothing expires during the run
@@ -766,7 +769,7 @@ def main() -> None:
     if args.prune_batch is not None:
         full.prune_batch = args.prune_batch
     if args.prune_rate is not None:
-        full.prune_rate = args.prune_rate
+        full.prune_rate = args.prune_rate or None
     explained: list[str] = []
     try:
         rows = fill(full, full_url, args.kept, span, args.seed)

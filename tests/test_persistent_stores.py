@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -252,19 +251,22 @@ def test_a_prune_rests_between_its_steps_as_long_as_each_took() -> None:
         assert next_start - end >= end - start
 
 
-def test_a_prune_with_a_rate_deletes_no_more_rows_a_second_than_it() -> None:
+def test_a_prune_with_a_rate_deletes_no_more_rows_a_second_than_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A database writes for each row deleted, and claims wait for those writes: a rate bounds
-    them, however quick the steps. The rest after the last step is not taken."""
-    starts: list[float] = []
+    them, however quick the steps. No rest follows the last step."""
+    rests: list[float] = []
+    monkeypatch.setattr(time, "sleep", rests.append)
+    steps = iter([(50, True), (50, True), (20, True), (0, False)])
 
-    def step() -> tuple[int, bool]:
-        starts.append(time.monotonic())
-        return 50, len(starts) < 4
+    assert paced(lambda: next(steps), rate=1000) == 120
+    assert len(rests) == 3
+    for rest, rows in zip(rests, (50, 50, 20), strict=True):
+        assert rows / 1000 - 0.001 < rest <= rows / 1000  # less the step's own time
 
-    assert paced(step, rate=1000) == 200
-    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
-    assert len(gaps) == 3
-    assert min(gaps) >= 0.05  # 50 rows at 1,000 a second
+    with pytest.raises(ValueError, match="above 0"):
+        paced(lambda: (0, False), rate=0)
 
 
 def test_a_queued_claim_is_pending_until_a_worker_starts_it(persistent_app: StoreApp) -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -440,72 +441,101 @@ def test_a_prune_steps_through_few_rows_on_sqlite_and_a_batch_on_postgresql(
     store.close()
 
 
-#: How each database tells whether a commit waits for the disk: ``(query, synced, unsynced)``.
-SYNC_SETTING = {
-    "sqlite": ("PRAGMA synchronous", (2,), (1,)),  # FULL, NORMAL
-    "postgresql": ("SHOW synchronous_commit", ("on",), ("off",)),
-}
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "host sqlite", "postgresql"])
-def test_a_prune_commits_without_waiting_for_the_disk_and_lends_no_connection_so(
-    request: pytest.FixtureRequest, tmp_path: Path, backend: str
-) -> None:
-    """What a crash takes of a prune comes back expired, and the next prune deletes it again; a
-    claim's commit must outlive the crash. So the prune's steps alone skip the sync, on the
-    extension's own SQLite file (in WAL mode) and on PostgreSQL, and every connection the pool
-    lends, before, between and after the steps, syncs. A host's SQLite is left as it is."""
-    dialect = "postgresql" if backend == "postgresql" else "sqlite"
-    query, synced, unsynced = SYNC_SETTING[dialect]
-    if backend == "postgresql":
-        # The test server skips syncs for speed; these connections ask for them.
-        url = request.getfixturevalue("postgresql_url") + "?options=-csynchronous_commit%3Don"
-        store = SQLAlchemyStore(url, ttl=60)
-    elif backend == "sqlite":
-        store = SQLAlchemyStore(sqlite_url(tmp_path), ttl=60)
-    else:
-        store = SQLAlchemyStore(engine=sa.create_engine(sqlite_url(tmp_path)), ttl=60)
-    store.prune_batch = 3
-    for n in range(10):
-        delivery = Delivery(f"t{n}", "complete", build_callback("complete"), utcnow())
-        store.claim(delivery)
-        store.complete(delivery)
-    deleting: list[Any] = []
-    lent: list[Any] = []
+def synchronous_levels() -> tuple[list[int], list[int], Callable[[], None]]:
+    """Every SQLite connection's ``synchronous`` as each ``DELETE`` runs, and as the pool lends
+    it; and how to stop looking."""
+    deleting: list[int] = []
+    lent: list[int] = []
 
     def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith("DELETE"):
-            deleting.append(tuple(cursor.connection.execute(query).fetchone()))
+            deleting.append(cursor.connection.execute("PRAGMA synchronous").fetchone()[0])
 
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(query)
-        lent.append(tuple(cursor.fetchone()))
-        cursor.close()
+        lent.append(dbapi_connection.execute("PRAGMA synchronous").fetchone()[0])
 
     sa.event.listen(sa.engine.Engine, "before_cursor_execute", before_execute)
     sa.event.listen(sa.pool.Pool, "checkout", checkout)
+
+    def stop() -> None:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", before_execute)
+        sa.event.remove(sa.pool.Pool, "checkout", checkout)
+
+    return deleting, lent, stop
+
+
+def expired(store: SQLAlchemyStore, count: int) -> None:
+    for n in range(count):
+        delivery = Delivery(f"t{n}", "complete", build_callback("complete"), utcnow())
+        store.claim(delivery)
+        store.complete(delivery)
+    time.sleep(0.01)
+
+
+FULL, NORMAL = 2, 1  # SQLite's synchronous
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["own file", "host engine"])
+def test_a_prune_on_sqlite_commits_unsynced_and_lends_no_connection_so(
+    tmp_path: Path, own: bool
+) -> None:
+    """What a crash takes of a prune comes back expired, and the next prune deletes it again; a
+    claim's commit must outlive the crash. So on the extension's own SQLite file the prune's
+    steps alone skip the sync, and every connection the pool lends, before, between and after
+    them, syncs. A host's SQLite is left as it is."""
+    url = sqlite_url(tmp_path)
+    store = SQLAlchemyStore(url, ttl=60) if own else SQLAlchemyStore(engine=sa.create_engine(url))
+    store.prune_batch = 3
+    expired(store, 10)
+    deleting, lent, stop = synchronous_levels()
     try:
-        time.sleep(0.01)
         assert store.prune(timedelta(0)) == 10
         late = Delivery("late", "complete", {}, utcnow())
         assert store.claim(late) is ClaimResult.CLAIMED
         store.complete(late)
     finally:
-        sa.event.remove(sa.engine.Engine, "before_cursor_execute", before_execute)
-        sa.event.remove(sa.pool.Pool, "checkout", checkout)
+        stop()
         store.close()
     assert len(deleting) == 4  # ten deliveries, three a step
-    assert set(deleting) == {synced if backend == "host sqlite" else unsynced}
     assert len(lent) >= len(deleting) + 2
-    assert set(lent) == {synced}
+    if own:
+        assert set(deleting) == {NORMAL}
+        assert set(lent) == {FULL}
+    else:
+        assert set(deleting) == set(lent)
+
+
+def test_a_prune_step_that_fails_leaves_its_connection_synced(tmp_path: Path) -> None:
+    store = SQLAlchemyStore(sqlite_url(tmp_path), ttl=60)
+    expired(store, 3)
+    deleting, lent, stop = synchronous_levels()
+
+    def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            raise RuntimeError("the disk is gone")
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", fail)
+    try:
+        with pytest.raises(StoreError):
+            store.prune(timedelta(0))
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", fail)
+    try:
+        late = Delivery("late", "complete", {}, utcnow())
+        assert store.claim(late) is ClaimResult.CLAIMED
+    finally:
+        stop()
+        store.close()
+    assert deleting == [NORMAL]
+    assert lent[-1] == FULL
+    assert set(lent) == {FULL}
 
 
 def test_a_prune_on_sqlite_checkpoints_its_own_writes_so_no_claim_has_to(tmp_path: Path) -> None:
-    """SQLite has the first commit past a thousand pages of log copy them into the database file;
-    during a prune that would be a claim, paying for the prune's pages. The prune copies its own,
-    outside the write lock: once it returns, the database file without its log has none of
-    the pruned rows."""
+    """SQLite has the first commit past ``wal_autocheckpoint`` pages of log copy them into the
+    database file; during a prune that would be a claim, paying for the prune's pages. The prune
+    copies its own, outside the write lock: once it returns, the database file without its log
+    has none of the pruned rows."""
     store = SQLAlchemyStore(sqlite_url(tmp_path), ttl=60)
     store.prune_batch = 3
     for n in range(10):

@@ -462,6 +462,8 @@ def paced(step: Callable[[], tuple[int, bool]], rate: float | None = None) -> in
     for those writes too (a commit waits for the log written before it), however short the
     steps.
     """
+    if rate is not None and not rate > 0:
+        raise ValueError(f"A prune's rate must be above 0 rows a second (None: no limit): {rate!r}")
     total = 0
     while True:
         started = time.monotonic()

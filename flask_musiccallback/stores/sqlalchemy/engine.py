@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from ...redact import redact_url
@@ -91,6 +91,9 @@ STATEMENT_TIMEOUT = "musiccallback_statement_timeout"
 #: Set in a connection's ``info`` when its SQLite file is in WAL mode and every commit syncs.
 WRITE_AHEAD_LOG = "musiccallback_write_ahead_log"
 
+#: Every commit on the extension's own SQLite file syncs, but a prune's (:func:`relax`).
+SYNC_EVERY_COMMIT = "PRAGMA synchronous=FULL"
+
 
 def _statement_timeout(timeout: float) -> Callable[[Any, Any], None]:
     """A ``connect`` listener giving each new PostgreSQL connection ``statement_timeout``."""
@@ -123,12 +126,62 @@ def _write_ahead_log(dbapi_connection: Any, record: Any) -> None:
     try:
         mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
         if mode is not None and str(mode[0]).lower() == "wal":
-            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(SYNC_EVERY_COMMIT)
             record.info[WRITE_AHEAD_LOG] = True
     except sqlite3.OperationalError:
         pass
     finally:
         cursor.close()
+
+
+def relax(connection: Connection) -> bool:
+    """Let the next transaction on ``connection`` commit without a sync, on the extension's own
+    SQLite file in WAL mode; whether it will.
+
+    Its commit then holds the database's one write lock for a write to the log alone, not for
+    a sync too. Only WAL keeps such a commit whole through a crash of the machine: the log is
+    replayed in order up to its last whole transaction, and every synced commit syncs the log
+    written before it. So a crash may undo the relaxed commits since the log was last synced,
+    never part of one, nor a synced commit. :func:`resync` must follow the transaction.
+    """
+    return WRITE_AHEAD_LOG in connection.connection.info and _pragmas(
+        connection, "PRAGMA synchronous=NORMAL"
+    )
+
+
+def resync(connection: Connection) -> None:
+    """After a relaxed transaction: a checkpoint, then every commit syncs again.
+
+    The checkpoint copies what the transaction wrote into the database file (syncing the log
+    first), outside the write lock. Left to SQLite, the copy falls to the first commit past
+    ``wal_autocheckpoint`` pages of log, which during a prune is a claim's. It is skipped when
+    it cannot be had (a reader still on older pages): a later commit does it. A connection that
+    cannot sync every commit again is thrown away before the pool lends it to a claim.
+    """
+    if connection.invalidated:
+        return
+    _pragmas(connection, "PRAGMA wal_checkpoint(PASSIVE)")
+    if not _pragmas(connection, SYNC_EVERY_COMMIT):
+        connection.invalidate()
+
+
+def _pragmas(connection: Connection, *pragmas: str) -> bool:
+    """Run SQLite ``pragmas`` between two transactions, on the driver's own connection:
+    SQLAlchemy's would begin one, in which SQLite refuses to change ``synchronous``. Whether
+    they all ran."""
+    dbapi_connection = connection.connection.dbapi_connection
+    if dbapi_connection is None:
+        return False
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in pragmas:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+    except connection.dialect.loaded_dbapi.Error:
+        return False
+    return True
 
 
 def _has_psycopg3_only() -> bool:

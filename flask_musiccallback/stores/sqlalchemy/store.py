@@ -50,11 +50,12 @@ from ..tasks import TaskChange, TaskRecord, TaskState
 from ..watchdog import Watchdog
 from .engine import (
     STATEMENT_TIMEOUT,
-    WRITE_AHEAD_LOG,
     create_engine,
     create_tables,
     database_url,
     host_engine,
+    relax,
+    resync,
     shown,
 )
 from .signatures import seen, signature_items, signatures_table_name
@@ -95,14 +96,17 @@ BOUND_KEYS = 500
 #: claim that meets it sleeps in SQLite's busy handler, whose tries come milliseconds apart: a
 #: claim waits about as long for a step of ten rows as for one of a thousand. What the claims
 #: feel is how often they meet a step, so the steps are short and the lock is theirs between
-#: them (and each commits unsynced, syncing in its own checkpoint outside the lock: ``_settle``).
+#: them. Each commits without a sync, and checkpoints after (:func:`.engine.relax`), so that the
+#: lock is held for less, and no claim's commit copies the prune's pages.
 SQLITE_PRUNE_BATCH = 10
 
-#: Rows a prune deletes per step on a database server (PostgreSQL), and a second at most. It
-#: locks only the rows it deletes, which no claim waits for; but a claim's commit waits until the
-#: log written before it is flushed, the step's included. Short steps keep that wait short, and
-#: the rate leaves most claims clear of any step.
+#: Rows a prune deletes per step on a database server (PostgreSQL). It locks only the rows it
+#: deletes, which no claim waits for; but a claim's commit waits until the log written before it
+#: is flushed, the step's included, and short steps keep that wait short.
 SERVER_PRUNE_BATCH = 200
+
+#: Rows a prune deletes a second at most on a database server: the steps come far enough apart
+#: that most claims meet none.
 SERVER_PRUNE_RATE = 2000.0
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -475,22 +479,15 @@ class SQLAlchemyStore(PersistentStore):
         ``bounded`` lifts the ``statement_timeout`` of the extension's own PostgreSQL engine for
         its transaction.
 
-        Work not ``synced`` commits without waiting for the disk: PostgreSQL's
-        ``synchronous_commit`` is off for its transaction, and the extension's own SQLite file
-        (in WAL mode) drops to ``synchronous=NORMAL`` for it. A crash of the machine may then
-        undo its last commits, never part of one nor any commit made after it by a synced
-        transaction, which flushes the log written before it. That suits the prune alone: what
-        it deleted and lost comes back expired, and the next prune deletes it again. The commit
-        it saves is the longest part of a short transaction, which on SQLite holds the
-        database's one write lock throughout.
+        Work not ``synced`` commits without a sync where a sync would hold a lock the claims
+        wait for: on the extension's own SQLite file, whose one write lock a commit holds through
+        its sync (:func:`.engine.relax`, then :func:`.engine.resync`). A crash of the machine may
+        then undo it, never a claim: that suits the prune alone, whose deleted rows would come
+        back expired, for the next prune to delete again. A database server's commit holds no
+        lock a claim waits for, and syncs as ever.
         """
         with engine.connect() as connection:
-            info = connection.connection.info
-            relaxed = (
-                not synced
-                and WRITE_AHEAD_LOG in info
-                and _pragmas(connection, "PRAGMA synchronous=NORMAL")
-            )
+            relaxed = not synced and relax(connection)
             try:
                 if autocommit != self._autocommits:
                     level = "AUTOCOMMIT" if autocommit else connection.default_isolation_level
@@ -502,14 +499,12 @@ class SQLAlchemyStore(PersistentStore):
                 else:
                     watch = nullcontext()
                 with watch, connection.begin():
-                    if not bounded and STATEMENT_TIMEOUT in info:
+                    if not bounded and STATEMENT_TIMEOUT in connection.connection.info:
                         connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
-                    if not synced and connection.dialect.name == "postgresql":
-                        connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
                     yield connection
             finally:
                 if relaxed:
-                    _settle(connection)
+                    resync(connection)
 
     def close(self) -> None:
         if self._engine is not None and self._db is None:
@@ -935,6 +930,8 @@ class SQLAlchemyStore(PersistentStore):
         self._prune_rate, self._prune_rate_set = rows, True
 
     def _on_sqlite(self) -> bool:
+        """Whether the database is SQLite, read from the URL where there is one: no engine is
+        made early."""
         if self._url is not None:
             return self._url.get_backend_name() == "sqlite"
         self.tables  # noqa: B018 - a host's database not set up yet is StoreUnavailable
@@ -1054,37 +1051,6 @@ def _new_row(delivery: Delivery, now: datetime) -> dict[str, Any]:
         "created_at": now,
         "updated_at": now,
     }
-
-
-def _pragmas(connection: Connection, *pragmas: str) -> bool:
-    """Run SQLite ``pragmas`` between two transactions, on the driver's own connection
-    (SQLAlchemy's would begin one, in which SQLite refuses to change ``synchronous``); whether
-    they all ran."""
-    dbapi_connection = connection.connection.dbapi_connection
-    assert dbapi_connection is not None
-    try:
-        cursor = dbapi_connection.cursor()
-        for pragma in pragmas:
-            cursor.execute(pragma)
-        cursor.close()
-    except connection.dialect.loaded_dbapi.Error:
-        return False
-    return True
-
-
-def _settle(connection: Connection) -> None:
-    """After a SQLite transaction committed unsynced: checkpoint, then sync every commit again.
-
-    The checkpoint syncs the log and copies what the transaction wrote into the database file,
-    outside the write lock, which claims then never wait for; left to itself, SQLite makes the
-    first commit past a thousand pages do it, and that is a claim. ``synchronous=FULL`` is
-    back before the pool lends the connection to one: a connection that fails to take it is
-    thrown away. The work done on it stands.
-    """
-    if connection.invalidated:
-        return
-    if not _pragmas(connection, "PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA synchronous=FULL"):
-        connection.invalidate()
 
 
 def _explain(exc: BaseException) -> str:
