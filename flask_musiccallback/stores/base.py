@@ -571,7 +571,7 @@ class PersistentStore(Store):
 
     #: Deliveries :meth:`prune` deletes per step (:data:`!PRUNE_BATCH`).
     prune_batch: int = PRUNE_BATCH
-    #: Deliveries :meth:`prune` deletes a second at most (:func:`paced`); ``None``: paced by
+    #: Deliveries :meth:`prune` deletes a second at most (:func:`!paced`); ``None``: paced by
     #: its steps' time alone.
     prune_rate: float | None = None
 
