@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -441,27 +442,34 @@ def test_a_prune_steps_through_few_rows_on_sqlite_and_a_batch_on_postgresql(
     store.close()
 
 
-def synchronous_levels() -> tuple[list[int], list[int], Callable[[], None]]:
+@dataclasses.dataclass
+class Levels:
     """Every SQLite connection's ``synchronous`` as each ``DELETE`` runs, and as the pool lends
-    it; and how to stop looking."""
-    deleting: list[int] = []
-    lent: list[int] = []
+    it."""
+
+    deleting: list[int] = dataclasses.field(default_factory=list)
+    lent: list[int] = dataclasses.field(default_factory=list)
+
+
+@pytest.fixture
+def levels() -> Iterator[Levels]:
+    seen = Levels()
 
     def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("DELETE"):
-            deleting.append(cursor.connection.execute("PRAGMA synchronous").fetchone()[0])
+        if isinstance(cursor, sqlite3.Cursor) and statement.lstrip().upper().startswith("DELETE"):
+            seen.deleting.append(cursor.connection.execute("PRAGMA synchronous").fetchone()[0])
 
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        lent.append(dbapi_connection.execute("PRAGMA synchronous").fetchone()[0])
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            seen.lent.append(dbapi_connection.execute("PRAGMA synchronous").fetchone()[0])
 
     sa.event.listen(sa.engine.Engine, "before_cursor_execute", before_execute)
     sa.event.listen(sa.pool.Pool, "checkout", checkout)
-
-    def stop() -> None:
+    try:
+        yield seen
+    finally:
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", before_execute)
         sa.event.remove(sa.pool.Pool, "checkout", checkout)
-
-    return deleting, lent, stop
 
 
 def expired(store: SQLAlchemyStore, count: int) -> None:
@@ -477,46 +485,47 @@ FULL, NORMAL = 2, 1  # SQLite's synchronous
 
 @pytest.mark.parametrize("own", [True, False], ids=["own file", "host engine"])
 def test_a_prune_on_sqlite_commits_unsynced_and_lends_no_connection_so(
-    tmp_path: Path, own: bool
+    tmp_path: Path, own: bool, levels: Levels
 ) -> None:
     """What a crash takes of a prune comes back expired, and the next prune deletes it again; a
     claim's commit must outlive the crash. So on the extension's own SQLite file the prune's
     steps alone skip the sync, and every connection the pool lends, before, between and after
     them, syncs. A host's SQLite is left as it is."""
     url = sqlite_url(tmp_path)
-    store = SQLAlchemyStore(url, ttl=60) if own else SQLAlchemyStore(engine=sa.create_engine(url))
+    engine = None if own else sa.create_engine(url)
+    store = SQLAlchemyStore(url if own else None, engine=engine, ttl=60)
     store.prune_batch = 3
     expired(store, 10)
-    deleting, lent, stop = synchronous_levels()
+    levels.lent.clear()
     try:
         assert store.prune(timedelta(0)) == 10
         late = Delivery("late", "complete", {}, utcnow())
         assert store.claim(late) is ClaimResult.CLAIMED
         store.complete(late)
     finally:
-        stop()
         store.close()
-    assert len(deleting) == 4  # ten deliveries, three a step
-    assert len(lent) >= len(deleting) + 2
+    assert len(levels.deleting) == 4  # ten deliveries, three a step
+    assert len(levels.lent) >= len(levels.deleting) + 2
     if own:
-        assert set(deleting) == {NORMAL}
-        assert set(lent) == {FULL}
+        assert set(levels.deleting) == {NORMAL}
+        assert set(levels.lent) == {FULL}
     else:
-        assert set(deleting) == set(lent)
+        assert set(levels.deleting) == set(levels.lent)
 
 
-def test_a_prune_step_that_fails_leaves_its_connection_synced(tmp_path: Path) -> None:
+def test_a_prune_step_that_fails_leaves_its_connection_synced(
+    tmp_path: Path, levels: Levels
+) -> None:
     store = SQLAlchemyStore(sqlite_url(tmp_path), ttl=60)
     expired(store, 3)
-    deleting, lent, stop = synchronous_levels()
 
     def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith("DELETE"):
-            raise RuntimeError("the disk is gone")
+            raise sqlite3.OperationalError("disk I/O error")
 
     sa.event.listen(sa.engine.Engine, "before_cursor_execute", fail)
     try:
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreError, match="disk I/O error"):
             store.prune(timedelta(0))
     finally:
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", fail)
@@ -524,11 +533,9 @@ def test_a_prune_step_that_fails_leaves_its_connection_synced(tmp_path: Path) ->
         late = Delivery("late", "complete", {}, utcnow())
         assert store.claim(late) is ClaimResult.CLAIMED
     finally:
-        stop()
         store.close()
-    assert deleting == [NORMAL]
-    assert lent[-1] == FULL
-    assert set(lent) == {FULL}
+    assert levels.deleting == [NORMAL]
+    assert set(levels.lent) == {FULL}
 
 
 def test_a_prune_on_sqlite_checkpoints_its_own_writes_so_no_claim_has_to(tmp_path: Path) -> None:
