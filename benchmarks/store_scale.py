@@ -9,10 +9,10 @@ Fills a store of its own (a table, or a key prefix, of its own in the given data
 ``--kept`` deliveries and their tasks, in the shapes the store itself writes: callbacks of every
 family (music tasks send ``text``, ``first`` and ``complete``), mostly done, about 1 % failed,
 0.1 % in flight, a few unreadable bodies kept, some tasks still open; their times spread over the
-TTL, oldest first, so that 40 % are older than the prune's cutoff. SQL tables are created by the
-store (its schema, its indexes) and filled by bulk ``INSERT`` (PostgreSQL: ``COPY``), then
-analysed on PostgreSQL as autovacuum would; Redis gets, pipelined, exactly the hashes, claims and
-sorted-set entries the store's scripts keep.
+TTL, oldest first, so that 40 % (``--expired-share``) are older than the prune's cutoff. SQL
+tables are created by the store (its schema, its indexes) and filled by bulk ``INSERT``
+(PostgreSQL: ``COPY``), then analysed on PostgreSQL as autovacuum would; Redis gets, pipelined,
+exactly the hashes, claims and sorted-set entries the store's scripts keep.
 
 Then, in one run: the delivery path (a claim and a completion of new task ids, one thread)
 against a second store of its own in the same database, left empty, in alternate rounds; the
@@ -69,7 +69,7 @@ IN_FLIGHT_SHARE = 0.001
 #: Of the tasks, bodies no family could read kept beside them, and tasks never finished.
 UNREADABLE_SHARE = 0.001
 OPEN_SHARE = 0.02
-#: Of the kept deliveries, those older than the prune's cutoff.
+#: Of the kept deliveries, those older than the prune's cutoff, unless ``--expired-share``.
 EXPIRED_SHARE = 0.4
 
 #: What each kind of task sends, and how often a task is of that kind: ``(family, stages,
@@ -752,12 +752,18 @@ def main() -> None:
         "--prune-batch", type=int, default=None, help="deliveries per step of the prune"
     )
     parser.add_argument(
+        "--expired-share", type=float, default=EXPIRED_SHARE,
+        help="of the kept deliveries, those the prune deletes (a day's of a 30-day TTL: 0.033)",
+    )  # fmt: skip
+    parser.add_argument(
         "--prune-rate", type=float, default=None,
         help="deliveries a second the prune deletes at most (0: no limit)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.claim_rate <= 0:
         parser.error("--claim-rate must be above 0")
+    if not 0 < args.expired_share < 1:
+        parser.error("--expired-share must be above 0 and below 1")
     if args.prune_rate is not None and args.prune_rate < 0:
         parser.error("--prune-rate must be 0 (no limit) or above")
 
@@ -778,7 +784,7 @@ def main() -> None:
         rows += path + timed_queries(queries, args.runs)
         if args.explain and isinstance(full, SQLAlchemyStore):
             explained = plans(full_url, queries)
-        cutoff = span * (1 - EXPIRED_SHARE)
+        cutoff = span * (1 - args.expired_share)
         rows += prune_under_claims(full, full_url, cutoff, args.idle_seconds, args.claim_rate)
     finally:
         if not args.keep:
