@@ -438,6 +438,8 @@ def test_a_prune_steps_through_few_rows_on_sqlite_and_a_batch_on_postgresql(
     assert store.prune(timedelta(0)) == 2 * SQLITE_PRUNE_BATCH + 3
     store.prune_batch, store.prune_rate = 4, None
     assert (store.prune_batch, store.prune_rate) == (4, None)
+    with pytest.raises(ValueError, match="above 0"):
+        store.prune_rate = 0
     assert store.list() == []
     store.close()
 
@@ -545,20 +547,28 @@ def test_a_prune_on_sqlite_checkpoints_its_own_writes_so_no_claim_has_to(tmp_pat
     has none of the pruned rows."""
     store = SQLAlchemyStore(sqlite_url(tmp_path), ttl=60)
     store.prune_batch = 3
-    for n in range(10):
-        delivery = Delivery(f"t{n}", "complete", build_callback("complete"), utcnow())
-        store.claim(delivery)
-        store.complete(delivery)
-    time.sleep(0.01)
+    expired(store, 10)
+    database = tmp_path / "callbacks.db"
+
+    def rows_in_the_file_alone() -> int:
+        copy = tmp_path / "file-alone.db"
+        copy.write_bytes(database.read_bytes())  # not its -wal
+        engine = sa.create_engine(sqlite_url(tmp_path, copy.name))
+        with engine.connect() as connection:
+            rows = connection.execute(sa.select(sa.func.count()).select_from(store.table))
+            count: int = rows.scalar_one()
+        engine.dispose()
+        copy.unlink()
+        return count
+
+    checkpoint = sa.create_engine(sqlite_url(tmp_path))
+    with checkpoint.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    checkpoint.dispose()
+    assert rows_in_the_file_alone() == 10
     assert store.prune(timedelta(0)) == 10
-    copy = tmp_path / "file-alone.db"
-    copy.write_bytes((tmp_path / "callbacks.db").read_bytes())  # not its -wal
+    assert rows_in_the_file_alone() == 0
     store.close()
-    engine = sa.create_engine(sqlite_url(tmp_path, copy.name))
-    with engine.connect() as connection:
-        left = connection.execute(sa.select(sa.func.count()).select_from(store.table)).scalar()
-    engine.dispose()
-    assert left == 0
 
 
 def test_the_listings_read_a_page_from_an_index_in_order_with_nothing_to_sort(

@@ -447,6 +447,14 @@ STATUS_STATES: Mapping[str, tuple[DeliveryState, ...]] = {
 }
 
 
+def checked_rate(rate: float | None) -> float | None:
+    """``rate``, rows a second a prune deletes at most, if it is one: a rate of nothing would
+    never end."""
+    if rate is not None and not rate > 0:
+        raise ValueError(f"A prune's rate must be above 0 rows a second (None: no limit): {rate!r}")
+    return rate
+
+
 def paced(step: Callable[[], tuple[int, bool]], rate: float | None = None) -> int:
     """Run a prune's ``step`` (what it deleted, whether more may be left) until nothing is left;
     the total deleted.
@@ -462,8 +470,7 @@ def paced(step: Callable[[], tuple[int, bool]], rate: float | None = None) -> in
     for those writes too (a commit waits for the log written before it), however short the
     steps.
     """
-    if rate is not None and not rate > 0:
-        raise ValueError(f"A prune's rate must be above 0 rows a second (None: no limit): {rate!r}")
+    checked_rate(rate)
     total = 0
     while True:
         started = time.monotonic()

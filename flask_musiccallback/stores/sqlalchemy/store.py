@@ -41,6 +41,7 @@ from ..base import (
     StoreHealth,
     StoreUnavailable,
     check_timeout,
+    checked_rate,
     lease_from_url,
     paced,
     timeout_from_url,
@@ -927,7 +928,7 @@ class SQLAlchemyStore(PersistentStore):
 
     @prune_rate.setter
     def prune_rate(self, rows: float | None) -> None:
-        self._prune_rate, self._prune_rate_set = rows, True
+        self._prune_rate, self._prune_rate_set = checked_rate(rows), True
 
     def _on_sqlite(self) -> bool:
         """Whether the database is SQLite, read from the URL where there is one: no engine is
