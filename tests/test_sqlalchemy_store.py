@@ -417,6 +417,15 @@ def test_a_database_made_before_the_tasks_table_gets_it_on_first_use(tmp_path: P
     assert task.family == "lyrics"
 
 
+def expired(store: SQLAlchemyStore, count: int) -> None:
+    """``count`` deliveries done, and old enough for ``prune(timedelta(0))``."""
+    for n in range(count):
+        delivery = Delivery(f"t{n}", "complete", build_callback("complete"), utcnow())
+        store.claim(delivery)
+        store.complete(delivery)
+    time.sleep(0.01)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_prune_steps_through_few_rows_on_sqlite_and_a_batch_on_postgresql(
     request: pytest.FixtureRequest, tmp_path: Path, backend: str
@@ -430,11 +439,7 @@ def test_a_prune_steps_through_few_rows_on_sqlite_and_a_batch_on_postgresql(
         assert (store.prune_batch, store.prune_rate) == (SQLITE_PRUNE_BATCH, None)
     else:
         assert (store.prune_batch, store.prune_rate) == (SERVER_PRUNE_BATCH, SERVER_PRUNE_RATE)
-    for n in range(2 * SQLITE_PRUNE_BATCH + 3):
-        delivery = Delivery(f"t{n}", "complete", build_callback("complete"), utcnow())
-        store.claim(delivery)
-        store.complete(delivery)
-    time.sleep(0.01)
+    expired(store, 2 * SQLITE_PRUNE_BATCH + 3)
     assert store.prune(timedelta(0)) == 2 * SQLITE_PRUNE_BATCH + 3
     store.prune_batch, store.prune_rate = 4, None
     assert (store.prune_batch, store.prune_rate) == (4, None)
@@ -472,14 +477,6 @@ def levels() -> Iterator[Levels]:
     finally:
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", before_execute)
         sa.event.remove(sa.pool.Pool, "checkout", checkout)
-
-
-def expired(store: SQLAlchemyStore, count: int) -> None:
-    for n in range(count):
-        delivery = Delivery(f"t{n}", "complete", build_callback("complete"), utcnow())
-        store.claim(delivery)
-        store.complete(delivery)
-    time.sleep(0.01)
 
 
 FULL, NORMAL = 2, 1  # SQLite's synchronous

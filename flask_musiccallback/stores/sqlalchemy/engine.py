@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -91,7 +92,7 @@ STATEMENT_TIMEOUT = "musiccallback_statement_timeout"
 #: Set in a connection's ``info`` when its SQLite file is in WAL mode and every commit syncs.
 WRITE_AHEAD_LOG = "musiccallback_write_ahead_log"
 
-#: Every commit on the extension's own SQLite file syncs, but a prune's (:func:`relax`).
+#: Every commit on the extension's own SQLite file syncs, but a prune's (:func:`unsynced`).
 SYNC_EVERY_COMMIT = "PRAGMA synchronous=FULL"
 
 
@@ -134,35 +135,35 @@ def _write_ahead_log(dbapi_connection: Any, record: Any) -> None:
         cursor.close()
 
 
-def relax(connection: Connection) -> bool:
-    """Let the next transaction on ``connection`` commit without a sync, on the extension's own
-    SQLite file in WAL mode; whether it will.
+@contextmanager
+def unsynced(connection: Connection) -> Iterator[None]:
+    """Commits on ``connection`` skip the sync for the time of the block, on the extension's own
+    SQLite file in WAL mode; elsewhere nothing changes.
 
-    Its commit then holds the database's one write lock for a write to the log alone, not for
-    a sync too. Only WAL keeps such a commit whole through a crash of the machine: the log is
-    replayed in order up to its last whole transaction, and every synced commit syncs the log
-    written before it. So a crash may undo the relaxed commits since the log was last synced,
-    never part of one, nor a synced commit. :func:`resync` must follow the transaction.
-    """
-    return WRITE_AHEAD_LOG in connection.connection.info and _pragmas(
-        connection, "PRAGMA synchronous=NORMAL"
-    )
+    Such a commit holds the database's one write lock for a write to the log alone, not for a
+    sync too. Only WAL keeps it whole through a crash of the machine: the log is replayed in
+    order up to its last whole transaction, and every synced commit syncs the log written
+    before it. So a crash may undo the unsynced commits since the log was last synced, never
+    part of one, nor a synced commit.
 
-
-def resync(connection: Connection) -> None:
-    """After a relaxed transaction: a checkpoint, then every commit syncs again.
-
-    The checkpoint copies what the transaction wrote into the database file (syncing the log
-    first), outside the write lock. Left to SQLite, the copy falls to the first commit past
-    ``wal_autocheckpoint`` pages of log, which during a prune is a claim's. It is skipped when
-    it cannot be had (a reader still on older pages): a later commit does it. A connection that
+    After the block, a checkpoint copies what was written into the database file (syncing the
+    log first), outside the write lock. Left to SQLite, the copy falls to the first commit past
+    ``wal_autocheckpoint`` pages of log, which during a prune is a claim's. It is skipped when it
+    cannot be had (a reader still on older pages): a later commit does it. A connection that
     cannot sync every commit again is thrown away before the pool lends it to a claim.
     """
-    if connection.invalidated:
+    if WRITE_AHEAD_LOG not in connection.connection.info or not _pragmas(
+        connection, "PRAGMA synchronous=NORMAL"
+    ):
+        yield
         return
-    _pragmas(connection, "PRAGMA wal_checkpoint(PASSIVE)")
-    if not _pragmas(connection, SYNC_EVERY_COMMIT):
-        connection.invalidate()
+    try:
+        yield
+    finally:
+        if not connection.invalidated:
+            _pragmas(connection, "PRAGMA wal_checkpoint(PASSIVE)")
+            if not _pragmas(connection, SYNC_EVERY_COMMIT):
+                connection.invalidate()
 
 
 def _pragmas(connection: Connection, *pragmas: str) -> bool:

@@ -55,9 +55,8 @@ from .engine import (
     create_tables,
     database_url,
     host_engine,
-    relax,
-    resync,
     shown,
+    unsynced,
 )
 from .signatures import seen, signature_items, signatures_table_name
 from .statements import Prebuilt, Statements, Tables, rows
@@ -97,8 +96,8 @@ BOUND_KEYS = 500
 #: claim that meets it sleeps in SQLite's busy handler, whose tries come milliseconds apart: a
 #: claim waits about as long for a step of ten rows as for one of a thousand. What the claims
 #: feel is how often they meet a step, so the steps are short and the lock is theirs between
-#: them. Each commits without a sync, and checkpoints after (:func:`.engine.relax`), so that the
-#: lock is held for less, and no claim's commit copies the prune's pages.
+#: them. Each commits without a sync, and checkpoints after (:func:`.engine.unsynced`), so that
+#: the lock is held for less, and no claim's commit copies the prune's pages.
 SQLITE_PRUNE_BATCH = 10
 
 #: Rows a prune deletes per step on a database server (PostgreSQL). It locks only the rows it
@@ -482,30 +481,25 @@ class SQLAlchemyStore(PersistentStore):
 
         Work not ``synced`` commits without a sync where a sync would hold a lock the claims
         wait for: on the extension's own SQLite file, whose one write lock a commit holds through
-        its sync (:func:`.engine.relax`, then :func:`.engine.resync`). A crash of the machine may
+        its sync (:func:`.engine.unsynced`). A crash of the machine may
         then undo it, never a claim: that suits the prune alone, whose deleted rows would come
         back expired, for the next prune to delete again. A database server's commit holds no
         lock a claim waits for, and syncs as ever.
         """
-        with engine.connect() as connection:
-            relaxed = not synced and relax(connection)
-            try:
-                if autocommit != self._autocommits:
-                    level = "AUTOCOMMIT" if autocommit else connection.default_isolation_level
-                    connection.execution_options(isolation_level=level)
-                if bounded:
-                    watch: AbstractContextManager[object] = self._watchdog.watch(
-                        connection.connection.dbapi_connection
-                    )
-                else:
-                    watch = nullcontext()
-                with watch, connection.begin():
-                    if not bounded and STATEMENT_TIMEOUT in connection.connection.info:
-                        connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
-                    yield connection
-            finally:
-                if relaxed:
-                    resync(connection)
+        with engine.connect() as connection, nullcontext() if synced else unsynced(connection):
+            if autocommit != self._autocommits:
+                level = "AUTOCOMMIT" if autocommit else connection.default_isolation_level
+                connection.execution_options(isolation_level=level)
+            if bounded:
+                watch: AbstractContextManager[object] = self._watchdog.watch(
+                    connection.connection.dbapi_connection
+                )
+            else:
+                watch = nullcontext()
+            with watch, connection.begin():
+                if not bounded and STATEMENT_TIMEOUT in connection.connection.info:
+                    connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                yield connection
 
     def close(self) -> None:
         if self._engine is not None and self._db is None:
