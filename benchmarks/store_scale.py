@@ -36,9 +36,12 @@ import random
 import re
 import statistics
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -464,10 +467,21 @@ def median_ms(call: Callable[[], object], runs: int) -> float:
 @dataclass
 class Claims:
     """What a process claiming new deliveries in a loop saw: each claim's milliseconds, and the
-    claims refused with :class:`StoreUnavailable` (a 503 to the provider)."""
+    claims refused with :class:`StoreUnavailable` (a 503 to the provider); and when each claim
+    was due, on the clock every process shares (``perf_counter``), for the profile."""
 
     latencies: list[float]
     failures: int
+    dues: list[float] = field(default_factory=list)
+
+    def slowest(self) -> list[tuple[float, float]]:
+        """When the slowest hundredth of the claims (from the p99 up) began and ended."""
+        p99 = self.percentiles()[1]
+        return [
+            (due, due + latency / 1000)
+            for due, latency in zip(self.dues, self.latencies, strict=True)
+            if latency >= p99
+        ]
 
     def percentiles(self) -> tuple[float, float, float]:
         """p50, p99 and the longest, in milliseconds."""
@@ -491,6 +505,7 @@ def claiming(url: str, ttl: int, rate: float, ready: Any, stop: Any, answer: Any
     prefix = uuid.uuid4().hex
     template = json.dumps(build_callback("complete", task_id=PLACEHOLDER))
     latencies: list[float] = []
+    dues: list[float] = []
     failures = 0
     serial = 0
     due = time.perf_counter()
@@ -501,6 +516,7 @@ def claiming(url: str, ttl: int, rate: float, ready: Any, stop: Any, answer: Any
         delivery = MUSIC.delivery(MUSIC.load(payload), payload, {}, body=body)
         if serial == 20:  # connected and warm
             latencies.clear()
+            dues.clear()
             ready.set()
         if stop.is_set():
             break
@@ -509,11 +525,12 @@ def claiming(url: str, ttl: int, rate: float, ready: Any, stop: Any, answer: Any
         try:
             store.claim(delivery)
             latencies.append((time.perf_counter() - due) * 1000)
+            dues.append(due)
             store.complete(delivery)
         except StoreUnavailable:
             failures += 1
     store.close()
-    answer.send((latencies, failures))
+    answer.send((latencies, failures, dues))
 
 
 def claims_meanwhile(
@@ -537,9 +554,148 @@ def claims_meanwhile(
         result = work()
     took = time.perf_counter() - started
     stop.set()
-    latencies, failures = receiving.recv()
+    latencies, failures, dues = receiving.recv()
     process.join()
-    return Claims(latencies, failures), took, result
+    return Claims(latencies, failures, dues), took, result
+
+
+# -- where a PostgreSQL server's time went --------------------------------------------------------
+
+
+#: The ``application_name`` of the claiming process's connections, by which the profile finds them.
+CLAIMS_APPLICATION = "store_scale_claims"
+#: Seconds between two readings of ``pg_stat_activity``.
+SAMPLE_EVERY = 0.005
+
+#: What the server wrote, as counters that only grow: the WAL's bytes and full-page images, and
+#: the checkpoints with the pages they wrote (PostgreSQL 17 on has a view of the checkpointer's).
+_WAL = "SELECT wal_bytes, wal_fpi FROM pg_stat_wal"
+_CHECKPOINTS = (
+    "SELECT num_timed + num_requested, buffers_written FROM pg_stat_checkpointer",
+    "SELECT checkpoints_timed + checkpoints_req, buffers_checkpoint FROM pg_stat_bgwriter",
+)
+_ACTIVITY = (
+    "SELECT backend_type, application_name, state, wait_event_type, wait_event, query "
+    "FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+)
+
+
+@dataclass
+class ServerWork:
+    """What a PostgreSQL server did while claims were timed: where the claiming process's
+    statements spent their time (sampled, by wait event), what autovacuum worked on, and what
+    was written. A p99 made by the server's own writes shows here, which the claims' timings
+    alone cannot tell from a lock of the prune's."""
+
+    seconds: float = 0.0
+    samples: int = 0
+    claims: list[tuple[float, str]] = field(default_factory=list)
+    autovacuum: Counter[str] = field(default_factory=Counter)
+    written: dict[str, float] = field(default_factory=dict)
+
+    def waits(self, claims: Sequence[tuple[float, float]]) -> str:
+        """The claiming process's statements sampled within ``claims`` (begin, end), by wait
+        event, each a share and milliseconds a claim."""
+        every = self.seconds / max(self.samples, 1)
+        spans = iter(sorted(claims))
+        span = next(spans, None)
+        waits: Counter[str] = Counter()
+        for moment, wait in self.claims:  # in time order
+            while span is not None and span[1] < moment:
+                span = next(spans, None)
+            if span is not None and span[0] <= moment:
+                waits[wait] += 1
+        sampled = sum(waits.values())
+        return ", ".join(
+            f"{wait} {count / sampled:.0%} ({count * every * 1000 / len(claims):.2f} ms)"
+            for wait, count in waits.most_common(4)
+        ) or "none sampled"
+
+    def rows(self, window: str, claims: Claims) -> Rows:
+        every = self.seconds / max(self.samples, 1)
+        vacuumed = ", ".join(
+            f"{query} {count * every:.1f} s" for query, count in self.autovacuum.most_common(3)
+        )
+        written = self.written
+        timed = zip(claims.dues, claims.latencies, strict=True)
+        everything = [(due, due + latency / 1000) for due, latency in timed]
+        return [
+            (f"server, claims {window}: every claim's time in the server, by wait (ms a claim)",
+             self.waits(everything)),
+            (f"server, claims {window}: the slowest 1 % of claims' time, by wait (ms a claim)",
+             self.waits(claims.slowest())),
+            (f"server, claims {window}: autovacuum", vacuumed or "none"),
+            (f"server, claims {window}: WAL written; full-page images; checkpoints (pages)",
+             f"{written['wal'] / 2**20 / self.seconds:.1f} MiB/s; {written['fpi']:,.0f}; "
+             f"{written['checkpoints']:,.0f} ({written['pages']:,.0f})"),
+        ]  # fmt: skip
+
+
+class Profiler:
+    """Samples ``pg_stat_activity`` on a thread of its own, and reads the server's write
+    counters, over each window of claims (:meth:`window`)."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = sql_engine(url)
+        self.checkpoints = self._first_readable(_CHECKPOINTS)
+
+    def _first_readable(self, queries: Sequence[str]) -> str:
+        for query in queries:
+            with self.engine.connect() as connection:
+                try:
+                    connection.exec_driver_sql(query)
+                except sa.exc.DBAPIError:
+                    continue
+                return query
+        raise RuntimeError("this server has no view of its checkpoints the profile can read")
+
+    def counters(self) -> dict[str, float]:
+        with self.engine.connect() as connection:
+            wal, fpi = connection.exec_driver_sql(_WAL).one()
+            checkpoints, pages = connection.exec_driver_sql(self.checkpoints).one()
+        return {"wal": float(wal), "fpi": fpi, "checkpoints": checkpoints, "pages": pages}
+
+    @contextmanager
+    def window(self) -> Iterator[ServerWork]:
+        work = ServerWork()
+        done = threading.Event()
+
+        def sample() -> None:
+            # Each reading its own transaction: a transaction reads the activity once.
+            with self.engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+                while not done.wait(SAMPLE_EVERY):
+                    activity = connection.exec_driver_sql(_ACTIVITY).all()
+                    moment = time.perf_counter()
+                    work.samples += 1
+                    for kind, application, state, wait_kind, wait, query in activity:
+                        if application == CLAIMS_APPLICATION and state == "active":
+                            work.claims.append((moment, f"{wait_kind}:{wait}" if wait else "CPU"))
+                        elif kind == "autovacuum worker" and query:
+                            work.autovacuum[shortened(query)] += 1
+
+        before = self.counters()
+        sampler = threading.Thread(target=sample, daemon=True)
+        started = time.perf_counter()
+        sampler.start()
+        try:
+            yield work
+        finally:
+            done.set()
+            sampler.join()
+            work.seconds = time.perf_counter() - started
+            after = self.counters()
+            work.written = {name: after[name] - before[name] for name in after}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def claims_url(url: str) -> str:
+    """``url`` with the claiming process's connections named, on PostgreSQL, for the profile."""
+    if not url_scheme(url).startswith("postgresql"):
+        return url
+    return f"{url}&application_name={CLAIMS_APPLICATION}"
 
 
 # -- EXPLAIN ------------------------------------------------------------------------------------
@@ -701,18 +857,29 @@ def plans(url: str, queries: dict[str, Callable[[], object]]) -> list[str]:
     return text
 
 
-def prune_under_claims(store: PersistentStore, url: str, cutoff: timedelta,
-                       idle_seconds: float, rate: float) -> Rows:  # fmt: skip
+def prune_under_claims(store: PersistentStore, url: str, cutoff: timedelta, idle_seconds: float,
+                       rate: float, profiler: Profiler | None = None) -> Rows:  # fmt: skip
     """The prune of what is older than ``cutoff`` while another process claims, ``rate`` a
     second, against that process's claims with the store idle before it; and the claims for as
     long again after it, apart: a server may still be catching up with the prune's writes then
     (PostgreSQL's checkpoint of its WAL, autovacuum of the rows it deleted), which is the
-    prune's doing, not the idle store's."""
+    prune's doing, not the idle store's. With a ``profiler``, what the server did in each."""
     ttl = store.ttl
-    idle, _, _ = claims_meanwhile(url, ttl, rate, None, idle_seconds)
-    during, took, pruned = claims_meanwhile(url, ttl, rate, lambda: store.prune(cutoff), 0)
+    url = claims_url(url)
+    profiles: list[tuple[str, Claims, ServerWork]] = []
+
+    def claims(window: str, work: Callable[[], object] | None) -> tuple[Claims, float, object]:
+        if profiler is None:
+            return claims_meanwhile(url, ttl, rate, work, idle_seconds)
+        with profiler.window() as server:
+            seen = claims_meanwhile(url, ttl, rate, work, idle_seconds)
+        profiles.append((window, seen[0], server))
+        return seen
+
+    idle, _, _ = claims("idle", None)
+    during, took, pruned = claims("during the prune", lambda: store.prune(cutoff))
     assert isinstance(pruned, int)
-    after, _, _ = claims_meanwhile(url, ttl, rate, None, idle_seconds)
+    after, _, _ = claims("after the prune", None)
     idle_p99 = idle.percentiles()[1]
 
     def seen(claims: Claims) -> str:
@@ -720,7 +887,7 @@ def prune_under_claims(store: PersistentStore, url: str, cutoff: timedelta,
         return (f"{p50:.2f} / {p99:.2f} / {longest:.0f} ms ({len(claims.latencies)} claims, "
                 f"{claims.failures} failed)")  # fmt: skip
 
-    return [
+    rows = [
         (f"prune of the part older than {cutoff.days} days, {store.prune_batch:,} a step"
          + ("" if store.prune_rate is None else f", {store.prune_rate:,g} a second at most"),
          f"{took:.1f} s, {pruned:,} deliveries ({pruned / took:,.0f}/s)"),
@@ -730,6 +897,9 @@ def prune_under_claims(store: PersistentStore, url: str, cutoff: timedelta,
         ("claims' p99 during the prune / idle", f"{during.percentiles()[1] / idle_p99:.2f}"),
         ("claims' p99 after the prune / idle", f"{after.percentiles()[1] / idle_p99:.2f}"),
     ]  # fmt: skip
+    for window, claimed, server in profiles:
+        rows += server.rows(window, claimed)
+    return rows
 
 
 def main() -> None:
@@ -746,6 +916,10 @@ def main() -> None:
     parser.add_argument("--claim-rate", type=float, default=200.0,
                         help="deliveries a second claimed during the prune, and idle")  # fmt: skip
     parser.add_argument("--explain", action="store_true", help="the plan of each SQL query")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="PostgreSQL: where the claims waited in the server, and what it wrote, meanwhile",
+    )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="leave both stores in place")
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument(
@@ -766,6 +940,8 @@ def main() -> None:
         parser.error("--expired-share must be above 0 and below 1")
     if args.prune_rate is not None and args.prune_rate < 0:
         parser.error("--prune-rate must be 0 (no limit) or above")
+    if args.profile and not url_scheme(args.store).startswith("postgresql"):
+        parser.error("--profile reads PostgreSQL's statistics: a postgresql:// store only")
 
     ttl = int(args.ttl_days * 86400)
     span = timedelta(seconds=ttl) - timedelta(hours=1)  # nothing expires during the run
@@ -785,7 +961,13 @@ def main() -> None:
         if args.explain and isinstance(full, SQLAlchemyStore):
             explained = plans(full_url, queries)
         cutoff = span * (1 - args.expired_share)
-        rows += prune_under_claims(full, full_url, cutoff, args.idle_seconds, args.claim_rate)
+        profiler = Profiler(full_url) if args.profile else None
+        try:
+            rows += prune_under_claims(full, full_url, cutoff, args.idle_seconds,
+                                       args.claim_rate, profiler)  # fmt: skip
+        finally:
+            if profiler is not None:
+                profiler.close()
     finally:
         if not args.keep:
             remove(full, full_url)
