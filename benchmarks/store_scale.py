@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -474,6 +475,23 @@ class Claims:
     failures: int
     dues: list[float] = field(default_factory=list)
 
+    def stalls(self, slower_than: float = 100.0) -> list[tuple[float, float]]:
+        """Runs of claims each slower than ``slower_than`` ms, longest first: when the first was
+        due, and how long from then until the last was answered, in seconds."""
+        runs: list[tuple[float, float]] = []
+        begun = end = None
+        for due, latency in zip(self.dues, self.latencies, strict=True):
+            if latency < slower_than:
+                if begun is not None and end is not None:
+                    runs.append((begun, end - begun))
+                begun = None
+                continue
+            begun = due if begun is None else begun
+            end = due + latency / 1000
+        if begun is not None and end is not None:
+            runs.append((begun, end - begun))
+        return sorted(runs, key=lambda run: -run[1])
+
     def slowest(self) -> list[tuple[float, float]]:
         """When the slowest hundredth of the claims (from the p99 up) began and ended."""
         p99 = self.percentiles()[1]
@@ -587,11 +605,16 @@ class ServerWork:
     was written. A p99 made by the server's own writes shows here, which the claims' timings
     alone cannot tell from a lock of the prune's."""
 
+    started: float = 0.0
     seconds: float = 0.0
     samples: int = 0
+    #: The longest time between two readings, and when it began: a server (or machine) that
+    #: answered nobody meanwhile, the profile included, leaves its stall unsampled but here.
+    gap: tuple[float, float] = (0.0, 0.0)
     claims: list[tuple[float, str]] = field(default_factory=list)
     autovacuum: Counter[str] = field(default_factory=Counter)
     written: dict[str, float] = field(default_factory=dict)
+    pressure: dict[str, float] = field(default_factory=dict)
 
     def waits(self, claims: Sequence[tuple[float, float]]) -> str:
         """The claiming process's statements sampled within ``claims`` (begin, end), by wait
@@ -613,6 +636,9 @@ class ServerWork:
 
     def rows(self, window: str, claims: Claims) -> Rows:
         every = self.seconds / max(self.samples, 1)
+        stalls = ", ".join(f"{begun - self.started:.1f} s in: {length * 1000:,.0f} ms"
+                           for begun, length in claims.stalls()[:3])  # fmt: skip
+        pressure = ", ".join(f"{name} {share:.0%}" for name, share in self.pressure.items())
         vacuumed = ", ".join(
             f"{query} {count * every:.1f} s" for query, count in self.autovacuum.most_common(3)
         )
@@ -624,11 +650,32 @@ class ServerWork:
              self.waits(everything)),
             (f"server, claims {window}: the slowest 1 % of claims' time, by wait (ms a claim)",
              self.waits(claims.slowest())),
+            (f"server, claims {window}: claims' longest stalls; longest gap between readings",
+             f"{stalls or 'none'}; {self.gap[0] - self.started:.1f} s in: "
+             f"{self.gap[1] * 1000:,.0f} ms"),
+            (f"server, claims {window}: this machine's time stalled, some tasks or all (PSI)",
+             pressure or "not readable"),
             (f"server, claims {window}: autovacuum", vacuumed or "none"),
             (f"server, claims {window}: WAL written; full-page images; checkpoints (pages)",
              f"{written['wal'] / 2**20 / self.seconds:.1f} MiB/s; {written['fpi']:,.0f}; "
              f"{written['checkpoints']:,.0f} ({written['pages']:,.0f})"),
         ]  # fmt: skip
+
+
+def stalled_microseconds() -> dict[str, float]:
+    """How long, since boot, some tasks of this machine waited on I/O and the CPU, and all of
+    them on I/O (Linux's pressure stall information; nothing where it is not readable)."""
+    totals = {}
+    for resource, kinds in (("io", ("some", "full")), ("cpu", ("some",))):
+        try:
+            lines = Path(f"/proc/pressure/{resource}").read_text().splitlines()
+        except OSError:
+            return {}
+        for line in lines:
+            kind, *fields = line.split()
+            if kind in kinds:
+                totals[f"{resource} {kind}"] = float(fields[-1].removeprefix("total="))
+    return totals
 
 
 class Profiler:
@@ -664,28 +711,36 @@ class Profiler:
             # Each reading its own transaction: a transaction reads the activity once.
             with self.engine.connect() as connection:
                 connection.execution_options(isolation_level="AUTOCOMMIT")
+                last = work.started
                 while not done.wait(SAMPLE_EVERY):
                     activity = connection.exec_driver_sql(_ACTIVITY).all()
                     moment = time.perf_counter()
                     work.samples += 1
+                    if moment - last > work.gap[1]:
+                        work.gap = (last, moment - last)
+                    last = moment
                     for kind, application, state, wait_kind, wait, query in activity:
                         if application == CLAIMS_APPLICATION and state == "active":
                             work.claims.append((moment, f"{wait_kind}:{wait}" if wait else "CPU"))
                         elif kind == "autovacuum worker" and query:
                             work.autovacuum[shortened(query)] += 1
 
-        before = self.counters()
+        before, stalled = self.counters(), stalled_microseconds()
         sampler = threading.Thread(target=sample, daemon=True)
-        started = time.perf_counter()
+        work.started = time.perf_counter()
         sampler.start()
         try:
             yield work
         finally:
             done.set()
             sampler.join()
-            work.seconds = time.perf_counter() - started
+            work.seconds = time.perf_counter() - work.started
             after = self.counters()
             work.written = {name: after[name] - before[name] for name in after}
+            work.pressure = {
+                name: (total - stalled[name]) / 1e6 / work.seconds
+                for name, total in stalled_microseconds().items()
+            }
 
     def close(self) -> None:
         self.engine.dispose()
