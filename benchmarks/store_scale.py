@@ -629,10 +629,16 @@ class ServerWork:
             if span is not None and span[0] <= moment:
                 waits[wait] += 1
         sampled = sum(waits.values())
-        return ", ".join(
+        if not sampled:
+            return "none sampled"
+        covered, reach = 0.0, 0.0  # the time some claim of these was waiting for its answer
+        for begun, end in sorted(claims):
+            covered += max(0.0, end - max(begun, reach))
+            reach = max(reach, end)
+        return f"in a statement {sampled * every / covered:.0%} of the time: " + ", ".join(
             f"{wait} {count / sampled:.0%} ({count * every * 1000 / len(claims):.2f} ms)"
             for wait, count in waits.most_common(4)
-        ) or "none sampled"
+        )
 
     def rows(self, window: str, claims: Claims) -> Rows:
         every = self.seconds / max(self.samples, 1)
