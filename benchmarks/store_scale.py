@@ -584,6 +584,8 @@ def claims_meanwhile(
 CLAIMS_APPLICATION = "store_scale_claims"
 #: Seconds between two readings of ``pg_stat_activity``.
 SAMPLE_EVERY = 0.005
+#: The checkpointer's work as the profile names it: anything but waiting for the next one.
+CHECKPOINTING = "checkpoint"
 
 #: What the server wrote, as counters that only grow: the WAL's bytes and full-page images, and
 #: the checkpoints with the pages they wrote (PostgreSQL 17 on has a view of the checkpointer's).
@@ -613,6 +615,8 @@ class ServerWork:
     gap: tuple[float, float] = (0.0, 0.0)
     claims: list[tuple[float, str]] = field(default_factory=list)
     autovacuum: Counter[str] = field(default_factory=Counter)
+    #: When the server's own work was first and last seen: each autovacuum, and the checkpoint.
+    busy: dict[str, tuple[float, float]] = field(default_factory=dict)
     written: dict[str, float] = field(default_factory=dict)
     pressure: dict[str, float] = field(default_factory=dict)
 
@@ -640,13 +644,24 @@ class ServerWork:
             for wait, count in waits.most_common(4)
         )
 
+    def seen(self, work: str) -> str:
+        """When ``work`` was seen, in seconds into the window."""
+        if work not in self.busy:
+            return "never"
+        first, last = self.busy[work]
+        return f"{first - self.started:.1f} to {last - self.started:.1f} s in"
+
+    def saw(self, work: str, moment: float) -> None:
+        self.busy[work] = (self.busy.get(work, (moment, moment))[0], moment)
+
     def rows(self, window: str, claims: Claims) -> Rows:
         every = self.seconds / max(self.samples, 1)
         stalls = ", ".join(f"{begun - self.started:.1f} s in: {length * 1000:,.0f} ms"
                            for begun, length in claims.stalls()[:3])  # fmt: skip
         pressure = ", ".join(f"{name} {share:.0%}" for name, share in self.pressure.items())
         vacuumed = ", ".join(
-            f"{query} {count * every:.1f} s" for query, count in self.autovacuum.most_common(3)
+            f"{query} {count * every:.1f} s ({self.seen(query)})"
+            for query, count in self.autovacuum.most_common(3)
         )
         written = self.written
         timed = zip(claims.dues, claims.latencies, strict=True)
@@ -664,7 +679,8 @@ class ServerWork:
             (f"server, claims {window}: autovacuum", vacuumed or "none"),
             (f"server, claims {window}: WAL written; full-page images; checkpoints (pages)",
              f"{written['wal'] / 2**20 / self.seconds:.1f} MiB/s; {written['fpi']:,.0f}; "
-             f"{written['checkpoints']:,.0f} ({written['pages']:,.0f})"),
+             f"{written['checkpoints']:,.0f} ({written['pages']:,.0f}), the checkpointer "
+             f"at work {self.seen(CHECKPOINTING)}"),
         ]  # fmt: skip
 
 
@@ -730,6 +746,9 @@ class Profiler:
                             work.claims.append((moment, f"{wait_kind}:{wait}" if wait else "CPU"))
                         elif kind == "autovacuum worker" and query:
                             work.autovacuum[shortened(query)] += 1
+                            work.saw(shortened(query), moment)
+                        elif kind == "checkpointer" and wait != "CheckpointerMain":
+                            work.saw(CHECKPOINTING, moment)
 
         before, stalled = self.counters(), stalled_microseconds()
         sampler = threading.Thread(target=sample, daemon=True)
