@@ -475,25 +475,29 @@ class Claims:
     failures: int
     dues: list[float] = field(default_factory=list)
 
-    def stalls(self, slower_than: float = 100.0) -> list[tuple[float, float]]:
+    def stalls(self, slower_than: float = 100.0) -> list[tuple[float, float, float]]:
         """Runs of claims each slower than ``slower_than`` ms, longest first: when the first was
-        due, and how long from then until the last was answered, in seconds."""
-        runs: list[tuple[float, float]] = []
+        due, how long from then until the last was answered, in seconds, and the slowest claim
+        of the run, in ms. A slow sync makes a queue, not one slow claim: the run says how long
+        callbacks were answered late, the slowest claim how late."""
+        runs: list[tuple[float, float, float]] = []
         begun = end = None
+        worst = 0.0
         for due, latency in zip(self.dues, self.latencies, strict=True):
             if latency < slower_than:
                 if begun is not None and end is not None:
-                    runs.append((begun, end - begun))
-                begun = None
+                    runs.append((begun, end - begun, worst))
+                begun, worst = None, 0.0
                 continue
             begun = due if begun is None else begun
-            end = due + latency / 1000
+            end, worst = due + latency / 1000, max(worst, latency)
         if begun is not None and end is not None:
-            runs.append((begun, end - begun))
+            runs.append((begun, end - begun, worst))
         return sorted(runs, key=lambda run: -run[1])
 
     def slowest(self) -> list[tuple[float, float]]:
-        """When the slowest hundredth of the claims (from the p99 up) began and ended."""
+        """When the slowest hundredth of the claims (from the p99 up) began and ended: the
+        claims that make the p99, whose waits the profile tells apart from the rest."""
         p99 = self.percentiles()[1]
         return [
             (due, due + latency / 1000)
@@ -653,12 +657,20 @@ class ServerWork:
         return f"{first - self.started:.1f} to {last - self.started:.1f} s in"
 
     def saw(self, work: str, moment: float) -> None:
+        """Note ``work`` seen at ``moment``: its first and last sightings bound it, for
+        setting beside the claims' stalls."""
         self.busy[work] = (self.busy.get(work, (moment, moment))[0], moment)
 
     def rows(self, window: str, claims: Claims) -> Rows:
+        """The window's rows of the table, in milliseconds a claim where windows of different
+        lengths are to be compared."""
         every = self.seconds / max(self.samples, 1)
-        stalls = ", ".join(f"{begun - self.started:.1f} s in: {length * 1000:,.0f} ms"
-                           for begun, length in claims.stalls()[:3])  # fmt: skip
+        stalls = ", ".join(
+            f"{begun - self.started:.1f} s in: {length * 1000:,.0f} ms (slowest {worst:,.0f} ms)"
+            for begun, length, worst in claims.stalls()[:3]
+        )
+        gap = ("no reading" if not self.samples else
+               f"{self.gap[0] - self.started:.1f} s in: {self.gap[1] * 1000:,.0f} ms")  # fmt: skip
         pressure = ", ".join(f"{name} {share:.0%}" for name, share in self.pressure.items())
         vacuumed = ", ".join(
             f"{query} {count * every:.1f} s ({self.seen(query)})"
@@ -668,13 +680,13 @@ class ServerWork:
         timed = zip(claims.dues, claims.latencies, strict=True)
         everything = [(due, due + latency / 1000) for due, latency in timed]
         return [
-            (f"server, claims {window}: every claim's time in the server, by wait (ms a claim)",
+            (f"server, claims {window}: the claiming process's statements (claims and "
+             "completions) while any claim was pending, by wait (ms a claim)",
              self.waits(everything)),
-            (f"server, claims {window}: the slowest 1 % of claims' time, by wait (ms a claim)",
+            (f"server, claims {window}: the same while one of the slowest 1 % was pending",
              self.waits(claims.slowest())),
-            (f"server, claims {window}: claims' longest stalls; longest gap between readings",
-             f"{stalls or 'none'}; {self.gap[0] - self.started:.1f} s in: "
-             f"{self.gap[1] * 1000:,.0f} ms"),
+            (f"server, claims {window}: the longest runs of claims over 100 ms; the longest "
+             "gap between readings", f"{stalls or 'none'}; {gap}"),
             (f"server, claims {window}: this machine's time stalled, some tasks or all (PSI)",
              pressure or "not readable"),
             (f"server, claims {window}: autovacuum", vacuumed or "none"),
@@ -703,15 +715,20 @@ def stalled_microseconds() -> dict[str, float]:
 
 class Profiler:
     """Samples ``pg_stat_activity`` on a thread of its own, and reads the server's write
-    counters, over each window of claims (:meth:`window`)."""
+    counters, over each window of claims (:meth:`window`): on a connection of its own, so that
+    its readings go on, and show it, when the claims' connections wait."""
 
     def __init__(self, url: str) -> None:
         self.engine = sql_engine(url)
         with self.engine.connect():  # the dialect reads the server's version
             version = self.engine.dialect.server_version_info or (0,)
+        if version < (14,):
+            self.engine.dispose()
+            raise SystemExit("--profile reads pg_stat_wal: PostgreSQL 14 or later")
         self.checkpoints = _CHECKPOINTS_17 if version >= (17,) else _CHECKPOINTS
 
     def counters(self) -> dict[str, float]:
+        """The server's write counters, which only grow: a window's are the difference."""
         with self.engine.connect() as connection:
             wal, fpi = connection.exec_driver_sql(_WAL).one()
             checkpoints, pages = connection.exec_driver_sql(self.checkpoints).one()
@@ -722,14 +739,22 @@ class Profiler:
         work = ServerWork()
         done = threading.Event()
 
+        failed: list[BaseException] = []
+
         def sample() -> None:
+            try:
+                read()
+            except BaseException as exc:  # told after the window: a silent gap would skew it
+                failed.append(exc)
+
+        def read() -> None:
             # Each reading its own transaction: a transaction reads the activity once.
             with self.engine.connect() as connection:
                 connection.execution_options(isolation_level="AUTOCOMMIT")
                 last = work.started
                 while not done.wait(SAMPLE_EVERY):
+                    moment = time.perf_counter()  # the activity is read as of its query's start
                     activity = connection.exec_driver_sql(_ACTIVITY).all()
-                    moment = time.perf_counter()
                     work.samples += 1
                     if moment - last > work.gap[1]:
                         work.gap = (last, moment - last)
@@ -752,6 +777,8 @@ class Profiler:
         finally:
             done.set()
             sampler.join()
+            if failed:
+                raise RuntimeError("the profile's readings stopped") from failed[0]
             work.seconds = time.perf_counter() - work.started
             after = self.counters()
             work.written = {name: after[name] - before[name] for name in after}
