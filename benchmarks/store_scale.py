@@ -495,14 +495,14 @@ class Claims:
             runs.append((begun, end - begun, worst))
         return sorted(runs, key=lambda run: -run[1])
 
-    def slowest(self) -> list[tuple[float, float]]:
-        """When the slowest hundredth of the claims (from the p99 up) began and ended: the
-        claims that make the p99, whose waits the profile tells apart from the rest."""
-        p99 = self.percentiles()[1]
+    def spans(self, slower_than: float = 0.0) -> list[tuple[float, float]]:
+        """When each claim of at least ``slower_than`` ms was due and answered, in seconds: from
+        the p99 up, the claims that make the p99, whose waits the profile tells apart from the
+        rest."""
         return [
             (due, due + latency / 1000)
             for due, latency in zip(self.dues, self.latencies, strict=True)
-            if latency >= p99
+            if latency >= slower_than
         ]
 
     def percentiles(self) -> tuple[float, float, float]:
@@ -625,10 +625,16 @@ class ServerWork:
     written: dict[str, float] = field(default_factory=dict)
     pressure: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def every(self) -> float:
+        """Seconds a reading stands for: the readings come as fast as the server answers them,
+        at most every :data:`SAMPLE_EVERY`."""
+        return self.seconds / max(self.samples, 1)
+
     def waits(self, claims: Sequence[tuple[float, float]]) -> str:
         """The claiming process's statements sampled within ``claims`` (begin, end), by wait
         event, each a share and milliseconds a claim."""
-        every = self.seconds / max(self.samples, 1)
+        every = self.every
         spans = iter(sorted(claims))
         span = next(spans, None)
         waits: Counter[str] = Counter()
@@ -664,7 +670,6 @@ class ServerWork:
     def rows(self, window: str, claims: Claims) -> Rows:
         """The window's rows of the table, in milliseconds a claim where windows of different
         lengths are to be compared."""
-        every = self.seconds / max(self.samples, 1)
         stalls = ", ".join(
             f"{begun - self.started:.1f} s in: {length * 1000:,.0f} ms (slowest {worst:,.0f} ms)"
             for begun, length, worst in claims.stalls()[:3]
@@ -673,18 +678,16 @@ class ServerWork:
                f"{self.gap[0] - self.started:.1f} s in: {self.gap[1] * 1000:,.0f} ms")  # fmt: skip
         pressure = ", ".join(f"{name} {share:.0%}" for name, share in self.pressure.items())
         vacuumed = ", ".join(
-            f"{query} {count * every:.1f} s ({self.seen(query)})"
+            f"{query} {count * self.every:.1f} s ({self.seen(query)})"
             for query, count in self.autovacuum.most_common(3)
         )
         written = self.written
-        timed = zip(claims.dues, claims.latencies, strict=True)
-        everything = [(due, due + latency / 1000) for due, latency in timed]
         return [
             (f"server, claims {window}: the claiming process's statements (claims and "
              "completions) while any claim was pending, by wait (ms a claim)",
-             self.waits(everything)),
+             self.waits(claims.spans())),
             (f"server, claims {window}: the same while one of the slowest 1 % was pending",
-             self.waits(claims.slowest())),
+             self.waits(claims.spans(claims.percentiles()[1]))),
             (f"server, claims {window}: the longest runs of claims over 100 ms; the longest "
              "gap between readings", f"{stalls or 'none'}; {gap}"),
             (f"server, claims {window}: this machine's time stalled, some tasks or all (PSI)",
@@ -763,8 +766,9 @@ class Profiler:
                         if application == CLAIMS_APPLICATION and state == "active":
                             work.claims.append((moment, f"{wait_kind}:{wait}" if wait else "CPU"))
                         elif kind == "autovacuum worker" and query:
-                            work.autovacuum[shortened(query)] += 1
-                            work.saw(shortened(query), moment)
+                            vacuum = shortened(query)
+                            work.autovacuum[vacuum] += 1
+                            work.saw(vacuum, moment)
                         elif kind == "checkpointer" and wait != "CheckpointerMain":
                             work.saw(CHECKPOINTING, moment)
 
@@ -968,18 +972,18 @@ def prune_under_claims(store: PersistentStore, url: str, cutoff: timedelta, idle
     url = claims_url(url)
     profiles: list[tuple[str, Claims, ServerWork]] = []
 
-    def claims(window: str, work: Callable[[], object] | None) -> tuple[Claims, float, object]:
+    def measure(name: str, work: Callable[[], object] | None) -> tuple[Claims, float, object]:
         if profiler is None:
             return claims_meanwhile(url, ttl, rate, work, idle_seconds)
         with profiler.window() as server:
-            seen = claims_meanwhile(url, ttl, rate, work, idle_seconds)
-        profiles.append((window, seen[0], server))
-        return seen
+            measured = claims_meanwhile(url, ttl, rate, work, idle_seconds)
+        profiles.append((name, measured[0], server))
+        return measured
 
-    idle, _, _ = claims("idle", None)
-    during, took, pruned = claims("during the prune", lambda: store.prune(cutoff))
+    idle, _, _ = measure("idle", None)
+    during, took, pruned = measure("during the prune", lambda: store.prune(cutoff))
     assert isinstance(pruned, int)
-    after, _, _ = claims("after the prune", None)
+    after, _, _ = measure("after the prune", None)
     idle_p99 = idle.percentiles()[1]
 
     def seen(claims: Claims) -> str:
